@@ -1,0 +1,50 @@
+# reelflow: `make demo` and `make test` both work on a fresh machine (they set everything up).
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
+export REELFLOW_HOME ?= $(CURDIR)/.reelflow
+
+.PHONY: setup ffmpeg demo test test-e2e lint typecheck bench clean
+
+setup: $(STAMP) ffmpeg
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+ffmpeg:
+	@if ! command -v ffmpeg >/dev/null || ! command -v ffprobe >/dev/null; then \
+		echo "installing Debian ffmpeg"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ffmpeg >/dev/null; \
+	fi
+
+demo: setup
+	@mkdir -p $(REELFLOW_HOME)
+	@test -s $(REELFLOW_HOME)/sample.mp4 || $(BIN)/reelflow sample $(REELFLOW_HOME)/sample.mp4 --duration 20
+	$(BIN)/python -m reelflow.demo $(REELFLOW_HOME)/sample.mp4
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: setup
+	$(BIN)/mypy
+
+test: setup lint typecheck
+	$(BIN)/pytest -q -p no:cacheprovider
+
+# The end-to-end tests (real `prefect server start`, workers, served deployments) alone;
+# `make test` runs them too.
+test-e2e: setup
+	$(BIN)/pytest -q -p no:cacheprovider -m e2e
+
+bench: setup
+	$(BIN)/python -m bench.ingest
+
+clean:
+	rm -rf $(VENV) .reelflow .cache

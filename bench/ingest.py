@@ -1,0 +1,181 @@
+"""Benchmark: reelflow's chunk-upload + assemble vs boto3 ``upload_file``, same server, same run.
+
+Generates (and caches under bench/.data) a 100 MiB and a >= 1 GiB valid H.264 video, starts
+moto's S3 server on 127.0.0.1, and runs each contender in a fresh process (so peak RSS is its
+own), alternating order. Prints throughput ratios (reelflow / boto3, higher is better; target
+>= 1.0), peak RSS and RSS growth during the run (target <= 64 MiB), validate and thumbnail times.
+
+    python -m bench.ingest [--repeat 2] [--chunk 8388608] [--concurrency 4] [--big-mib 1024]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import boto3
+from botocore.config import Config
+
+from reelflow.samples import make_clip, make_large_clip
+
+DATA = Path(__file__).resolve().parent / ".data"
+MIB = 2**20
+
+
+def cached_clip(name: str, min_bytes: int) -> Path:
+    path = DATA / name
+    if not path.exists() or path.stat().st_size < min_bytes:
+        make_large_clip(path, min_bytes)
+    return path
+
+
+def start_s3() -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.support.s3server", "--port", "0", "--no-verify-checksums"],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    assert proc.stdout is not None
+    for _ in range(200):
+        line = proc.stdout.readline()
+        if "http://" in line:
+            endpoint = line[line.index("http://") :].split()[0]
+            return proc, endpoint
+    proc.kill()
+    raise RuntimeError("the S3 test server did not start")
+
+
+def run_one(
+    mode: str,
+    file: Path,
+    endpoint: str,
+    bucket: str,
+    chunk: int,
+    conc: int,
+    env: dict[str, str],
+    warmup: Path | None = None,
+) -> dict[str, float]:
+    cmd = [
+        sys.executable,
+        "-m",
+        "bench._one",
+        mode,
+        str(file),
+        "--endpoint",
+        endpoint,
+        "--bucket",
+        bucket,
+        "--chunk",
+        str(chunk),
+        "--concurrency",
+        str(conc),
+    ]
+    if warmup is not None and mode == "reelflow":
+        cmd += ["--warmup", str(warmup)]
+    out = subprocess.run(
+        cmd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"{mode} failed: {out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> int:
+    for var, value in (
+        ("AWS_ACCESS_KEY_ID", "testing"),
+        ("AWS_SECRET_ACCESS_KEY", "testing"),
+        ("AWS_DEFAULT_REGION", "us-east-1"),
+    ):
+        os.environ.setdefault(var, value)  # moto accepts any credentials
+    p = argparse.ArgumentParser()
+    p.add_argument("--repeat", type=int, default=2)
+    p.add_argument("--chunk", type=int, default=8 * MIB)
+    p.add_argument("--concurrency", type=int, default=4)
+    p.add_argument("--big-mib", type=int, default=1024)
+    args = p.parse_args()
+    DATA.mkdir(parents=True, exist_ok=True)
+    files = {
+        "100MiB": cached_clip("bench-100mib.mp4", 100 * MIB),
+        f"{args.big_mib}MiB": cached_clip(f"bench-{args.big_mib}mib.mp4", args.big_mib * MIB),
+    }
+    warmup = DATA / "warmup.mp4"
+    if not warmup.exists():
+        make_clip(warmup, duration_s=2.0, width=360, height=640, audio=False)
+    server, endpoint = start_s3()
+    try:
+        s3 = boto3.client(
+            "s3", endpoint_url=endpoint, config=Config(s3={"addressing_style": "path"})
+        )
+        rows = []
+        for label, file in files.items():
+            base_runs, rf_runs = [], []
+            for i in range(args.repeat):
+                bucket = f"bench-{label.lower()}-{i}-{int(time.time())}"
+                s3.create_bucket(Bucket=bucket)
+                env = os.environ | {
+                    "REELFLOW_HOME": tempfile.mkdtemp(prefix="reelflow-bench-"),
+                    "AWS_ACCESS_KEY_ID": "testing",
+                    "AWS_SECRET_ACCESS_KEY": "testing",
+                    "AWS_DEFAULT_REGION": "us-east-1",
+                    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                }
+                order = ["baseline", "reelflow"] if i % 2 == 0 else ["reelflow", "baseline"]
+                for mode in order:
+                    r = run_one(
+                        mode, file, endpoint, bucket, args.chunk, args.concurrency, env, warmup
+                    )
+                    (base_runs if mode == "baseline" else rf_runs).append(r)
+            size_mib = file.stat().st_size / MIB
+            b = statistics.median(r["seconds"] for r in base_runs)
+            f = statistics.median(r["seconds"] for r in rf_runs)
+            rows.append(
+                {
+                    "input": f"{label} ({size_mib:.0f} MiB)",
+                    "boto3_mib_s": size_mib / b,
+                    "reelflow_mib_s": size_mib / f,
+                    "ratio": b / f,
+                    "reelflow_peak_rss_mib": max(r["peak_rss_mib"] for r in rf_runs),
+                    "reelflow_rss_growth_mib": max(
+                        r["peak_rss_mib"] - r["rss_before_mib"] for r in rf_runs
+                    ),
+                    "reelflow_rss_growth_cold_mib": max(
+                        r["peak_rss_mib"] - r["rss_cold_mib"] for r in rf_runs
+                    ),
+                    "reelflow_upload_s": statistics.median(r["upload_s"] for r in rf_runs),
+                    "reelflow_assemble_s": statistics.median(r["assemble_s"] for r in rf_runs),
+                    "boto3_rss_growth_mib": max(
+                        r["peak_rss_mib"] - r["rss_before_mib"] for r in base_runs
+                    ),
+                    "validate_s": statistics.median(r["validate_s"] for r in rf_runs),
+                    "thumbnail_s": statistics.median(r["thumbnail_s"] for r in rf_runs),
+                }
+            )
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    print(
+        f"\nchunk {args.chunk // MIB} MiB, concurrency {args.concurrency}, repeat {args.repeat}, moto S3 on 127.0.0.1"
+    )
+    header = list(rows[0])
+    print(" | ".join(header))
+    for r in rows:
+        print(" | ".join(f"{v:.2f}" if isinstance(v, float) else str(v) for v in r.values()))
+    print(json.dumps(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,328 @@
+"""Benchmark: reelflow's TikTok upload leg vs a raw sequential ``requests`` PUT loop.
+
+Both contenders send the same file, in the same chunk plan, to the same sandbox (in this
+process, real HTTP on 127.0.0.1), in the same run; each runs in a fresh process, so its peak RSS
+is its own, and the order alternates. "reelflow" is the ``publish-media`` flow (creator_info,
+init, one Prefect task per chunk streamed from the local store, ledger writes, progress
+artifact, status poll); its upload-leg time is the chunk loop alone (``timings_s.upload``).
+"raw" is ``requests.Session().put`` per chunk on bytes read from the file, with an upload URL
+this process initialised. Target: ratio (raw time / reelflow time) >= 0.95.
+
+    python -m bench.publish [--repeat 3] [--mib 256] [--chunk-bytes 10000000]
+    python -m bench.publish --one raw|reelflow ...      (one contender; used by the driver)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+DEFAULT_PREFERRED_CHUNK_BYTES = 10_000_000  # reelflow.tiktok.plan's default
+DATA = Path(__file__).resolve().parent / ".data"
+REPO = Path(__file__).resolve().parents[1]
+MIB = 2**20
+PREFECT_START_TIMEOUT_S = 120.0
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def rss_mib() -> float:
+    import psutil
+
+    return float(psutil.Process().memory_info().rss) / MIB
+
+
+# ----- contenders (each in its own process) ----------------------------------------------------
+
+
+def run_raw(args: argparse.Namespace) -> dict[str, float]:
+    import requests
+
+    from reelflow.tiktok.plan import plan_tiktok_upload_with_chunk_size
+
+    url = os.environ["BENCH_UPLOAD_URL"]
+    size = Path(args.file).stat().st_size
+    plan = plan_tiktok_upload_with_chunk_size(size, args.chunk)
+    before = rss_mib()
+    t0 = time.perf_counter()
+    with requests.Session() as session, open(args.file, "rb") as fh:
+        for chunk in plan.chunks:
+            fh.seek(chunk.first_byte)
+            body = fh.read(chunk.length)
+            resp = session.put(
+                url,
+                data=body,
+                headers={
+                    "Content-Type": "video/mp4",
+                    "Content-Range": f"bytes {chunk.first_byte}-{chunk.last_byte}/{size}",
+                },
+                timeout=(5, 120),
+            )
+            if resp.status_code not in (201, 206):
+                raise RuntimeError(f"raw PUT answered {resp.status_code}")
+    seconds = time.perf_counter() - t0
+    return {"seconds": seconds, "rss_before_mib": before, "peak_rss_mib": peak_rss_mib()}
+
+
+def run_reelflow(args: argparse.Namespace) -> dict[str, Any]:
+    from flows.publish import publish_media
+    from reelflow.cli import _quiet_prefect_console
+    from reelflow.tiktok.client import TikTokClient
+
+    _quiet_prefect_console()  # as `reelflow publish` runs it (the API still gets every log)
+    # Time inside the PUTs themselves, to split the leg into wire time and orchestration.
+    in_put = [0.0]
+    put_chunk = TikTokClient.put_chunk
+
+    def timed_put(self: Any, *a: Any, **k: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return put_chunk(self, *a, **k)
+        finally:
+            in_put[0] += time.perf_counter() - t0
+
+    TikTokClient.put_chunk = timed_put  # type: ignore[method-assign]
+    before = rss_mib()
+    summary = publish_media(
+        media_id=args.media_id,
+        account=args.account,
+        caption=args.caption,
+        chunk_size_bytes=args.chunk,
+    )
+    if summary["status"] != "PUBLISH_COMPLETE":
+        raise RuntimeError(f"publish ended {summary['status']}")
+    return {
+        "seconds": summary["timings_s"]["upload"],
+        "put_s": in_put[0],
+        "total_s": sum(summary["timings_s"].values()),
+        "chunks": summary["chunks_sent_this_run"],
+        "rss_before_mib": before,
+        "peak_rss_mib": peak_rss_mib(),
+    }
+
+
+# ----- driver ----------------------------------------------------------------------------------
+
+
+def bench_file(mib: int) -> Path:
+    """A valid MP4 of ``mib`` MiB: a short clip plus a trailing ``free`` box (cached)."""
+    from reelflow.samples import make_clip
+
+    path = DATA / f"publish-{mib}mib.mp4"
+    if not path.exists():
+        DATA.mkdir(parents=True, exist_ok=True)
+        make_clip(path, duration_s=5, extra_bytes=mib * MIB - 400_000)
+    return path
+
+
+def start_prefect(env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
+    """A Prefect server for the whole bench, as production has one (no per-child startup)."""
+    import socket
+    import urllib.request
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+         "--port", str(port), "--no-services"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}/api"
+    deadline = time.monotonic() + PREFECT_START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
+                if resp.status == 200:
+                    return proc, url
+        except OSError:
+            time.sleep(0.25)
+    os.killpg(proc.pid, signal.SIGKILL)
+    raise RuntimeError("the Prefect server did not start")
+
+
+def one(mode: str, extra: list[str], env: dict[str, str]) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "bench.publish", "--one", mode, *extra]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800, cwd=REPO)
+    if out.returncode != 0:
+        raise RuntimeError(f"{mode} failed: {out.stderr[-3000:]}")
+    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+def drive(args: argparse.Namespace) -> int:
+    from reelflow.tiktok.plan import plan_tiktok_upload
+    from reelflow.tiktok.sandbox import SandboxConfig
+
+    file = bench_file(args.mib)
+    size = file.stat().st_size
+    plan = plan_tiktok_upload(size, args.chunk_bytes)
+    work = Path(tempfile.mkdtemp(prefix="reelflow-bench-publish-"))
+    env = os.environ | {
+        "REELFLOW_HOME": str(work / "home"),
+        "PREFECT_HOME": str(work / "prefect"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",
+    }
+    config = SandboxConfig(processing_delay_s=0.0)
+    raw_runs: list[dict[str, Any]] = []
+    rf_runs: list[dict[str, Any]] = []
+    server, env["PREFECT_API_URL"] = start_prefect(env)
+    try:
+        posts = _rounds(args, file, plan, env, config, work, raw_runs, rf_runs)
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)  # the server and the uvicorn it may have started
+        server.wait(timeout=30)
+        # Every round leaves a stored copy and the sandbox's received bytes: GBs per run.
+        shutil.rmtree(work, ignore_errors=True)
+    _report(args, size, plan, raw_runs, rf_runs, posts)
+    return 0
+
+
+def _rounds(
+    args: argparse.Namespace,
+    file: Path,
+    plan: Any,
+    env: dict[str, str],
+    config: Any,
+    work: Path,
+    raw_runs: list[dict[str, Any]],
+    rf_runs: list[dict[str, Any]],
+) -> int:
+    from reelflow.settings import Settings
+    from reelflow.tiktok.client import TikTokClient
+    from reelflow.tiktok.sandbox_app import start_sandbox
+
+    size = file.stat().st_size
+    with start_sandbox(config, data_dir=work / "sandbox") as sb:
+        env["REELFLOW_TIKTOK_API_BASE"] = sb.base_url
+        ingest = subprocess.run(
+            [sys.executable, "-m", "reelflow.cli", "ingest", str(file), "--json"],
+            env=env, capture_output=True, text=True, timeout=1800, cwd=REPO,
+        )  # fmt: skip
+        if ingest.returncode != 0:
+            raise RuntimeError(ingest.stderr[-3000:])
+        media_id = json.loads(ingest.stdout.strip().splitlines()[-1])["media_id"]
+        os.environ.update({"REELFLOW_HOME": env["REELFLOW_HOME"]})
+        from storage.publishing import save_account, secret_box
+        from storage.runtime import Runtime
+
+        rt = Runtime.from_settings(Settings())
+        for i in range(args.repeat):
+            # A fresh creator per round: TikTok's init limit (6/min) is per user.
+            created = sb.state.create_account(f"bench{i}")
+            save_account(
+                rt.catalog.engine, secret_box(rt.settings), f"bench{i}",
+                access_token=created["access_token"], refresh_token=created["refresh_token"],
+                expires_in=created["expires_in"], refresh_expires_in=created["refresh_expires_in"],
+                open_id=created["open_id"], scopes=created["scope"],
+            )  # fmt: skip
+            order = ["raw", "reelflow"] if i % 2 == 0 else ["reelflow", "raw"]
+            for mode in order:
+                if mode == "raw":
+                    with TikTokClient(
+                        sb.base_url,
+                        client_key=config.client_key,
+                        client_secret=config.client_secret,
+                    ) as client:
+                        init = client.init_direct_post(
+                            created["access_token"],
+                            post_info={"privacy_level": "SELF_ONLY"},
+                            video_size=size,
+                            chunk_size=plan.chunk_size,
+                            total_chunk_count=plan.total_chunk_count,
+                        )
+                    raw_env = env | {"BENCH_UPLOAD_URL": init.upload_url}
+                    extra = ["--file", str(file), "--chunk", str(plan.chunk_size)]
+                    raw_runs.append(one("raw", extra, raw_env))
+                else:
+                    extra = ["--media-id", media_id, "--account", f"bench{i}"]
+                    extra += ["--chunk", str(args.chunk_bytes)]
+                    rf_runs.append(one("reelflow", [*extra, "--caption", f"run {i}"], env))
+        posts: int = sb.state.stats()["posts"]
+    return posts
+
+
+def _report(
+    args: argparse.Namespace,
+    size: int,
+    plan: Any,
+    raw_runs: list[dict[str, Any]],
+    rf_runs: list[dict[str, Any]],
+    posts: int,
+) -> None:
+    size_mib = size / MIB
+    raw_s = statistics.median(r["seconds"] for r in raw_runs)
+    rf_s = statistics.median(r["seconds"] for r in rf_runs)
+    # Rounds are paired (same creator, back to back, alternating order): the median of the
+    # per-round ratios cancels the machine's drift between rounds; best-of shows the floor.
+    paired = statistics.median(
+        r["seconds"] / f["seconds"] for r, f in zip(raw_runs, rf_runs, strict=True)
+    )
+    best = min(r["seconds"] for r in raw_runs) / min(r["seconds"] for r in rf_runs)
+    row = {
+        "file_mib": round(size_mib, 1),
+        "chunk_bytes": plan.chunk_size,
+        "chunks": plan.total_chunk_count,
+        "repeat": args.repeat,
+        "raw_mib_s": round(size_mib / raw_s, 1),
+        "reelflow_mib_s": round(size_mib / rf_s, 1),
+        "ratio": round(paired, 3),
+        "ratio_of_medians": round(raw_s / rf_s, 3),
+        "ratio_best_of": round(best, 3),
+        "reelflow_put_s": round(statistics.median(r["put_s"] for r in rf_runs), 3),
+        "reelflow_leg_s": round(rf_s, 3),
+        "raw_leg_s": round(raw_s, 3),
+        "reelflow_total_s": round(statistics.median(r["total_s"] for r in rf_runs), 2),
+        "reelflow_peak_rss_mib": round(max(r["peak_rss_mib"] for r in rf_runs), 1),
+        "reelflow_rss_growth_mib": round(
+            max(r["peak_rss_mib"] - r["rss_before_mib"] for r in rf_runs), 1
+        ),
+        "raw_peak_rss_mib": round(max(r["peak_rss_mib"] for r in raw_runs), 1),
+        "raw_rss_growth_mib": round(
+            max(r["peak_rss_mib"] - r["rss_before_mib"] for r in raw_runs), 1
+        ),
+        "posts": posts,
+    }
+    print(f"\nTikTok upload leg, sandbox on 127.0.0.1, {args.repeat} paired rounds")
+    print(" | ".join(row))
+    print(" | ".join(str(v) for v in row.values()))
+    print(json.dumps(row))
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--one", choices=["raw", "reelflow"])
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--mib", type=int, default=256)
+    p.add_argument("--chunk-bytes", type=int, default=DEFAULT_PREFERRED_CHUNK_BYTES)
+    p.add_argument("--file")
+    p.add_argument("--chunk", type=int)
+    p.add_argument("--media-id")
+    p.add_argument("--account")
+    p.add_argument("--caption")
+    args = p.parse_args()
+    if args.one == "raw":
+        print(json.dumps(run_raw(args)))
+    elif args.one == "reelflow":
+        print(json.dumps(run_reelflow(args)))
+    else:
+        return drive(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,176 @@
+"""``reelflow s3-events``: run the S3 bucket-event bridge from SQS or as a webhook.
+
+Wiring only: settings, clients and the Prefect sink are built here, once, and handed to
+:mod:`deployments.s3_events`. Mounted by ``reelflow/cli.py`` as ``app.add_typer(events_app,
+name="s3-events")``; ``python -m deployments.events_cli`` runs it alone.
+
+Both commands need ``PREFECT_API_URL`` (the server whose ``ingest-video`` trigger turns the
+events into runs) and S3 read access to the bucket (HEAD the video, GET its sidecar).
+``REELFLOW_S3_ENDPOINT_URL`` points boto3 at an S3-compatible server, for S3 and for SQS.
+Exit codes: 0 done, 2 bad configuration or arguments, 1 anything else; errors are one line on
+stderr. ``sqs`` prints one JSON summary line on stdout when it stops.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import typer
+
+# Prefect reads these at import time, so they are set before anything imports prefect.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
+
+WEBHOOK_SECRET_ENV = "REELFLOW_WEBHOOK_SECRET"
+
+events_app = typer.Typer(
+    help="Bridge S3 bucket notifications into Prefect events (ingest-video triggers).",
+    no_args_is_help=True,
+)
+
+_PREFIX_HELP = "Only keys starting with this prefix (case-sensitive)"
+_SUFFIX_HELP = "Video name suffix, case-insensitive; repeat for several (default: .mp4 .mov .webm)"
+
+
+def _fail(exc: BaseException) -> None:
+    from reelflow.errors import ConfigurationError, ValidationError
+    from reelflow.logging import redact_text
+
+    terminal = isinstance(exc, ConfigurationError | ValidationError)
+    kind = getattr(exc, "reason", None) or type(exc).__name__
+    message = redact_text(str(exc)).replace("\n", " ").strip() or type(exc).__name__
+    typer.echo(f"error: {kind}: {message}", err=True)
+    raise typer.Exit(2 if terminal else 1)
+
+
+def _key_filter(prefix: str, suffixes: list[str] | None) -> Any:
+    from deployments.s3_events import DEFAULT_SUFFIXES, KeyFilter
+
+    return KeyFilter(prefix=prefix, suffixes=tuple(suffixes) if suffixes else DEFAULT_SUFFIXES)
+
+
+def _s3_client(settings: Any) -> Any:
+    from storage.s3 import make_s3_client
+
+    return make_s3_client(
+        endpoint_url=settings.s3_endpoint_url, max_attempts=settings.s3_max_attempts
+    )
+
+
+@contextlib.contextmanager
+def _stop_on_sigterm() -> Iterator[threading.Event]:
+    """SIGTERM (systemd, docker stop) sets the event; the previous handler comes back after."""
+    stop = threading.Event()
+    # The loop then ends after the current long poll, so no message is cut between emitting
+    # its events and deleting it. Off the main thread signal() raises ValueError: no handler.
+    try:
+        previous = signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
+    except ValueError:
+        yield stop
+        return
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@events_app.command("sqs")
+def sqs(
+    queue_url: str = typer.Option(
+        ..., "--queue-url", help="SQS queue receiving the bucket's notifications"
+    ),
+    prefix: str = typer.Option("", "--prefix", help=_PREFIX_HELP),
+    suffix: list[str] | None = typer.Option(None, "--suffix", help=_SUFFIX_HELP),
+    max_messages: int | None = typer.Option(
+        None, "--max-messages", min=1, help="Stop after receiving this many messages"
+    ),
+    once: bool = typer.Option(
+        False, "--once", help="One receive (a long poll of up to 20 s), then stop"
+    ),
+) -> None:
+    """Long-poll an SQS queue; delete each message once its events are in Prefect."""
+    from deployments.s3_events import (
+        Bridge,
+        PrefectEventSink,
+        make_sqs_client,
+        own_store_of,
+        poll_sqs,
+    )
+    from reelflow.logging import configure_logging
+    from reelflow.settings import Settings
+
+    configure_logging()
+    try:
+        settings = Settings()
+        key_filter = _key_filter(prefix, suffix)
+        # moto and LocalStack serve S3 and SQS on one endpoint; see the module docstring.
+        queue = make_sqs_client(
+            endpoint_url=settings.sqs_endpoint_url or settings.s3_endpoint_url,
+            queue_url=queue_url,
+            max_attempts=settings.s3_max_attempts,
+        )
+        with PrefectEventSink() as sink, _stop_on_sigterm() as stop:
+            bridge = Bridge(
+                s3=_s3_client(settings),
+                sink=sink,
+                key_filter=key_filter,
+                own_store=own_store_of(settings.resolved_store_url),
+            )
+            stats = poll_sqs(
+                bridge, queue, queue_url, max_messages=max_messages, once=once, stop=stop
+            )
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+    except Exception as exc:
+        _fail(exc)
+        return
+    typer.echo(json.dumps(vars(stats)))
+
+
+@events_app.command("webhook")
+def webhook(
+    host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on"),
+    port: int = typer.Option(8787, "--port", min=0, max=65535),
+    prefix: str = typer.Option("", "--prefix", help=_PREFIX_HELP),
+    suffix: list[str] | None = typer.Option(None, "--suffix", help=_SUFFIX_HELP),
+) -> None:
+    """Serve POST / for S3-format notification bodies (MinIO, Ceph); needs REELFLOW_WEBHOOK_SECRET."""
+    from deployments.s3_events import Bridge, PrefectEventSink, make_webhook_app, own_store_of
+    from reelflow.errors import ConfigurationError
+    from reelflow.logging import configure_logging
+    from reelflow.settings import Settings
+
+    configure_logging()
+    try:
+        settings = Settings()
+        secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else ""
+        if not secret.strip():
+            raise ConfigurationError(
+                f"{WEBHOOK_SECRET_ENV} is not set: the webhook refuses unauthenticated senders"
+            )
+        key_filter = _key_filter(prefix, suffix)
+        with PrefectEventSink() as sink:
+            bridge = Bridge(
+                s3=_s3_client(settings),
+                sink=sink,
+                key_filter=key_filter,
+                own_store=own_store_of(settings.resolved_store_url),
+            )
+            app = make_webhook_app(bridge, secret=secret)
+            import uvicorn
+
+            # uvicorn's own SIGINT/SIGTERM handling drains in-flight requests before exiting.
+            uvicorn.run(app, host=host, port=port, log_level="warning")
+    except Exception as exc:
+        _fail(exc)
+
+
+if __name__ == "__main__":  # pragma: no cover - `python -m deployments.events_cli ...`
+    sys.exit(events_app())

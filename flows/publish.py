@@ -1,0 +1,473 @@
+"""The ``publish-media`` flow: publish one stored media to one TikTok account, exactly once.
+
+:func:`publish_stored_media` is the orchestration, shared with the ingest flow (which calls it
+inside its own run). It reads the ledger row of (media × account × post options) and, for a row
+with a live session, TikTok's status, and picks exactly one way forward (:func:`next_step`):
+
+* nothing acknowledged yet, or no session → creator check, then init (the row exists first);
+* bytes partly acknowledged → continue from the first chunk TikTok has not acknowledged;
+* every byte acknowledged, or TikTok already past ``PROCESSING_UPLOAD`` → poll only, never init;
+* the upload URL expired mid-upload (403) → re-init and start over, recorded in the row.
+
+Orchestration only: ordering, parameters, artifacts. TikTok I/O lives in ``tasks/``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from prefect import flow
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    update_progress_artifact,
+)
+
+from reelflow.errors import ReelflowError, ValidationError
+from reelflow.logging import configure_logging, get_logger
+from reelflow.settings import Settings
+from reelflow.tiktok.client import PublishStatus, TikTokClient
+from reelflow.tiktok.errors import (
+    TikTokInvalidRequest,
+    UploadSessionNotFound,
+    UploadUrlExpired,
+)
+from reelflow.tiktok.plan import DEFAULT_PREFERRED_CHUNK_BYTES
+from reelflow.tiktok.tokens import TokenManager
+from storage.catalog import Media
+from storage.leases import Leases
+from storage.publishing import (
+    DONE_STATES,
+    FAILED,
+    PENDING,
+    POLL_ONLY_STATES,
+    PROCESSING,
+    UPLOADED,
+    UPLOADING,
+    Publish,
+    ensure_publish,
+    get_publish,
+    options_hash,
+    publish_row_id,
+    secret_box,
+    update_publish,
+)
+from storage.runtime import Runtime
+from tasks.status_poll import (
+    DEFAULT_POLL_DEADLINE_S,
+    FIRST_POLL_INTERVAL_S,
+    poll_publish_status,
+    publish_failed,
+    record_status,
+)
+from tasks.tiktok_publish import (
+    PublishContext,
+    Tally,
+    check_creator,
+    fetch_upload_status,
+    init_upload,
+    send_chunks,
+    upload_session,
+)
+
+MODES = ("direct", "inbox")
+PRIVACY_LEVELS = ("PUBLIC_TO_EVERYONE", "MUTUAL_FOLLOW_FRIENDS", "FOLLOWER_OF_CREATOR", "SELF_ONLY")
+DEFAULT_PRIVACY = "SELF_ONLY"  # the only level an unaudited client may post (SG)
+MAX_REINITS_PER_RUN = 2  # an expired URL twice in one run means the upload cannot finish in 1 h
+SCOPE_PUBLISH = "video.publish"
+SETTLED_STATES = DONE_STATES | {FAILED, PROCESSING}
+PROGRESS_INTERVAL_S = 2.0
+
+
+@dataclass(frozen=True)
+class Step:
+    """What a run does next: ``init``, ``upload`` (from ``from_byte``), ``poll``, ``done`` or
+    ``failed``; ``reason`` is recorded with an init."""
+
+    action: str
+    from_byte: int = 0
+    reason: str = ""
+
+
+def next_step(row: Publish, remote: PublishStatus | None) -> Step:
+    """Pure: the one way forward for a ledger row and (for a live session) TikTok's status.
+
+    ``remote`` is None when the row has no session, or TikTok does not know its publish_id.
+    """
+    if row.status in DONE_STATES:
+        return Step("done")
+    if row.status == FAILED:
+        if row.fail_reason == "internal":  # TikTok documents it retryable: a fresh publish
+            return Step("init", reason="retry_after_internal_failure")
+        return Step("failed")
+    if row.status in POLL_ONLY_STATES:
+        return Step("poll")
+    if row.publish_id is None or row.status == PENDING:
+        return Step("init", reason="first_init" if row.inits == 0 else "init_after_refusal")
+    if remote is None:
+        return Step("init", reason="publish_id_unknown_to_tiktok")
+    if remote.status == "FAILED":
+        return Step("failed")
+    if remote.status != "PROCESSING_UPLOAD":
+        return Step("poll")
+    uploaded = remote.uploaded_bytes or 0
+    if uploaded >= row.video_size:
+        return Step("poll")
+    return Step("upload", from_byte=uploaded)
+
+
+def post_options(mode: str, privacy: str, caption: str | None) -> dict[str, Any]:
+    """The options that make a publish distinct (part of the ledger row's identity)."""
+    if mode not in MODES:
+        raise ValidationError(f"mode must be one of {', '.join(MODES)}", reason="invalid_mode")
+    if privacy not in PRIVACY_LEVELS:
+        raise ValidationError(
+            f"privacy must be one of {', '.join(PRIVACY_LEVELS)}", reason="invalid_privacy"
+        )
+    if mode == "inbox":  # the user picks caption and privacy in the app (UP)
+        return {"mode": mode}
+    return {"mode": mode, "privacy_level": privacy, "caption": caption or ""}
+
+
+def _lease_owner() -> str:
+    """This flow run (the ingest flow's crash hook frees its leases), or this thread."""
+    from prefect.runtime import flow_run
+
+    run_id = flow_run.get_id()
+    return str(run_id) if run_id else f"pid-{os.getpid()}-{threading.get_ident()}"
+
+
+def _key(prefix: str, row_id: str) -> str:
+    return f"{prefix}-{row_id}".lower().replace("_", "-")
+
+
+class _Run:
+    """One run's bookkeeping: timings, counters and the progress artifact."""
+
+    def __init__(self, ctx: PublishContext, row: Publish, media: Media) -> None:
+        self.ctx, self.row_id, self.media = ctx, row.id, media
+        self.tally = Tally()
+        self.timings: dict[str, float] = {}
+        self.progress_at = 0.0
+        self.chunks_total = row.chunks_total
+        size = max(1, media.size_bytes)
+        self.progress_id = create_progress_artifact(
+            progress=100.0 * row.bytes_acknowledged / size,
+            key=_key("tiktok-upload", row.id),
+            description=f"TikTok upload of {media.media_id} to {row.account}",
+        )
+
+    def on_progress(self, done: int, total: int) -> None:
+        # Each update is an API call (~20 ms measured): at most one per interval, plus the last.
+        now = time.monotonic()
+        if done < total and now - self.progress_at < PROGRESS_INTERVAL_S:
+            return
+        self.progress_at = now
+        update_progress_artifact(
+            artifact_id=self.progress_id,  # type: ignore[arg-type]  # sync context: a UUID
+            progress=100.0 * done / max(1, total),
+        )
+
+    @contextmanager
+    def timed(self, name: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - t0
+
+
+def _remote_status(ctx: PublishContext, publish_id: str) -> PublishStatus | None:
+    try:
+        return fetch_upload_status(ctx, publish_id)
+    except TikTokInvalidRequest as exc:
+        if exc.code in ("invalid_publish_id", "token_not_authorized_for_specified_publish_id"):
+            return None
+        raise
+
+
+def _init(run: _Run, mode: str, privacy: str, caption: str | None, reason: str) -> None:
+    """Check the creator, then open a new upload session (recorded before this returns)."""
+    ctx, media = run.ctx, run.media
+    creator: dict[str, Any] = {}
+    if mode == "direct" or SCOPE_PUBLISH in ctx.tokens.scopes:
+        with run.timed("creator_info"):
+            creator = check_creator(
+                ctx, mode=mode, privacy=privacy, duration_s=media.duration_s, caption=caption
+            )
+    post_info: dict[str, Any] | None = None
+    if mode == "direct":
+        post_info = {
+            "privacy_level": privacy,
+            "disable_comment": bool(creator.get("comment_disabled")),
+            "disable_duet": bool(creator.get("duet_disabled")),
+            "disable_stitch": bool(creator.get("stitch_disabled")),
+            "video_cover_timestamp_ms": int(media.thumbnail_time_ms),
+        }
+        if caption:
+            post_info["title"] = caption
+    with run.timed("init"):
+        result = init_upload(ctx, run.row_id, post_info=post_info, reason=reason)
+    run.chunks_total = result["chunks_total"]
+
+
+def _upload(run: _Run, step: Step, mode: str, privacy: str, caption: str | None) -> None:
+    """Send the chunks; on an expired or unknown upload URL re-init and start over (bounded)."""
+    ctx, engine = run.ctx, run.ctx.rt.catalog.engine
+    start = step.from_byte
+    for attempt in range(MAX_REINITS_PER_RUN + 1):
+        try:
+            with run.timed("upload"):
+                send_chunks(
+                    ctx,
+                    run.row_id,
+                    video_key=run.media.video_key,
+                    content_type=run.media.content_type,
+                    start_byte=start,
+                    tally=run.tally,
+                    on_progress=run.on_progress,
+                )
+            return
+        except (UploadUrlExpired, UploadSessionNotFound) as exc:
+            row = get_publish(engine, run.row_id)
+            assert row is not None and row.publish_id is not None
+            remote = _remote_status(ctx, row.publish_id)
+            if remote is not None:
+                record_status(ctx, run.row_id, remote, size=row.video_size)
+            after = next_step(row, remote)
+            if after.action in ("poll", "failed"):
+                return  # TikTok has everything, or gave up: the caller polls / reports it
+            if attempt == MAX_REINITS_PER_RUN:
+                raise
+            reason = "upload_url_expired" if isinstance(exc, UploadUrlExpired) else "upload_lost"
+            get_logger(account=ctx.tokens.name, media_id=run.media.media_id).warning(
+                "tiktok_upload_restarted",
+                reason=reason,
+                publish_id=row.publish_id,
+                bytes_acknowledged=row.bytes_acknowledged,
+            )
+            _init(run, mode, privacy, caption, reason)
+            start = 0
+
+
+def _summary(run: _Run, row: Publish) -> dict[str, Any]:
+    return {
+        "publish_id": row.publish_id,
+        "status": row.tiktok_status,
+        "post_id": row.post_id,
+        "fail_reason": row.fail_reason,
+        "chunks_total": row.chunks_total or run.chunks_total,
+        "chunks_sent_this_run": run.tally.chunks,
+        "bytes_sent_this_run": run.tally.bytes,
+        "ledger_status": row.status,
+        "inits": row.inits,
+        "account": row.account,
+        "media_id": row.media_id,
+        "mode": row.mode,
+        "timings_s": {k: round(v, 3) for k, v in run.timings.items()},
+    }
+
+
+def _markdown(summary: dict[str, Any], error: ReelflowError | None) -> str:
+    lines = [
+        f"# TikTok publish of {summary['media_id']} to {summary['account']}",
+        "",
+        "| field | value |",
+        "|---|---|",
+    ]
+    shown = ("publish_id", "status", "ledger_status", "post_id", "fail_reason", "inits", "mode")
+    lines += [f"| {k} | `{summary.get(k)}` |" for k in shown]
+    lines.append(f"| chunks | {summary['chunks_sent_this_run']} sent / {summary['chunks_total']} |")
+    if error is not None:
+        code = getattr(error, "code", None) or getattr(error, "reason", None)
+        lines.append(f"| error | `{code}`: {error} |")
+        lines.append(f"| log_id | `{getattr(error, 'log_id', None)}` |")
+    return "\n".join(lines) + "\n"
+
+
+def publish_stored_media(
+    rt: Runtime,
+    media_id: str,
+    account: str,
+    caption: str | None = None,
+    privacy: str = DEFAULT_PRIVACY,
+    mode: str = "direct",
+    *,
+    poll_deadline_s: float = DEFAULT_POLL_DEADLINE_S,
+    poll_interval_s: float = FIRST_POLL_INTERVAL_S,
+    preferred_chunk_bytes: int = DEFAULT_PREFERRED_CHUNK_BYTES,
+) -> dict[str, Any]:
+    """Publish ``media_id`` (already in the catalog and store) to ``account``; safe to re-run.
+
+    Returns ``{publish_id, status, post_id, fail_reason, chunks_total, chunks_sent_this_run,
+    ...}``; ``status`` is TikTok's. Raises typed errors: ``PublishRefused`` and TikTok policy or
+    validation errors (terminal), ``TikTokPublishFailed`` (FAILED, with fail_reason and log_id),
+    ``AuthorizationRevoked``. A poll deadline is not an error: the row stays ``processing``.
+    """
+    options = post_options(mode, privacy, caption)
+    media = rt.catalog.get_media(media_id)
+    if media is None:
+        raise ValidationError(f"no stored media {media_id!r}", reason="media_not_found")
+    box = secret_box(rt.settings)
+    settings = rt.settings
+    with TikTokClient(
+        settings.tiktok_api_base,
+        client_key=settings.tiktok_client_key,
+        client_secret=settings.tiktok_client_secret.get_secret_value(),
+        session=upload_session(),
+    ) as client:
+        tokens = TokenManager(client, rt.catalog.engine, box, account)
+        ctx = PublishContext(rt, client, tokens, box, preferred_chunk_bytes=preferred_chunk_bytes)
+        opts_hash = options_hash(options)
+        row = ensure_publish(
+            rt.catalog.engine,
+            Publish(
+                id=publish_row_id(media_id, account, opts_hash),
+                media_id=media_id,
+                account=account,
+                options_hash=opts_hash,
+                options_json=json.dumps(options, sort_keys=True),
+                mode=mode,
+                video_size=media.size_bytes,
+            ),
+        )
+        log = get_logger(account=account, media_id=media_id, publish_row=row.id)
+        log.info("tiktok_publish_started", ledger_status=row.status, publish_id=row.publish_id)
+        run = _Run(ctx, row, media)
+        engine = rt.catalog.engine
+
+        def settled() -> bool | None:
+            """While another run holds the publish: has it brought it to a resting state?"""
+            latest = get_publish(engine, row.id)
+            return True if latest is not None and latest.status in SETTLED_STATES else None
+
+        # One live run per publish (duplicate triggers, a double click): the others wait for it,
+        # then find the outcome. A killed holder on this host frees the lease at once.
+        with Leases(engine).hold(
+            row.id, _lease_owner(), wait_s=settings.lease_wait_s, on_wait=settled
+        ):
+            error: ReelflowError | None = None
+            try:
+                _drive(run, mode, privacy, caption, poll_deadline_s, poll_interval_s)
+            except ReelflowError as exc:
+                error = exc
+                code = getattr(exc, "code", None) or getattr(exc, "reason", None)
+                fields: dict[str, Any] = {
+                    "error_code": code,
+                    "log_id": getattr(exc, "log_id", None),
+                }
+                latest = get_publish(engine, row.id)
+                if latest is not None and latest.status != FAILED:
+                    fields["fail_reason"] = str(exc)[:500]
+                update_publish(engine, row.id, **fields)
+                raise
+            finally:
+                final = get_publish(engine, row.id)
+                assert final is not None
+                summary = _summary(run, final)
+                create_markdown_artifact(
+                    markdown=_markdown(summary, error),
+                    key=_key("tiktok-publish", row.id),
+                    description=f"TikTok publish of {media_id} to {account}",
+                )
+        log.info(
+            "tiktok_publish_finished",
+            status=summary["status"],
+            ledger_status=summary["ledger_status"],
+            post_id=summary["post_id"],
+            chunks_sent=summary["chunks_sent_this_run"],
+        )
+        return summary
+
+
+def _drive(
+    run: _Run,
+    mode: str,
+    privacy: str,
+    caption: str | None,
+    poll_deadline_s: float,
+    poll_interval_s: float,
+) -> None:
+    ctx, engine = run.ctx, run.ctx.rt.catalog.engine
+    row = get_publish(engine, run.row_id)
+    assert row is not None
+    remote = None
+    if row.status not in DONE_STATES | POLL_ONLY_STATES | {FAILED, PENDING} and row.publish_id:
+        remote = _remote_status(ctx, row.publish_id)  # the remote truth, before anything else
+        if remote is not None:
+            record_status(ctx, run.row_id, remote, size=row.video_size)
+            row = get_publish(engine, run.row_id)
+            assert row is not None
+    step = next_step(row, remote)
+    if step.action == "done":
+        return
+    if step.action == "failed":
+        raise publish_failed(row.fail_reason or "", row.publish_id or "", row.log_id)
+    if step.action == "init":
+        _init(run, mode, privacy, caption, step.reason)
+    if step.action in ("init", "upload"):
+        _upload(run, step, mode, privacy, caption)
+    elif row.status == UPLOADING:  # TikTok holds every byte: record it, then only poll
+        update_publish(engine, run.row_id, status=UPLOADED, bytes_acknowledged=row.video_size)
+    row = get_publish(engine, run.row_id)
+    assert row is not None and row.publish_id is not None
+    publish_id = row.publish_id
+    if row.status in DONE_STATES:
+        return
+    if row.status == FAILED:
+        raise publish_failed(row.fail_reason or "", publish_id, row.log_id)
+    with run.timed("poll"):
+        outcome = poll_publish_status(
+            ctx,
+            run.row_id,
+            publish_id,
+            video_size=row.video_size,
+            deadline_at=time.time() + poll_deadline_s,
+            first_interval_s=poll_interval_s,
+        )
+    if outcome.status == "FAILED":
+        raise publish_failed(outcome.fail_reason or "", publish_id, outcome.log_id)
+
+
+@flow(name="publish-media", log_prints=True)
+def publish_media(
+    media_id: str,
+    account: str,
+    caption: str | None = None,
+    privacy: str = DEFAULT_PRIVACY,
+    mode: str = "direct",
+    poll_deadline_s: float = DEFAULT_POLL_DEADLINE_S,
+    chunk_size_bytes: int | None = None,
+) -> dict[str, Any]:
+    """Publish a stored media to a TikTok account (Direct Post or inbox), exactly once.
+
+    Args:
+        media_id: A media id from the catalog (`reelflow status`).
+        account: A TikTok account name added with `reelflow accounts add`.
+        caption: The post's caption (Direct Post; at most 2200 UTF-16 units).
+        privacy: Direct Post privacy level; must be among the creator's options.
+        mode: "direct" (post now) or "inbox" (the creator finishes it in the TikTok app).
+        poll_deadline_s: Stop polling after this long; the publish stays resumable and the
+            reconcile-publishes deployment finishes it.
+        chunk_size_bytes: Preferred TikTok chunk size for a new upload session (clamped to the
+            safe 5 MiB-64 MB range; default 10 MB). A resumed session keeps its own.
+    """
+    configure_logging()
+    rt = Runtime.from_settings(Settings())
+    return publish_stored_media(
+        rt,
+        media_id,
+        account,
+        caption,
+        privacy,
+        mode,
+        poll_deadline_s=poll_deadline_s,
+        preferred_chunk_bytes=chunk_size_bytes or DEFAULT_PREFERRED_CHUNK_BYTES,
+    )

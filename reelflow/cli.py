@@ -1,0 +1,243 @@
+"""The ``reelflow`` command line (typer): ingest, sandbox, status.
+
+Exit codes: 0 success, 2 input rejected (validation), 1 anything else; the error is one line
+on stderr. With ``--json`` the last stdout line is the run's summary as one JSON object.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import typer
+
+# Prefect reads these at import time, so they are set before anything imports prefect.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
+
+app = typer.Typer(
+    help="reelflow: resumable video ingest and TikTok publishing on Prefect.",
+    pretty_exceptions_enable=False,
+)
+
+from deployments.events_cli import events_app  # noqa: E402  (imports only typer; the rest is lazy)
+
+app.add_typer(events_app, name="s3-events", help="Bridge S3 bucket events into Prefect events")
+
+from reelflow.cli_tiktok import register as _register_tiktok  # noqa: E402
+
+_register_tiktok(app)  # accounts, publish, sandbox
+
+
+def exit_code_for(exc: BaseException) -> int:
+    """2 for terminal errors a re-run cannot fix (bad input, TikTok refusals, bad settings);
+    1 for everything else."""
+    from reelflow.errors import ConfigurationError, PublishError, ReelflowError, ValidationError
+
+    terminal_kinds = (ValidationError, PublishError, ConfigurationError)
+    if isinstance(exc, ReelflowError) and not exc.retryable and isinstance(exc, terminal_kinds):
+        return 2
+    return 1
+
+
+def _fail(exc: BaseException) -> None:
+    """One line on stderr (reason or TikTok's error code, secrets scrubbed), then exit."""
+    from reelflow.logging import redact_text
+    from reelflow.tiktok.errors import redact
+
+    kind = getattr(exc, "code", None) or getattr(exc, "reason", None) or type(exc).__name__
+    message = redact(redact_text(str(exc))).replace("\n", " ").strip() or type(exc).__name__
+    typer.echo(f"error: {kind}: {message}", err=True)
+    raise typer.Exit(exit_code_for(exc))
+
+
+def _quiet_prefect_console() -> None:
+    """Keep Prefect's per-run console chatter out of the CLI (it still reaches the API/UI)."""
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    for name in ("", "prefect"):
+        for handler in logging.getLogger(name).handlers:
+            if isinstance(handler, PrefectConsoleHandler):
+                handler.setLevel(logging.CRITICAL + 1)
+
+
+def _print_summary(summary: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps(summary, default=str))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"ingested {summary['media_id']}", show_header=False)
+    for key, value in summary.items():
+        table.add_row(key, str(value))
+    Console().print(table)
+
+
+@app.command()
+def ingest(
+    source: str = typer.Argument(..., help="Local path, s3://bucket/key or http(s):// URL"),
+    chunk_size: int | None = typer.Option(None, "--chunk-size", help="Part size in bytes"),
+    concurrency: int | None = typer.Option(None, "--concurrency", help="Parts in flight"),
+    account: str | None = typer.Option(None, "--account", help="TikTok account to publish to"),
+    caption: str | None = typer.Option(None, "--caption", help="Post caption (Direct Post)"),
+    privacy: str | None = typer.Option(
+        None,
+        "--privacy",
+        help="PUBLIC_TO_EVERYONE | MUTUAL_FOLLOW_FRIENDS | FOLLOWER_OF_CREATOR | SELF_ONLY",
+    ),
+    mode: str | None = typer.Option(None, "--mode", help="direct | inbox | none"),
+    publish_at: datetime | None = typer.Option(
+        None, "--publish-at", help="Publish later (ISO 8601 with timezone); queued for publish-due"
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON line"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Prefect's run logs"),
+) -> None:
+    """Run the ingest-video flow in this process (and publish when --account is given)."""
+    try:
+        from flows.ingest import ingest_video
+
+        if not verbose:
+            _quiet_prefect_console()
+        summary = ingest_video(  # type: ignore[misc]  # mypy gives up on the Literal unions
+            source=source,
+            chunk_size_bytes=chunk_size,
+            concurrency=concurrency,
+            account=account,
+            caption=caption,
+            privacy_level=privacy,  # type: ignore[arg-type]  # validated by the flow
+            mode=mode,  # type: ignore[arg-type]
+            publish_at=publish_at,
+        )
+    except typer.Exit:
+        raise
+    except Exception as exc:
+        _fail(exc)
+        return
+    _print_summary(summary, as_json)
+
+
+@app.command()
+def status(
+    media_id: str | None = typer.Argument(None),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """List stored media (or one) with their publishes and scheduled posts."""
+    from reelflow.settings import Settings
+    from storage.catalog import Catalog, make_engine
+    from storage.publishing import list_publishes
+    from storage.schedule import list_scheduled
+
+    catalog = Catalog(make_engine(Settings().resolved_database_url))
+    rows = [m for m in catalog.list_media() if media_id in (None, m.media_id)]
+    if media_id and not rows:
+        typer.echo(f"error: not_found: no media {media_id}", err=True)
+        raise typer.Exit(1)
+    publishes = list_publishes(catalog.engine, media_id)
+    scheduled = list_scheduled(catalog.engine, media_id)
+    if as_json:
+        typer.echo(
+            json.dumps(
+                {
+                    "media": [r.model_dump(mode="json") for r in rows],
+                    "publishes": [
+                        {
+                            k: v
+                            for k, v in p.model_dump(mode="json").items()
+                            if not k.endswith("_enc")
+                        }
+                        for p in publishes
+                    ],
+                    "scheduled": [s.model_dump(mode="json") for s in scheduled],
+                }
+            )
+        )
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    media_table = Table(
+        "media_id", "status", "size", "duration", "resolution", "video_key", title="media"
+    )
+    for r in rows:
+        media_table.add_row(
+            r.media_id,
+            r.status,
+            str(r.size_bytes),
+            f"{r.duration_s:.1f}s",
+            f"{r.width}x{r.height}",
+            r.video_key,
+        )
+    console.print(media_table)
+    if publishes:
+        pub_table = Table(
+            "media_id",
+            "account",
+            "mode",
+            "status",
+            "publish_id",
+            "post_id",
+            "fail_reason",
+            title="publishes",
+        )
+        for p in publishes:
+            pub_table.add_row(
+                p.media_id,
+                p.account,
+                p.mode,
+                p.status,
+                p.publish_id or "",
+                p.post_id or "",
+                p.fail_reason or "",
+            )
+        console.print(pub_table)
+    if scheduled:
+        sched_table = Table(
+            "media_id", "account", "mode", "due_at", "status", "last_error", title="scheduled"
+        )
+        for s in scheduled:
+            sched_table.add_row(
+                s.media_id, s.account, s.mode, s.due_at.isoformat(), s.status, s.last_error or ""
+            )
+        console.print(sched_table)
+
+
+@app.command()
+def serve(
+    limit: int | None = typer.Option(None, "--limit", help="Most flow runs at once"),
+    only: list[str] | None = typer.Option(None, "--only", help="Serve only these deployments"),
+) -> None:
+    """Serve every deployment in prefect.yaml (schedules and triggers) from this process."""
+    from deployments.serve import serve_all
+
+    serve_all(limit=limit, only=only)
+
+
+@app.command()
+def sample(
+    out: Path = typer.Argument(Path("sample.mp4")),
+    duration: float = typer.Option(20.0, "--duration"),
+    width: int = typer.Option(720, "--width"),
+    height: int = typer.Option(1280, "--height"),
+) -> None:
+    """Generate a vertical H.264 + AAC sample clip with ffmpeg."""
+    from reelflow.samples import make_clip
+
+    make_clip(out, width=width, height=height, duration_s=duration)
+    typer.echo(str(out))
+
+
+def main() -> int:  # pragma: no cover
+    app()
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,231 @@
+"""TikTok commands of the ``reelflow`` CLI: ``accounts add|list``, ``publish``, ``sandbox``.
+
+Mount them with :func:`register` (``register(app)`` on the main typer app), or use
+``tiktok_app``, which already carries them; ``python -m reelflow.cli_tiktok`` runs it alone.
+
+Exit codes: 0 success (a poll deadline is not an error: the publish stays resumable), 2 terminal
+(bad input, unknown media or account, policy refusal, TikTok FAILED, revoked authorization:
+running it again gets the same answer), 1 anything else. Errors are one line on stderr. Tokens
+are never printed, not even in ``--json`` output; pass them through the environment
+(``REELFLOW_TIKTOK_ACCESS_TOKEN`` / ``REELFLOW_TIKTOK_REFRESH_TOKEN``) to keep them out of ``ps``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+
+# Prefect reads these at import time, so they are set before anything imports prefect.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
+
+SANDBOX_REDIRECT_URI = "https://localhost/callback"  # what the sandbox registers by default
+
+accounts_app = typer.Typer(help="TikTok accounts (tokens stored encrypted in the catalog).")
+
+
+def _fail(exc: BaseException) -> None:
+    from reelflow.cli import _fail as fail  # one error line and exit-code rule for the whole CLI
+
+    fail(exc)
+
+
+def _settings() -> Any:
+    from reelflow.settings import Settings
+
+    return Settings()
+
+
+def _engine(settings: Any) -> Any:
+    import storage.publishing  # noqa: F401  # registers the tables before create_all
+    from storage.catalog import make_engine
+
+    settings.home.mkdir(parents=True, exist_ok=True)
+    return make_engine(settings.resolved_database_url)
+
+
+def _account_view(row: Any) -> dict[str, Any]:
+    """What may be shown about an account: everything but the tokens."""
+    return {
+        "name": row.name,
+        "open_id": row.open_id,
+        "scopes": row.scopes,
+        "access_expires_at": row.access_expires_at.isoformat(),
+        "refresh_expires_at": row.refresh_expires_at.isoformat()
+        if row.refresh_expires_at
+        else None,
+        "updated_at": row.updated_at.isoformat(),
+    }
+
+
+@accounts_app.command("add")
+def accounts_add(
+    name: str = typer.Argument(..., help="A local name for the account"),
+    access_token: str | None = typer.Option(
+        None, "--access-token", envvar="REELFLOW_TIKTOK_ACCESS_TOKEN", show_default=False
+    ),
+    refresh_token: str | None = typer.Option(
+        None, "--refresh-token", envvar="REELFLOW_TIKTOK_REFRESH_TOKEN", show_default=False
+    ),
+    expires_in: int = typer.Option(86400, "--expires-in", help="Access token lifetime (s)"),
+    refresh_expires_in: int | None = typer.Option(
+        None, "--refresh-expires-in", help="Refresh token lifetime (s)"
+    ),
+    open_id: str | None = typer.Option(None, "--open-id"),
+    scopes: str = typer.Option(
+        "video.publish,video.upload", "--scopes", help="Granted scopes, comma-separated"
+    ),
+    code: str | None = typer.Option(
+        None, "--code", help="Authorization code to exchange", show_default=False
+    ),
+    redirect_uri: str = typer.Option(SANDBOX_REDIRECT_URI, "--redirect-uri"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Store an account's tokens (given, or exchanged from an authorization --code)."""
+    try:
+        from reelflow.errors import ValidationError
+        from reelflow.tiktok.client import TikTokClient
+        from storage.publishing import save_account, secret_box
+
+        settings = _settings()
+        engine = _engine(settings)
+        if code is not None:
+            with TikTokClient(
+                settings.tiktok_api_base,
+                client_key=settings.tiktok_client_key,
+                client_secret=settings.tiktok_client_secret.get_secret_value(),
+            ) as client:
+                tokens = client.exchange_code(code, redirect_uri)
+            access_token, refresh_token = tokens.access_token, tokens.refresh_token
+            expires_in, refresh_expires_in = tokens.expires_in, tokens.refresh_expires_in
+            open_id, scopes = tokens.open_id or open_id, tokens.scope or scopes
+        elif not access_token or not refresh_token:
+            raise ValidationError(
+                "give --access-token and --refresh-token, or --code", reason="missing_tokens"
+            )
+        assert access_token is not None and refresh_token is not None
+        row = save_account(
+            engine,
+            secret_box(settings),
+            name,
+            access_token=access_token,
+            refresh_token=refresh_token,
+            expires_in=expires_in,
+            refresh_expires_in=refresh_expires_in,
+            open_id=open_id,
+            scopes=scopes,
+        )
+    except typer.Exit:
+        raise
+    except Exception as exc:
+        _fail(exc)
+        return
+    view = _account_view(row)
+    if as_json:
+        typer.echo(json.dumps(view))
+    else:
+        typer.echo(f"saved TikTok account {name} (open_id {view['open_id']}, scopes {row.scopes})")
+
+
+@accounts_app.command("list")
+def accounts_list(as_json: bool = typer.Option(False, "--json")) -> None:
+    """List stored accounts (names, open ids, scopes, expiries; never tokens)."""
+    from storage.publishing import list_accounts
+
+    rows = [_account_view(r) for r in list_accounts(_engine(_settings()))]
+    if as_json:
+        typer.echo(json.dumps(rows))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("name", "open_id", "scopes", "access expires", "refresh expires")
+    for r in rows:
+        table.add_row(
+            r["name"],
+            str(r["open_id"]),
+            r["scopes"],
+            r["access_expires_at"],
+            str(r["refresh_expires_at"]),
+        )
+    Console().print(table)
+
+
+def publish(
+    media_id: str = typer.Argument(..., help="A media id from `reelflow status`"),
+    account: str = typer.Option(..., "--account", help="An account from `accounts add`"),
+    caption: str | None = typer.Option(None, "--caption"),
+    privacy: str = typer.Option("SELF_ONLY", "--privacy", help="Direct Post privacy level"),
+    mode: str = typer.Option("direct", "--mode", help="direct | inbox"),
+    poll_deadline_s: float | None = typer.Option(
+        None, "--poll-deadline", help="Seconds to wait for TikTok's processing"
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON line"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Prefect's run logs"),
+) -> None:
+    """Publish stored media to TikTok (exactly once; a re-run resumes or only polls)."""
+    try:
+        from flows.publish import publish_media
+        from tasks.status_poll import DEFAULT_POLL_DEADLINE_S
+
+        if not verbose:
+            from reelflow.cli import _quiet_prefect_console
+
+            _quiet_prefect_console()
+        summary = publish_media(
+            media_id=media_id,
+            account=account,
+            caption=caption,
+            privacy=privacy,
+            mode=mode,
+            poll_deadline_s=DEFAULT_POLL_DEADLINE_S if poll_deadline_s is None else poll_deadline_s,
+        )
+    except typer.Exit:
+        raise
+    except Exception as exc:
+        _fail(exc)
+        return
+    if as_json:
+        typer.echo(json.dumps(summary, default=str))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"TikTok publish of {media_id}", show_header=False)
+    for key, value in summary.items():
+        table.add_row(key, str(value))
+    Console().print(table)
+
+
+def sandbox(
+    host: str = typer.Option("127.0.0.1", "--host"),
+    port: int = typer.Option(8700, "--port"),
+    data_dir: Path | None = typer.Option(None, "--data-dir", help="Default: HOME/sandbox"),
+) -> None:
+    """Serve the local TikTok Content Posting API sandbox (admin routes under /_sandbox/)."""
+    from reelflow.logging import configure_logging
+    from reelflow.tiktok.sandbox_app import run_sandbox
+
+    configure_logging()
+    run_sandbox(host, port, data_dir or _settings().home / "sandbox")
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``accounts``, ``publish`` and ``sandbox`` to ``app``."""
+    app.add_typer(accounts_app, name="accounts")
+    app.command("publish")(publish)
+    app.command("sandbox")(sandbox)
+
+
+tiktok_app = typer.Typer(help="reelflow TikTok publishing: accounts, publish, sandbox.")
+register(tiktok_app)
+
+
+if __name__ == "__main__":  # pragma: no cover - `python -m reelflow.cli_tiktok ...`
+    sys.exit(tiktok_app())

@@ -1,0 +1,180 @@
+"""Pure planning: chunk plans for multipart uploads, content-addressed keys, media rules.
+
+Nothing here does I/O or imports boto3, requests, sqlmodel, ffmpeg or prefect. The upload
+code asks this module *what* to send; it never decides sizes itself.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+MIB = 1024 * 1024
+S3_MIN_PART_BYTES = 5 * MIB  # every part but the last (S3 rejects smaller ones at completion)
+S3_MAX_PART_BYTES = 5 * 1024 * MIB
+S3_MAX_PARTS = 10_000
+MAX_SOURCE_BYTES = 4 * 1024 * MIB  # TikTok's limit; reelflow refuses anything it could not post
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One part of a multipart upload: 1-based ``part_number`` over ``[offset, offset+length)``."""
+
+    part_number: int
+    offset: int
+    length: int
+
+    @property
+    def end(self) -> int:
+        return self.offset + self.length
+
+
+@dataclass(frozen=True)
+class ChunkPlan:
+    size_bytes: int
+    chunk_size: int
+    chunks: tuple[Chunk, ...]
+
+    @property
+    def count(self) -> int:
+        return len(self.chunks)
+
+
+def effective_chunk_size(size_bytes: int, requested: int) -> int:
+    """Clamp ``requested`` into S3's limits and grow it until the file fits in 10 000 parts.
+
+    Mirrors s3transfer's ChunksizeAdjuster: doubling keeps sizes round, which keeps the
+    part sizes of a resumed run equal to the first run's for the same request.
+    """
+    size = max(S3_MIN_PART_BYTES, min(requested, S3_MAX_PART_BYTES))
+    while size_bytes > size * S3_MAX_PARTS:
+        size *= 2
+    return min(size, S3_MAX_PART_BYTES)
+
+
+def plan_chunks(size_bytes: int, requested_chunk_bytes: int) -> ChunkPlan:
+    """Split ``size_bytes`` into parts covering every byte once (an empty file is one empty part)."""
+    if size_bytes < 0:
+        raise ValueError("size_bytes must be >= 0")
+    if requested_chunk_bytes <= 0:
+        raise ValueError("requested_chunk_bytes must be > 0")
+    chunk_size = effective_chunk_size(size_bytes, requested_chunk_bytes)
+    chunks = [
+        Chunk(part_number=i + 1, offset=off, length=min(chunk_size, size_bytes - off))
+        for i, off in enumerate(range(0, size_bytes, chunk_size))
+    ] or [Chunk(1, 0, 0)]
+    return ChunkPlan(size_bytes=size_bytes, chunk_size=chunk_size, chunks=tuple(chunks))
+
+
+def composite_sha256(part_digests: list[bytes]) -> str:
+    """S3's multipart ``ChecksumSHA256``: base64(sha256(concat(part digests))) + ``-N``."""
+    outer = hashlib.sha256(b"".join(part_digests)).digest()
+    return f"{base64.b64encode(outer).decode()}-{len(part_digests)}"
+
+
+def b64(digest: bytes) -> str:
+    return base64.b64encode(digest).decode()
+
+
+# --- keys ------------------------------------------------------------------------------------
+
+CONTAINER_EXT = {"mp4": "mp4", "mov": "mov", "webm": "webm"}
+CONTENT_TYPES = {"mp4": "video/mp4", "mov": "video/quicktime", "webm": "video/webm"}
+
+
+def media_id_for(sha256_hex: str) -> str:
+    """Media ids come from content identity, so the same bytes always get the same id."""
+    return f"m_{sha256_hex[:20]}"
+
+
+def video_key(sha256_hex: str, ext: str) -> str:
+    return f"videos/{sha256_hex}.{ext}"
+
+
+def thumbnail_key(sha256_hex: str) -> str:
+    return f"videos/{sha256_hex}.jpg"
+
+
+def metadata_key(sha256_hex: str) -> str:
+    return f"videos/{sha256_hex}.json"
+
+
+def staging_key(session_id: str, ext: str) -> str:
+    return f"staging/{session_id}/source.{ext}"
+
+
+def session_id_for(source_fingerprint: str, store_url: str, chunk_size: int) -> str:
+    """An upload session is identified by what is sent, where, and how it is cut."""
+    raw = f"{source_fingerprint}|{store_url}|{chunk_size}".encode()
+    return "u_" + hashlib.sha256(raw).hexdigest()[:24]
+
+
+# --- resume -----------------------------------------------------------------------------------
+
+
+class PartLike(Protocol):
+    @property
+    def part_number(self) -> int: ...
+    @property
+    def size(self) -> int: ...
+    @property
+    def etag(self) -> str: ...
+    @property
+    def sha256_b64(self) -> str | None: ...
+
+
+@dataclass(frozen=True)
+class Reconciled:
+    """The ledger checked against the store: ``confirmed`` parts need not be sent again."""
+
+    confirmed: dict[int, PartLike]
+    forget: frozenset[int]  # in the ledger, but the store does not hold them (or holds others)
+    adopted: frozenset[int]  # the store holds them, the ledger missed them (killed mid-write)
+
+
+def reconcile_parts(
+    plan: ChunkPlan, ledger: Mapping[int, PartLike], remote: Mapping[int, PartLike]
+) -> Reconciled:
+    """The store is the truth; the ledger is a record of what this code believed it sent."""
+    sizes = {c.part_number: c.length for c in plan.chunks}
+    confirmed = {n: p for n, p in remote.items() if sizes.get(n) == p.size}
+    forget = {n for n, p in ledger.items() if n not in confirmed or confirmed[n].etag != p.etag}
+    adopted = {n for n in confirmed if n not in ledger}
+    return Reconciled(confirmed=confirmed, forget=frozenset(forget), adopted=frozenset(adopted))
+
+
+def check_parts_against_plan(
+    plan: ChunkPlan,
+    remote: Mapping[int, PartLike],
+    digests_b64: Mapping[int, str],
+    acknowledged: Mapping[int, PartLike] | None = None,
+) -> list[str]:
+    """Every reason the store's parts differ from the plan (empty when they match exactly).
+
+    ``acknowledged`` is the ledger: the ETag the store gave back when each part was sent. A
+    different ETag now means someone replaced the part, even on servers that report no
+    per-part checksum.
+    """
+    problems = []
+    expected = {c.part_number: c for c in plan.chunks}
+    if set(remote) != set(expected):
+        missing = sorted(set(expected) - set(remote))
+        extra = sorted(set(remote) - set(expected))
+        problems.append(f"part numbers differ: missing {missing[:10]}, unexpected {extra[:10]}")
+    for n, chunk in expected.items():
+        part = remote.get(n)
+        if part is None:
+            continue
+        if part.size != chunk.length:
+            problems.append(f"part {n}: {part.size} bytes, planned {chunk.length}")
+        if part.sha256_b64 and part.sha256_b64 != digests_b64.get(n):
+            problems.append(f"part {n}: checksum differs from the source's")
+        acked = (acknowledged or {}).get(n)
+        if acked is not None and acked.etag != part.etag:
+            problems.append(f"part {n}: ETag differs from the one acknowledged to this upload")
+        elif acknowledged is not None and acked is None:
+            problems.append(f"part {n}: in the store but never acknowledged to this upload")
+    return problems

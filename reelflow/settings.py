@@ -1,0 +1,73 @@
+"""Typed settings (env prefix ``REELFLOW_``), built once at an entry point and passed down.
+
+Nothing here opens a connection; storage/ and reelflow.tiktok turn these values into clients.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MIB = 1024 * 1024
+DEFAULT_CHUNK_BYTES = 8 * MIB
+DEFAULT_MAX_DURATION_S = 600.0  # TikTok's init endpoint accepts at most 10 minutes
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="REELFLOW_", extra="ignore")
+
+    home: Path = Field(default=Path(".reelflow"), description="Working directory for local state")
+    store_url: str | None = Field(
+        default=None, description="file:///abs/dir or s3://bucket/prefix (default: HOME/objects)"
+    )
+    s3_endpoint_url: str | None = Field(default=None, description="S3-compatible endpoint")
+    sqs_endpoint_url: str | None = Field(
+        default=None, description="SQS endpoint for the bucket-event bridge (default: the S3 one)"
+    )
+    webhook_secret: SecretStr | None = Field(
+        default=None, description="Shared secret the S3 webhook bridge requires"
+    )
+    s3_max_attempts: int = Field(
+        default=5, ge=1, le=20, description="botocore attempts per request before a task retry"
+    )
+    database_url: str | None = Field(default=None, description="SQLAlchemy URL of the catalog")
+    chunk_size_bytes: int = Field(default=DEFAULT_CHUNK_BYTES, ge=1)
+    upload_concurrency: int = Field(default=4, ge=1, le=64)
+    max_duration_s: float = Field(default=DEFAULT_MAX_DURATION_S, gt=0)
+    presign_ttl_s: int = Field(default=3600, ge=60)
+    lease_wait_s: float = Field(
+        default=3600, ge=0, description="How long a run waits for another run of the same source"
+    )
+    public_base_url: str | None = None
+    verify_readback: bool | None = Field(
+        default=None,
+        description="Re-hash the assembled object (default: on for file://, off for s3://, "
+        "where the server verifies every part's SHA-256 and the composite checksum)",
+    )
+    # TikTok (issue 3)
+    tiktok_api_base: str = "https://open.tiktokapis.com"
+    tiktok_client_key: str = "reelflow-sandbox-client"
+    tiktok_client_secret: SecretStr = SecretStr("reelflow-sandbox-secret")
+    secret_key: SecretStr | None = Field(
+        default=None, description="Key that encrypts tokens at rest (default: HOME/secret.key)"
+    )
+
+    @field_validator("home")
+    @classmethod
+    def _absolute_home(cls, v: Path) -> Path:
+        return v.expanduser().resolve()
+
+    @property
+    def resolved_store_url(self) -> str:
+        return self.store_url or (self.home / "objects").as_uri()
+
+    def verify_readback_for(self, store_url: str) -> bool:
+        if self.verify_readback is not None:
+            return self.verify_readback
+        return store_url.startswith("file:")
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.home / 'catalog.db'}"

@@ -1,0 +1,221 @@
+"""The catalog: SQLModel tables (upload ledger, media) and the engine factory.
+
+The ledger is written before the next step relies on it: a part row exists only after the
+store acknowledged the part. It is a record, not the truth: on resume the upload code
+reconciles it with the store (``ListParts``). Works on SQLite and PostgreSQL (psycopg 3).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sqlalchemy import DateTime, UniqueConstraint, event
+from sqlalchemy.engine import Engine
+from sqlmodel import Field, Session, SQLModel, create_engine, delete, select
+
+from storage import leases as _leases  # noqa: F401  (registers the lease table)
+from storage.base import PartReceipt
+from storage.clock import utcnow
+
+
+def _ts() -> Any:
+    return Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
+
+
+class UploadSession(SQLModel, table=True):
+    """One attempt to stage a source in the store, identified by (fingerprint, store, chunk size)."""
+
+    id: str = Field(primary_key=True)
+    source_uri: str
+    source_fingerprint: str = Field(index=True)
+    store_url: str
+    staging_key: str
+    upload_id: str | None = None
+    size_bytes: int
+    chunk_size: int
+    parts_total: int
+    content_type: str
+    ext: str
+    status: str = "open"  # open | assembled | completed | aborted
+    sha256: str | None = None
+    media_id: str | None = None
+    error: str | None = None
+    created_at: datetime = _ts()
+    updated_at: datetime = _ts()
+
+
+class UploadPartRow(SQLModel, table=True):
+    __tablename__ = "upload_part"
+    __table_args__ = (UniqueConstraint("upload_id", "part_number"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    session_id: str = Field(index=True, foreign_key="uploadsession.id")
+    upload_id: str = Field(index=True)
+    part_number: int
+    offset: int
+    size: int
+    sha256_b64: str | None
+    etag: str
+    uploaded_at: datetime = _ts()
+
+
+class Media(SQLModel, table=True):
+    media_id: str = Field(primary_key=True)
+    sha256: str = Field(unique=True, index=True)
+    size_bytes: int
+    content_type: str
+    container: str
+    duration_s: float
+    width: int
+    height: int
+    fps: float
+    video_codec: str
+    bitrate: int | None = None
+    has_audio: bool
+    audio_codec: str | None = None
+    store_url: str
+    video_key: str
+    thumbnail_key: str
+    metadata_key: str
+    thumbnail_time_ms: int = 0
+    source_uri: str
+    status: str = "stored"
+    created_at: datetime = _ts()
+
+
+def make_engine(url: str) -> Engine:
+    """Engine for the catalog; SQLite gets WAL + a busy timeout so part writes from threads queue."""
+    if url.startswith("sqlite"):
+        path = url.split(":///", 1)[-1]
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn: Any, _: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
+
+    else:
+        engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
+    # Every table of the catalog, whichever module defines it, is created here.
+    import storage.publishing  # noqa: F401
+    import storage.schedule  # noqa: F401
+
+    SQLModel.metadata.create_all(engine)
+    return engine
+
+
+RowT = TypeVar("RowT", bound=SQLModel)
+
+
+def update_row(engine: Engine, model: type[RowT], row_id: str, **fields: Any) -> RowT:
+    """Set ``fields`` (and ``updated_at``) on one row by primary key, in one transaction."""
+    with Session(engine, expire_on_commit=False) as s:
+        row = s.get(model, row_id)
+        if row is None:
+            raise KeyError(row_id)
+        for key, value in fields.items():
+            setattr(row, key, value)
+        row.updated_at = utcnow()  # type: ignore[attr-defined]  # every catalog table has it
+        s.add(row)
+        s.commit()
+        s.refresh(row)
+        return row
+
+
+class Catalog:
+    """Ledger and media operations over one engine; each call is its own short transaction."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    # --- sessions -----------------------------------------------------------------------------
+    def get_session(self, session_id: str) -> UploadSession | None:
+        with Session(self.engine) as s:
+            return s.get(UploadSession, session_id)
+
+    def save_session(self, row: UploadSession) -> UploadSession:
+        row.updated_at = utcnow()
+        with Session(self.engine, expire_on_commit=False) as s:
+            merged = s.merge(row)
+            s.commit()
+            s.refresh(merged)
+            return merged
+
+    def update_session(self, session_id: str, **fields: Any) -> UploadSession:
+        return update_row(self.engine, UploadSession, session_id, **fields)
+
+    def completed_session_for(self, fingerprint: str, store_url: str) -> UploadSession | None:
+        with Session(self.engine) as s:
+            stmt = select(UploadSession).where(
+                UploadSession.source_fingerprint == fingerprint,
+                UploadSession.store_url == store_url,
+                UploadSession.status == "completed",
+            )
+            return s.exec(stmt).first()
+
+    # --- parts --------------------------------------------------------------------------------
+    def record_part(
+        self, session_id: str, upload_id: str, offset: int, receipt: PartReceipt
+    ) -> None:
+        with Session(self.engine) as s:
+            existing = s.exec(
+                select(UploadPartRow).where(
+                    UploadPartRow.upload_id == upload_id,
+                    UploadPartRow.part_number == receipt.part_number,
+                )
+            ).first()
+            row = existing or UploadPartRow(
+                session_id=session_id,
+                upload_id=upload_id,
+                part_number=receipt.part_number,
+                offset=offset,
+                size=receipt.size,
+                sha256_b64=receipt.sha256_b64,
+                etag=receipt.etag,
+            )
+            row.size, row.sha256_b64, row.etag = receipt.size, receipt.sha256_b64, receipt.etag
+            row.offset, row.uploaded_at = offset, utcnow()
+            s.add(row)
+            s.commit()
+
+    def ledger_parts(self, upload_id: str) -> dict[int, PartReceipt]:
+        with Session(self.engine) as s:
+            rows = s.exec(select(UploadPartRow).where(UploadPartRow.upload_id == upload_id)).all()
+            return {
+                r.part_number: PartReceipt(r.part_number, r.size, r.etag, r.sha256_b64)
+                for r in rows
+            }
+
+    def forget_parts(self, upload_id: str, part_numbers: set[int] | None = None) -> None:
+        with Session(self.engine) as s:
+            stmt = delete(UploadPartRow).where(UploadPartRow.upload_id == upload_id)  # type: ignore[arg-type]
+            if part_numbers is not None:
+                stmt = stmt.where(UploadPartRow.part_number.in_(part_numbers))  # type: ignore[attr-defined]
+            s.exec(stmt)  # type: ignore[call-overload]
+            s.commit()
+
+    # --- media --------------------------------------------------------------------------------
+    def get_media(self, media_id: str) -> Media | None:
+        with Session(self.engine) as s:
+            return s.get(Media, media_id)
+
+    def upsert_media(self, media: Media) -> Media:
+        with Session(self.engine, expire_on_commit=False) as s:
+            existing = s.get(Media, media.media_id)
+            if existing is not None:
+                return existing
+            s.add(media)
+            s.commit()
+            s.refresh(media)
+            return media
+
+    def list_media(self) -> list[Media]:
+        with Session(self.engine) as s:
+            return list(s.exec(select(Media).order_by(Media.created_at)).all())  # type: ignore[arg-type]

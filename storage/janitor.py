@@ -1,0 +1,130 @@
+"""Housekeeping for the `cleanup` flow: what a killed or abandoned run leaves behind.
+
+Finds, and unless ``dry_run`` removes: incomplete multipart uploads older than a TTL (as the
+store lists them, and as the ledger remembers them), stale staging objects, stale upload
+sessions, and Prefect's cached chunk results of sessions that finished or were abandoned.
+Anything a live run holds (an unexpired lease) is left alone. Returns one row per finding.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from sqlmodel import Session, select
+
+from storage.catalog import UploadSession
+from storage.clock import aware
+from storage.leases import Lease
+from storage.runtime import Runtime
+
+ABANDONED = "abandoned"
+
+
+@dataclass(frozen=True)
+class Finding:
+    kind: str  # multipart_upload | staging_object | session | cached_results
+    what: str
+    age_h: float
+    action: str  # removed | would remove | kept (live run)
+
+    def as_row(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def _age_h(dt: datetime, now: datetime) -> float:
+    return round((now - aware(dt)).total_seconds() / 3600, 2)
+
+
+def _live_sessions(rt: Runtime, now: datetime) -> set[str]:
+    with Session(rt.catalog.engine) as s:
+        leases = s.exec(select(Lease).where(Lease.owner.is_not(None))).all()  # type: ignore[union-attr]
+    return {
+        lease.session_id
+        for lease in leases
+        if lease.session_id and lease.expires_at and aware(lease.expires_at) > now
+    }
+
+
+def sweep(
+    rt: Runtime,
+    *,
+    upload_ttl: timedelta,
+    results_dir: Path | None,
+    dry_run: bool,
+    now: datetime | None = None,
+) -> list[Finding]:
+    now = now or datetime.now(UTC)
+    cutoff = now - upload_ttl
+    live = _live_sessions(rt, now)
+    verb = "would remove" if dry_run else "removed"
+    found: list[Finding] = []
+    with Session(rt.catalog.engine) as s:
+        sessions = list(s.exec(select(UploadSession)).all())
+    by_upload = {row.upload_id: row for row in sessions if row.upload_id}
+    by_staging = {row.staging_key: row for row in sessions}
+
+    # 1. Incomplete multipart uploads the store still holds.
+    for pending in rt.store.list_uploads("staging/"):
+        row = by_upload.get(pending.upload_id) or by_staging.get(pending.key)
+        if aware(pending.initiated) > cutoff:
+            continue
+        if row is not None and row.id in live:
+            found.append(
+                Finding(
+                    "multipart_upload",
+                    pending.upload_id,
+                    _age_h(pending.initiated, now),
+                    "kept (live run)",
+                )
+            )
+            continue
+        if not dry_run:
+            rt.store.abort_upload(pending.key, pending.upload_id)
+        found.append(
+            Finding(
+                "multipart_upload",
+                f"{pending.key} ({pending.upload_id})",
+                _age_h(pending.initiated, now),
+                verb,
+            )
+        )
+
+    # 2. Staging objects (assembled but never moved, or left by a crash).
+    for key, modified in rt.store.list_objects("staging/"):
+        if aware(modified) > cutoff:
+            continue
+        row = by_staging.get(key)
+        if row is not None and row.id in live:
+            continue
+        if not dry_run:
+            rt.store.delete(key)
+        found.append(Finding("staging_object", key, _age_h(modified, now), verb))
+
+    # 3. Sessions nobody came back for: forget their ledger, mark them abandoned.
+    for row in sessions:
+        if row.status not in ("open", "assembled") or row.id in live:
+            continue
+        if aware(row.updated_at) > cutoff:
+            continue
+        if not dry_run:
+            if row.upload_id:
+                rt.store.abort_upload(row.staging_key, row.upload_id)
+                rt.catalog.forget_parts(row.upload_id)
+            rt.catalog.update_session(row.id, status=ABANDONED, error="abandoned: cleaned up")
+        found.append(Finding("session", row.id, _age_h(row.updated_at, now), verb))
+
+    # 4. Prefect's cached chunk results of sessions that are over (they would never be read).
+    if results_dir is not None and results_dir.exists():
+        over = {r.id for r in sessions if r.status in ("completed", "aborted", ABANDONED)}
+        if not dry_run:
+            over |= {f.what for f in found if f.kind == "session"}
+        for session_dir in sorted(p for p in results_dir.iterdir() if p.is_dir()):
+            if session_dir.name in over and session_dir.name not in live:
+                mtime = datetime.fromtimestamp(session_dir.stat().st_mtime, UTC)
+                if not dry_run:
+                    shutil.rmtree(session_dir, ignore_errors=True)
+                found.append(Finding("cached_results", session_dir.name, _age_h(mtime, now), verb))
+    return found

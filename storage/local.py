@@ -1,0 +1,230 @@
+"""Local-filesystem object store (``file:///abs/dir``), the embedded default.
+
+A staged upload is one preallocated file that each part is written into at its own offset
+(``os.pwrite``), plus a tiny marker per part recording size and SHA-256: the marker is the
+local equivalent of S3's ListParts. Completion is fsync + atomic rename, so the final key
+either holds the whole verified file or does not exist.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import secrets
+import shutil
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from urllib.parse import urlparse
+
+from reelflow.errors import IntegrityError, StorageError, UploadNotFound
+from reelflow.planning import Chunk, composite_sha256
+from storage.base import PartReceipt, PendingUpload
+
+UPLOADS_DIR = ".uploads"
+HASH_BLOCK_BYTES = 4 * 1024 * 1024
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class LocalStore:
+    def __init__(self, url: str) -> None:
+        parsed = urlparse(url)
+        if parsed.scheme != "file" or not parsed.path.startswith("/"):
+            raise StorageError(f"local store URL must be file:///absolute/dir, got {url!r}")
+        self.url = url
+        self.root = Path(parsed.path)
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    # --- helpers ------------------------------------------------------------------------------
+    def _path(self, key: str) -> Path:
+        path = (self.root / key).resolve()
+        if self.root.resolve() not in path.parents:
+            raise StorageError(f"key escapes the store: {key!r}")
+        return path
+
+    def _upload_dir(self, upload_id: str) -> Path:
+        return self.root / UPLOADS_DIR / upload_id
+
+    def _require(self, upload_id: str) -> Path:
+        d = self._upload_dir(upload_id)
+        if not (d / "meta.json").exists():
+            raise UploadNotFound(f"no such upload: {upload_id}", upload_id=upload_id)
+        return d
+
+    @staticmethod
+    def _write_atomic(path: Path, data: bytes) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        with tmp.open("wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+
+    # --- multipart ----------------------------------------------------------------------------
+    def create_upload(self, key: str, content_type: str) -> str:
+        upload_id = secrets.token_hex(12)  # opaque, server-assigned like S3's UploadId
+        d = self._upload_dir(upload_id)
+        (d / "parts").mkdir(parents=True)
+        (d / "data").touch()
+        meta = {
+            "key": key,
+            "content_type": content_type,
+            "initiated": datetime.now(UTC).isoformat(),
+        }
+        self._write_atomic(d / "meta.json", json.dumps(meta).encode())
+        return upload_id
+
+    def upload_part(
+        self, key: str, upload_id: str, chunk: Chunk, data: bytes, sha256_b64: str
+    ) -> PartReceipt:
+        d = self._require(upload_id)
+        digest = base64.b64encode(hashlib.sha256(data).digest()).decode()
+        if digest != sha256_b64:  # what S3 answers with BadDigest
+            raise IntegrityError(
+                f"part {chunk.part_number}: checksum mismatch", part_number=chunk.part_number
+            )
+        fd = os.open(d / "data", os.O_WRONLY)
+        try:
+            written = os.pwrite(fd, data, chunk.offset)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if written != len(data):
+            raise StorageError(f"short write on part {chunk.part_number}")
+        receipt = PartReceipt(chunk.part_number, len(data), f'"{digest}"', digest)
+        marker = {
+            "size": receipt.size,
+            "etag": receipt.etag,
+            "sha256": digest,
+            "offset": chunk.offset,
+        }
+        self._write_atomic(
+            d / "parts" / f"{chunk.part_number:05d}.json", json.dumps(marker).encode()
+        )
+        return receipt
+
+    def list_parts(self, key: str, upload_id: str) -> dict[int, PartReceipt]:
+        d = self._require(upload_id)
+        out: dict[int, PartReceipt] = {}
+        for marker in sorted((d / "parts").glob("*.json")):
+            m = json.loads(marker.read_text())
+            n = int(marker.stem)
+            out[n] = PartReceipt(n, int(m["size"]), m["etag"], m["sha256"])
+        return out
+
+    def complete_upload(self, key: str, upload_id: str, parts: Sequence[PartReceipt]) -> str | None:
+        d = self._require(upload_id)
+        data = d / "data"
+        expected = sum(p.size for p in parts)
+        if data.stat().st_size != expected:
+            raise IntegrityError(
+                f"staged file holds {data.stat().st_size} bytes, parts add up to {expected}"
+            )
+        fd = os.open(data, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        dest = self._path(key)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(data, dest)
+        _fsync_dir(dest.parent)
+        shutil.rmtree(d, ignore_errors=True)
+        return composite_sha256([base64.b64decode(p.sha256_b64 or "") for p in parts])
+
+    def abort_upload(self, key: str, upload_id: str) -> None:
+        shutil.rmtree(self._upload_dir(upload_id), ignore_errors=True)
+
+    def list_uploads(self, prefix: str = "") -> list[PendingUpload]:
+        out = []
+        for meta_path in (self.root / UPLOADS_DIR).glob("*/meta.json"):
+            m = json.loads(meta_path.read_text())
+            if m["key"].startswith(prefix):
+                out.append(
+                    PendingUpload(
+                        m["key"], meta_path.parent.name, datetime.fromisoformat(m["initiated"])
+                    )
+                )
+        return out
+
+    # --- whole objects ------------------------------------------------------------------------
+    def list_objects(self, prefix: str) -> list[tuple[str, datetime]]:
+        base = self.root.resolve()
+        out = []
+        for path in (base / prefix).rglob("*") if (base / prefix).exists() else []:
+            if path.is_file():
+                mtime = datetime.fromtimestamp(path.stat().st_mtime, UTC)
+                out.append((str(path.relative_to(base)), mtime))
+        return out
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def size(self, key: str) -> int | None:
+        p = self._path(key)
+        return p.stat().st_size if p.is_file() else None
+
+    def put_file(self, key: str, path: Path, content_type: str) -> None:
+        dest = self._path(key)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+        shutil.copyfile(path, tmp)
+        with tmp.open("rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, dest)
+
+    def put_bytes(self, key: str, data: bytes, content_type: str) -> None:
+        self._write_atomic(self._path(key), data)
+
+    def _prune(self, path: Path) -> None:
+        """Remove directories a key left empty (staging/<session>/), never the root."""
+        root = self.root.resolve()
+        parent = path.parent
+        while parent != root and root in parent.parents:
+            try:
+                parent.rmdir()
+            except OSError:
+                return
+            parent = parent.parent
+
+    def move(self, src_key: str, dst_key: str) -> str | None:
+        """Atomic rename; returns None (no checksum without reading the file again)."""
+        src, dst = self._path(src_key), self._path(dst_key)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(src, dst)
+        _fsync_dir(dst.parent)
+        self._prune(src)
+        return None
+
+    def delete(self, key: str) -> None:
+        path = self._path(key)
+        path.unlink(missing_ok=True)
+        self._prune(path)
+
+    def read_url(self, key: str) -> str:
+        return str(self._path(key))
+
+    def uri(self, key: str) -> str:
+        return self._path(key).as_uri()
+
+    def read_range(self, key: str, start: int, length: int) -> bytes:
+        with self._path(key).open("rb") as fh:
+            fh.seek(start)
+            return fh.read(length)
+
+    def sha256_hex(self, key: str) -> str:
+        h = hashlib.sha256()
+        with self._path(key).open("rb") as fh:
+            while block := fh.read(HASH_BLOCK_BYTES):
+                h.update(block)
+        return h.hexdigest()

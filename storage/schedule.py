@@ -1,0 +1,161 @@
+"""The scheduled-publish queue: TikTok's API cannot schedule, so reelflow does.
+
+An ingest with a future ``publish_at`` stores the media and queues one row here; the
+``publish-due`` flow claims due rows (one conditional UPDATE each, so two concurrent runs of it
+never take the same row) and publishes them through the exactly-once publish ledger.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import update
+from sqlalchemy.engine import Engine
+from sqlmodel import DateTime, Field, Session, SQLModel, select
+
+from storage.clock import aware, utcnow
+
+QUEUED = "queued"
+CLAIMED = "publishing"
+DONE = "done"
+FAILED = "failed"
+
+
+class ScheduledPublish(SQLModel, table=True):
+    __tablename__ = "scheduled_publish"
+
+    id: str = Field(primary_key=True)  # media × account × options: queuing twice is one row
+    media_id: str = Field(index=True)
+    account: str
+    mode: str
+    privacy: str | None = None
+    caption: str | None = None
+    due_at: datetime = Field(sa_type=DateTime(timezone=True), index=True)  # type: ignore[call-overload]
+    status: str = QUEUED
+    attempts: int = 0
+    claimed_by: str | None = None
+    last_error: str | None = None
+    result_json: str | None = None
+    created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
+
+
+def schedule_id(
+    media_id: str, account: str, mode: str, privacy: str | None, caption: str | None
+) -> str:
+    raw = json.dumps([media_id, account, mode, privacy, caption])
+    return "sp_" + hashlib.sha256(raw.encode()).hexdigest()[:24]
+
+
+def queue_publish(
+    engine: Engine,
+    *,
+    media_id: str,
+    account: str,
+    mode: str,
+    privacy: str | None,
+    caption: str | None,
+    due_at: datetime,
+) -> ScheduledPublish:
+    """Queue (or re-time, while still queued) the publish; returns the row."""
+    row_id = schedule_id(media_id, account, mode, privacy, caption)
+    with Session(engine, expire_on_commit=False) as s:
+        row = s.get(ScheduledPublish, row_id)
+        if row is None:
+            row = ScheduledPublish(
+                id=row_id,
+                media_id=media_id,
+                account=account,
+                mode=mode,
+                privacy=privacy,
+                caption=caption,
+                due_at=due_at,
+            )
+        elif row.status == QUEUED:
+            row.due_at, row.updated_at = due_at, utcnow()
+        s.add(row)
+        s.commit()
+        s.refresh(row)
+        return row
+
+
+def due_rows(
+    engine: Engine, now: datetime | None = None, limit: int = 50
+) -> list[ScheduledPublish]:
+    now = now or utcnow()
+    with Session(engine) as s:
+        stmt = (
+            select(ScheduledPublish)
+            .where(ScheduledPublish.status == QUEUED, ScheduledPublish.due_at <= now)  # type: ignore[arg-type]
+            .order_by(ScheduledPublish.due_at)  # type: ignore[arg-type]
+            .limit(limit)
+        )
+        return list(s.exec(stmt).all())
+
+
+def claim(engine: Engine, row_id: str, owner: str) -> bool:
+    """Compare-and-swap queued → publishing; False when another run took it first."""
+    with Session(engine) as s:
+        stmt = (
+            update(ScheduledPublish)
+            .where(ScheduledPublish.id == row_id, ScheduledPublish.status == QUEUED)  # type: ignore[arg-type]
+            .values(
+                status=CLAIMED,
+                claimed_by=owner,
+                updated_at=utcnow(),
+                attempts=ScheduledPublish.attempts + 1,
+            )
+        )
+        ok = s.execute(stmt).rowcount == 1  # type: ignore[attr-defined]
+        s.commit()
+        return ok
+
+
+def finish(
+    engine: Engine,
+    row_id: str,
+    *,
+    status: str,
+    result: dict[str, Any] | None = None,
+    error: str | None = None,
+) -> None:
+    with Session(engine) as s:
+        stmt = (
+            update(ScheduledPublish)
+            .where(ScheduledPublish.id == row_id)  # type: ignore[arg-type]
+            .values(
+                status=status,
+                updated_at=utcnow(),
+                last_error=error,
+                result_json=json.dumps(result, default=str) if result is not None else None,
+            )
+        )
+        s.execute(stmt)
+        s.commit()
+
+
+def requeue_stale_claims(engine: Engine, older_than: datetime) -> int:
+    """A publish-due run that died mid-row leaves it 'publishing'; the publish ledger makes a
+    retry safe (it polls instead of re-posting), so stale claims go back to the queue."""
+    with Session(engine) as s:
+        rows = s.exec(select(ScheduledPublish).where(ScheduledPublish.status == CLAIMED)).all()
+        stale = [r.id for r in rows if aware(r.updated_at) < older_than]
+        for row_id in stale:
+            s.execute(
+                update(ScheduledPublish)
+                .where(ScheduledPublish.id == row_id, ScheduledPublish.status == CLAIMED)  # type: ignore[arg-type]
+                .values(status=QUEUED, claimed_by=None, updated_at=utcnow())
+            )
+        s.commit()
+        return len(stale)
+
+
+def list_scheduled(engine: Engine, media_id: str | None = None) -> list[ScheduledPublish]:
+    with Session(engine) as s:
+        stmt = select(ScheduledPublish)
+        if media_id:
+            stmt = stmt.where(ScheduledPublish.media_id == media_id)
+        return list(s.exec(stmt).all())

@@ -1,0 +1,254 @@
+"""Step 2, chunk-upload: stage the source in the store as a resumable multipart upload.
+
+* ``open_upload_session`` finds or starts the session for (source fingerprint, store, chunk
+  size), then reconciles the ledger with the store's own list of parts (ListParts).
+* ``send_source`` reads the source once, front to back, hashing the whole file and each chunk
+  from the same bytes, and submits ``upload_chunk`` for every chunk the store does not hold yet,
+  at most ``concurrency`` at a time (memory stays at about ``(concurrency + 1) x chunk``).
+* ``upload_chunk`` is one Prefect task per part: retried with backoff + jitter on retryable
+  errors, cached by (upload id, part, range, checksum) so a re-run of the flow finds finished
+  parts ``Cached``; the ledger row is written after the store acknowledged the part.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED
+from concurrent.futures import wait as wait_futures
+from dataclasses import dataclass, field
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from prefect.tasks import exponential_backoff
+
+from reelflow.errors import UploadNotFound, retry_if_retryable
+from reelflow.logging import get_logger
+from reelflow.planning import (
+    Chunk,
+    ChunkPlan,
+    b64,
+    plan_chunks,
+    reconcile_parts,
+    session_id_for,
+    staging_key,
+)
+from reelflow.rules import VideoMeta
+from reelflow.sources import SourceRef
+from storage.base import PartReceipt
+from storage.catalog import UploadSession
+from storage.runtime import Runtime
+
+
+@dataclass(frozen=True)
+class SessionState:
+    session_id: str
+    upload_id: str
+    staging_key: str
+    status: str
+    plan: ChunkPlan
+    confirmed: dict[int, PartReceipt] = field(default_factory=dict)
+    forgotten: frozenset[int] = frozenset()
+    sha256: str | None = None
+
+
+@dataclass(frozen=True)
+class SendResult:
+    sha256_hex: str
+    part_digests_b64: dict[int, str]
+    chunks_uploaded: int
+    bytes_uploaded: int
+    chunks_already_stored: int
+
+
+def _start_upload(rt: Runtime, row: UploadSession) -> UploadSession:
+    upload_id = rt.store.create_upload(row.staging_key, row.content_type)
+    get_logger(session_id=row.id, upload_id=upload_id).info("upload_started", parts=row.parts_total)
+    return rt.catalog.update_session(row.id, upload_id=upload_id, status="open", error=None)
+
+
+# NO_CACHE on purpose: this task's job is to look at the store's truth on every run.
+@task(
+    name="open-upload-session",
+    cache_policy=NO_CACHE,
+    retries=3,
+    retry_delay_seconds=exponential_backoff(2),
+    retry_jitter_factor=0.5,
+    retry_condition_fn=retry_if_retryable,
+)
+def open_upload_session(
+    source: SourceRef, meta: VideoMeta, chunk_size: int, rt: Runtime
+) -> SessionState:
+    plan = plan_chunks(source.size_bytes, chunk_size)
+    sid = session_id_for(source.fingerprint, rt.store.url, plan.chunk_size)
+    row = rt.catalog.get_session(sid)
+    if row is None or row.status == "aborted":
+        row = rt.catalog.save_session(
+            UploadSession(
+                id=sid,
+                source_uri=source.uri,
+                source_fingerprint=source.fingerprint,
+                store_url=rt.store.url,
+                staging_key=staging_key(sid, meta.container),
+                size_bytes=source.size_bytes,
+                chunk_size=plan.chunk_size,
+                parts_total=plan.count,
+                content_type=meta.content_type,
+                ext=meta.container,
+            )
+        )
+    if row.status in ("assembled", "completed") and row.upload_id:
+        return SessionState(
+            sid, row.upload_id, row.staging_key, row.status, plan, sha256=row.sha256
+        )
+    if row.upload_id is None:
+        row = _start_upload(rt, row)
+    upload_id = str(row.upload_id)
+    try:
+        remote = rt.store.list_parts(row.staging_key, upload_id)
+    except UploadNotFound:
+        # Aborted or expired behind our back (lifecycle rule, cleanup): start over, cleanly.
+        rt.catalog.forget_parts(upload_id)
+        row = _start_upload(rt, row)
+        upload_id = str(row.upload_id)
+        remote = {}
+    ledger = rt.catalog.ledger_parts(upload_id)
+    rec = reconcile_parts(plan, ledger, remote)
+    if rec.forget:
+        rt.catalog.forget_parts(upload_id, set(rec.forget))
+    for n in sorted(rec.adopted):  # acknowledged by the store, killed before the ledger write
+        rt.catalog.record_part(sid, upload_id, plan.chunks[n - 1].offset, remote[n])
+    get_logger(session_id=sid, upload_id=upload_id).info(
+        "upload_session_reconciled",
+        parts_total=plan.count,
+        parts_in_store=len(rec.confirmed),
+        parts_forgotten=len(rec.forget),
+        parts_adopted=len(rec.adopted),
+    )
+    confirmed = {n: remote[n] for n in rec.confirmed}
+    return SessionState(sid, upload_id, row.staging_key, row.status, plan, confirmed, rec.forget)
+
+
+CHUNK_RESULTS_PREFIX = "reelflow-chunks"
+
+
+@task(
+    name="upload-chunk",
+    # The cache key is what the part *is* (session = source version × store × chunk size, the
+    # multipart upload, the part number), never the bytes: hashing a chunk for the key would
+    # double its memory (reference/prefect-notes.md §1). Keyed by a path rather than by task
+    # source, a code fix does not re-send finished parts, and `cleanup` can delete a finished
+    # session's records by prefix.
+    result_storage_key=CHUNK_RESULTS_PREFIX
+    + "/{parameters[session_id]}/{parameters[upload_id]}-{parameters[part_number]}.json",
+    persist_result=True,
+    retries=4,
+    retry_delay_seconds=exponential_backoff(1),
+    retry_jitter_factor=0.5,
+    retry_condition_fn=retry_if_retryable,
+    cache_result_in_memory=False,
+)
+def upload_chunk(
+    session_id: str,
+    upload_id: str,
+    key: str,
+    part_number: int,
+    offset: int,
+    length: int,
+    data: bytes,
+    rt: Runtime,
+) -> dict[str, Any]:
+    # Hashed here, in parallel across parts; the flow thread only keeps the whole-file hash.
+    sha256_b64 = b64(hashlib.sha256(data).digest())
+    receipt = rt.store.upload_part(
+        key, upload_id, Chunk(part_number, offset, length), data, sha256_b64
+    )
+    rt.catalog.record_part(session_id, upload_id, offset, receipt)
+    get_logger(session_id=session_id, upload_id=upload_id).debug(
+        "chunk_uploaded", part_number=part_number, size=length
+    )
+    return {
+        "part_number": part_number,
+        "size": receipt.size,
+        "etag": receipt.etag,
+        "sha256_b64": sha256_b64,
+    }
+
+
+def send_source(
+    source: SourceRef,
+    state: SessionState,
+    rt: Runtime,
+    *,
+    concurrency: int,
+    on_progress: Callable[[int, int], None] = lambda done, total: None,
+) -> SendResult:
+    """Read the source once; send what the store lacks; return whole-file and per-part hashes.
+
+    Parts the store already holds are not sent again; their checksum is the store's own (when it
+    reports one). They are not re-verified against the source here: the whole-file SHA-256 of
+    this read is checked against the stored object at the end, which covers them.
+    """
+    log = get_logger(session_id=state.session_id, upload_id=state.upload_id)
+    whole = hashlib.sha256()
+    digests: dict[int, str] = {}
+    inflight: list[Any] = []
+    done = uploaded = bytes_uploaded = already = 0
+    total = state.plan.count
+
+    def drain(limit: int) -> None:
+        nonlocal done, uploaded, bytes_uploaded
+        while len(inflight) > limit:
+            finished, _ = wait_futures(
+                [f.wrapped_future for f in inflight], return_when=FIRST_COMPLETED
+            )
+            for fut in [f for f in inflight if f.wrapped_future in finished]:
+                inflight.remove(fut)
+                result = fut.result()  # re-raises the task's final error (after its retries)
+                digests[result["part_number"]] = result["sha256_b64"]
+                if fut.state.name != "Cached":
+                    uploaded += 1
+                    bytes_uploaded += result["size"]
+                done += 1
+                on_progress(done, total)
+
+    for chunk, data in rt.sources.iter_chunks(source, state.plan.chunks):
+        whole.update(data)
+        stored = state.confirmed.get(chunk.part_number)
+        if stored is not None:
+            if stored.sha256_b64:
+                digests[chunk.part_number] = stored.sha256_b64
+            already += 1
+            done += 1
+            on_progress(done, total)
+            continue
+        runner = upload_chunk
+        if chunk.part_number in state.forgotten:
+            # The ledger (and so the cache) believed in a part the store does not hold.
+            runner = upload_chunk.with_options(refresh_cache=True)
+        inflight.append(
+            runner.submit(
+                state.session_id,
+                state.upload_id,
+                state.staging_key,
+                chunk.part_number,
+                chunk.offset,
+                chunk.length,
+                data,
+                rt,
+            )
+        )
+        del data
+        drain(concurrency - 1)
+    drain(0)
+    sha = whole.hexdigest()
+    log.info(
+        "source_sent",
+        sha256=sha,
+        parts_total=total,
+        parts_uploaded=uploaded,
+        parts_already_stored=already,
+        bytes_uploaded=bytes_uploaded,
+    )
+    return SendResult(sha, digests, uploaded, bytes_uploaded, already)

@@ -1,0 +1,92 @@
+"""Step 5, S3-store: put the video at its content-addressed key and record it in the catalog.
+
+``videos/<sha256>.<ext>`` holds the video, with ``.jpg`` (thumbnail) and ``.json`` (metadata)
+beside it. The staged object is moved (server-side copy for S3) or, when the same content is
+already stored, deleted: the same bytes are stored once and keep one ``media_id``.
+"""
+
+from __future__ import annotations
+
+import json
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from sqlalchemy.exc import IntegrityError as DbIntegrityError
+
+from reelflow.errors import IntegrityError, retry_if_retryable
+from reelflow.logging import get_logger
+from reelflow.planning import b64, media_id_for, metadata_key, video_key
+from reelflow.rules import VideoMeta
+from reelflow.sources import SourceRef
+from storage.catalog import Media
+from storage.runtime import Runtime
+from tasks.thumbnail import Thumbnail
+
+
+# NO_CACHE on purpose: every sub-step checks the store and catalog first, so a re-run is cheap.
+@task(
+    name="store-media",
+    cache_policy=NO_CACHE,
+    retries=3,
+    retry_delay_seconds=[1, 5, 15],
+    retry_jitter_factor=0.5,
+    retry_condition_fn=retry_if_retryable,
+)
+def store_media(
+    session_id: str,
+    staged_key: str,
+    sha256_hex: str,
+    source: SourceRef,
+    meta: VideoMeta,
+    thumb: Thumbnail,
+    rt: Runtime,
+) -> Media:
+    media_id = media_id_for(sha256_hex)
+    vkey = video_key(sha256_hex, meta.container)
+    if rt.store.exists(vkey):
+        if staged_key != vkey and rt.store.exists(staged_key):
+            rt.store.delete(staged_key)
+    else:
+        stored_sha = rt.store.move(staged_key, vkey)
+        if stored_sha is not None and stored_sha != b64(bytes.fromhex(sha256_hex)):
+            # The server's own full-object SHA-256 disagrees with the source: publish nothing.
+            rt.store.delete(vkey)
+            raise IntegrityError(f"stored object's sha256 differs from the source's ({vkey})")
+    row = Media(
+        media_id=media_id,
+        sha256=sha256_hex,
+        size_bytes=source.size_bytes,
+        content_type=meta.content_type,
+        container=meta.container,
+        duration_s=meta.duration_s,
+        width=meta.width,
+        height=meta.height,
+        fps=meta.fps,
+        video_codec=meta.video_codec,
+        bitrate=meta.bitrate,
+        has_audio=meta.has_audio,
+        audio_codec=meta.audio_codec,
+        store_url=rt.store.url,
+        video_key=vkey,
+        thumbnail_key=thumb.key,
+        metadata_key=metadata_key(sha256_hex),
+        thumbnail_time_ms=thumb.time_ms,
+        source_uri=source.uri,
+    )
+    doc = {
+        **meta.as_dict(),
+        "media_id": media_id,
+        "sha256": sha256_hex,
+        "size_bytes": source.size_bytes,
+        "video_key": vkey,
+        "thumbnail_key": thumb.key,
+        "thumbnail_time_ms": thumb.time_ms,
+    }
+    rt.store.put_bytes(row.metadata_key, json.dumps(doc, indent=2).encode(), "application/json")
+    try:
+        stored = rt.catalog.upsert_media(row)
+    except DbIntegrityError:  # a concurrent run stored the same content first
+        stored = rt.catalog.get_media(media_id) or row
+    rt.catalog.update_session(session_id, status="completed", media_id=media_id)
+    get_logger(media_id=media_id, sha256=sha256_hex).info("media_stored", video_key=vkey)
+    return stored

@@ -1,0 +1,50 @@
+"""Step 4, thumbnail: a representative 640-px JPEG from the assembled object, stored beside it.
+
+ffmpeg reads the object where it lies (local path or presigned URL) with an input seek, so only
+the bytes around the seek point are fetched.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from reelflow import media
+from reelflow.errors import retry_if_retryable
+from reelflow.logging import get_logger
+from reelflow.planning import thumbnail_key, video_key
+from reelflow.rules import VideoMeta
+from storage.runtime import Runtime
+
+
+@dataclass(frozen=True)
+class Thumbnail:
+    key: str
+    time_ms: int
+
+
+# NO_CACHE on purpose: the key is content-addressed, so "already in the store" is the cache.
+@task(
+    name="thumbnail",
+    cache_policy=NO_CACHE,
+    retries=2,
+    retry_delay_seconds=[2, 10],
+    retry_condition_fn=retry_if_retryable,
+)
+def make_thumbnail(staged_key: str, sha256_hex: str, meta: VideoMeta, rt: Runtime) -> Thumbnail:
+    key = thumbnail_key(sha256_hex)
+    at_s = media.thumbnail_time_s(meta.duration_s)
+    if rt.store.exists(key):
+        return Thumbnail(key, int(at_s * 1000))
+    # A resumed run may find the video already moved to its content key.
+    final_key = video_key(sha256_hex, meta.container)
+    read_key = final_key if rt.store.exists(final_key) else staged_key
+    with tempfile.TemporaryDirectory(prefix="reelflow-thumb-") as tmp:
+        out = media.grab_thumbnail(rt.store.read_url(read_key), Path(tmp) / "thumb.jpg", at_s=at_s)
+        rt.store.put_file(key, out, "image/jpeg")
+    get_logger(sha256=sha256_hex).info("thumbnail_stored", key=key, at_s=at_s)
+    return Thumbnail(key, int(at_s * 1000))

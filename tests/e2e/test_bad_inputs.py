@@ -1,0 +1,102 @@
+"""Bad inputs: a clear one-line error, exit code 2, nothing stored and nothing pending."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from reelflow.cli import app
+from tests.support.clips import BAD_KINDS
+
+pytestmark = pytest.mark.usefixtures("prefect_api")
+
+
+def assert_nothing_stored(home: Path) -> None:
+    objects = home / "objects"
+    files = [p for p in objects.rglob("*") if p.is_file()] if objects.exists() else []
+    assert files == [], files
+
+
+def run_cli(*args: str) -> Any:
+    return CliRunner().invoke(app, ["ingest", *args, "--json"])
+
+
+@pytest.mark.parametrize("kind", BAD_KINDS)
+def test_bad_input_is_rejected_with_exit_2(
+    kind: str, home: Path, clips: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each kind of bad file is refused by validation before any upload."""
+    monkeypatch.setenv("REELFLOW_MAX_DURATION_S", "10")
+    result = run_cli(str(clips.bad(kind)))
+    assert result.exit_code == 2, result.output
+    lines = [ln for ln in result.stderr.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1, result.stderr
+    assert_nothing_stored(home)
+
+
+def test_missing_path_and_directory(home: Path, tmp_path: Path) -> None:
+    """A path that does not exist, or is a directory, is exit 2 with the path in the message."""
+    missing = run_cli(str(tmp_path / "nope.mp4"))
+    assert missing.exit_code == 2 and "no such file" in missing.stderr
+    folder = tmp_path / "folder.mp4"
+    folder.mkdir()
+    assert run_cli(str(folder)).exit_code == 2
+    assert_nothing_stored(home)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop privileges for the check")
+def test_unreadable_file(home: Path, clips: Any, tmp_path: Path) -> None:
+    """A file the user cannot read is exit 2 (checked as an unprivileged user: root reads all)."""
+    clip = tmp_path / "locked.mp4"
+    clip.write_bytes(clips.valid().read_bytes())
+    clip.chmod(0)
+    os.chmod(tmp_path, stat.S_IRWXU | stat.S_IRWXG | stat.S_IRWXO)
+    code = (
+        "from reelflow.sources import SourceReader\n"
+        "from reelflow.errors import ValidationError\n"
+        "import sys\n"
+        "try:\n    SourceReader(lambda: None).resolve(sys.argv[1])\n"
+        "except ValidationError as e:\n    print(e.reason); sys.exit(2)\n"
+    )
+    proc = subprocess.run(
+        [
+            "setpriv",
+            "--reuid=nobody",
+            "--regid=nogroup",
+            "--clear-groups",
+            sys.executable,
+            "-c",
+            code,
+            str(clip),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[2],
+        timeout=60,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stdout.strip() == "unreadable"
+
+
+def test_source_url_that_404s(home: Path, s3_server: Any, bucket: str) -> None:
+    """An http(s) source answering 404 is exit 2 and mentions the status."""
+    url = s3_server.client().generate_presigned_url(
+        "get_object", Params={"Bucket": bucket, "Key": "missing.mp4"}
+    )
+    result = run_cli(url)
+    assert result.exit_code == 2 and "404" in result.stderr
+    assert_nothing_stored(home)
+
+
+def test_missing_s3_object(s3_env: str, s3_server: Any, bucket: str) -> None:
+    """s3://bucket/missing is exit 2 and leaves no multipart upload behind."""
+    result = run_cli(f"s3://{bucket}/missing.mp4")
+    assert result.exit_code == 2 and "no such object" in result.stderr
+    assert s3_server.client().list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
