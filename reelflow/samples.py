@@ -266,7 +266,10 @@ def _video_codec_args(vcodec: str, fps: float, preset: str) -> list[str]:
     # A 2 s GOP gives cut points for stream-copy concatenation and seeking.
     gop = ["-g", str(max(1, round(fps * 2)))]
     if vcodec == "libx264":
-        return ["-c:v", "libx264", "-preset", preset, "-pix_fmt", "yuv420p", *gop]
+        # One encoder thread: x264's frame threads made 1 in 40 encodes differ by a few bits when
+        # the machine was loaded (measured), and these clips must be byte-identical every time.
+        one_thread = ["-threads", "1"]
+        return ["-c:v", "libx264", "-preset", preset, "-pix_fmt", "yuv420p", *one_thread, *gop]
     # libvpx-vp9's default "good" deadline runs ~20x slower than realtime at this size.
     speed = ["-deadline", "realtime", "-cpu-used", "8", "-row-mt", "1"]
     return ["-c:v", "libvpx-vp9", *speed, "-b:v", "1M", "-pix_fmt", "yuv420p", *gop]
