@@ -8,7 +8,9 @@
   resumed run continues from, as ListParts is for S3).
 * ``put_chunk``: one PUT, streamed from the stored object (a file seek for the local store, one
   ranged GET for S3); a 416 re-syncs to the byte TikTok expects instead of failing.
-* ``send_chunks``: the sequential chunk loop (TikTok requires order), bounded.
+* ``send_chunks``: the chunk loop, bounded. TikTok requires order, so PUTs never overlap, but the
+  next chunk's task starts while the current PUT is on the wire and each ledger write overlaps
+  the next PUT (:mod:`reelflow.tiktok.cursor`).
 * ``take_rate_slot``: TikTok's per-user limits (init 6/min, creator_info 20/min, status 30/min)
   as Prefect global concurrency limits used as rate limits, so every concurrent run on any
   machine sharing the Prefect API respects them.
@@ -24,6 +26,7 @@ import contextlib
 import hashlib
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -32,6 +35,7 @@ from typing import IO, Any
 import requests
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from prefect.futures import PrefectFuture
 from prefect.runtime import task_run as current_task_run
 from prefect.tasks import exponential_backoff
 from requests.adapters import HTTPAdapter
@@ -39,9 +43,12 @@ from requests.adapters import HTTPAdapter
 from reelflow.errors import IntegrityError, PublishError, retry_if_retryable
 from reelflow.logging import get_logger
 from reelflow.tiktok.client import PublishStatus, TikTokClient, build_session
+from reelflow.tiktok.cursor import UploadCursor
 from reelflow.tiktok.errors import TikTokApiError, TikTokRateLimited, UploadOutOfSync, redact
 from reelflow.tiktok.plan import (
     DEFAULT_PREFERRED_CHUNK_BYTES,
+    PlannedChunk,
+    TikTokUploadPlan,
     first_unacknowledged_chunk,
     plan_tiktok_upload,
     plan_tiktok_upload_with_chunk_size,
@@ -141,6 +148,8 @@ class PublishContext:
         self.preferred_chunk_bytes = preferred_chunk_bytes
         self.limits_ready: set[str] = set()
         self._upload_urls: dict[str, str] = {}
+        # publish_id -> the position this run's pipelined chunk tasks share (send_chunks's)
+        self.cursors: dict[str, UploadCursor] = {}
         guard_http_debug_logs()
 
     def upload_url(self, row_id: str, publish_id: str) -> str:
@@ -393,11 +402,15 @@ def put_chunk(
     engine = ctx.rt.catalog.engine
     url = ctx.upload_url(row_id, publish_id)
     log = get_logger(account=ctx.tokens.name, publish_id=publish_id)
+    cursor = ctx.cursors.get(publish_id) or UploadCursor(first_byte)
     try:
         with (
             honouring_retry_after(),
             open_chunk(ctx.rt.store, video_key, first_byte, last_byte - first_byte + 1) as body,
         ):
+            # The body is open (an S3 chunk already fetched) before the turn comes.
+            if not cursor.wait_turn(first_byte):
+                return {"next_byte": cursor.position, "sent": False, "complete": False}
             result = ctx.client.put_chunk(
                 url,
                 data=body,
@@ -412,14 +425,17 @@ def put_chunk(
         next_byte = exc.next_byte
         if next_byte is None:
             next_byte = fetch_status_now(ctx, publish_id).uploaded_bytes or 0
-        _record(engine, row_id, publish_id, next_byte, total)
+        with cursor.in_order(cursor.advance(next_byte)):
+            _record(engine, row_id, publish_id, next_byte, total)
         log.info("tiktok_upload_resynced", chunk=index, sent_from=first_byte, next_byte=next_byte)
         # A retry that finds TikTok past this chunk: the earlier attempt's copy landed.
         landed = next_byte > last_byte and current_task_run.run_count > 1
         return {"next_byte": next_byte, "sent": landed, "complete": next_byte >= total}
     acknowledged = result.acknowledged_last_byte
     next_byte = last_byte + 1 if acknowledged is None else acknowledged + 1
-    _record(engine, row_id, publish_id, next_byte, total)
+    # The next chunk's PUT goes out now, while this one's ledger write happens.
+    with cursor.in_order(cursor.advance(next_byte)):
+        _record(engine, row_id, publish_id, next_byte, total)
     log.debug("tiktok_chunk_uploaded", chunk=index, http_status=result.http_status)
     return {"next_byte": next_byte, "sent": True, "complete": result.complete or next_byte >= total}
 
@@ -438,6 +454,9 @@ class Tally:
     bytes: int = 0
 
 
+PIPELINE_DEPTH = 2  # the chunk on the wire and the one whose task is starting behind it
+
+
 def send_chunks(
     ctx: PublishContext,
     row_id: str,
@@ -450,37 +469,95 @@ def send_chunks(
 ) -> int:
     """PUT every chunk from the one holding ``start_byte`` on, in order, until TikTok's 201.
 
+    At most :data:`PIPELINE_DEPTH` chunk tasks are in flight; only the one whose first byte is
+    TikTok's next expected byte sends. A reply that moves TikTok's position anywhere but the next
+    chunk (a 416 re-sync) releases the waiting task unsent and the loop restarts from there.
     Returns the plan's chunk count; ``tally`` counts what was sent even if a later PUT raises.
     """
     row = get_publish(ctx.rt.catalog.engine, row_id)
     if row is None or row.publish_id is None or row.chunk_size is None:
         raise IntegrityError(f"publish {row_id} has no upload session to send to")
+    publish_id = row.publish_id
     plan = plan_tiktok_upload_with_chunk_size(row.video_size, row.chunk_size)
     index = first_unacknowledged_chunk(plan, start_byte)
-    # Every step either advances or re-syncs to TikTok's position; more than a few re-syncs per
-    # chunk means the server and this plan disagree for good.
-    for _ in range(4 * plan.total_chunk_count + 8):
-        if index >= plan.total_chunk_count:
-            return plan.total_chunk_count
-        chunk = plan.chunks[index]
-        result = put_chunk(
-            ctx,
-            row_id,
-            row.publish_id,
-            chunk.index,
-            chunk.first_byte,
-            chunk.last_byte,
-            plan.video_size,
-            video_key,
-            content_type,
-        )
+    if index >= plan.total_chunk_count:
+        return plan.total_chunk_count
+    cursor = ctx.cursors[publish_id] = UploadCursor(plan.chunks[index].first_byte)
+    pending: deque[tuple[PlannedChunk, PrefectFuture[dict[str, Any]]]] = deque()
+
+    def count(chunk: PlannedChunk, result: dict[str, Any]) -> None:
         if result["sent"]:
             tally.chunks += 1
             tally.bytes += chunk.length
-        on_progress(result["next_byte"], plan.video_size)
-        if result["complete"]:
-            return plan.total_chunk_count
-        index = first_unacknowledged_chunk(plan, result["next_byte"])
+
+    def drain() -> None:
+        """Release and collect every waiting task (each returns unsent, or re-raises)."""
+        cursor.close()
+        try:
+            while pending:
+                chunk, fut = pending.popleft()
+                count(chunk, fut.result())
+        finally:
+            for _, fut in pending:  # an error above: still let the rest finish before leaving
+                fut.wait()
+            pending.clear()
+
+    try:
+        # Every step either advances or re-syncs to TikTok's position; more than a few re-syncs
+        # per chunk means the server and this plan disagree for good.
+        for _ in range(4 * plan.total_chunk_count + 8):
+            while len(pending) < PIPELINE_DEPTH and index < plan.total_chunk_count:
+                chunk = plan.chunks[index]
+                pending.append(
+                    (
+                        chunk,
+                        _submit_chunk(
+                            ctx, row_id, publish_id, chunk, plan, video_key, content_type
+                        ),
+                    )
+                )
+                index += 1
+            if not pending:
+                return plan.total_chunk_count
+            chunk, fut = pending.popleft()
+            result = fut.result()  # re-raises the task's final error (after its retries)
+            count(chunk, result)
+            on_progress(result["next_byte"], plan.video_size)
+            if result["complete"]:
+                return plan.total_chunk_count
+            if pending and pending[0][0].first_byte == result["next_byte"]:
+                continue  # the usual case: the next chunk is already going out
+            drain()
+            position = cursor.position
+            index = first_unacknowledged_chunk(plan, position)
+            if index >= plan.total_chunk_count:
+                return plan.total_chunk_count
+            cursor.reset(plan.chunks[index].first_byte)
+    finally:
+        drain()
+        ctx.cursors.pop(publish_id, None)
     raise IntegrityError(
-        f"publish {row_id}: TikTok's upload position did not advance", publish_id=row.publish_id
+        f"publish {row_id}: TikTok's upload position did not advance", publish_id=publish_id
+    )
+
+
+def _submit_chunk(
+    ctx: PublishContext,
+    row_id: str,
+    publish_id: str,
+    chunk: PlannedChunk,
+    plan: TikTokUploadPlan,
+    video_key: str,
+    content_type: str,
+) -> PrefectFuture[dict[str, Any]]:
+    return put_chunk.submit(
+        ctx,
+        row_id,
+        publish_id,
+        chunk.index,
+        chunk.first_byte,
+        chunk.last_byte,
+        plan.video_size,
+        video_key,
+        content_type,
     )

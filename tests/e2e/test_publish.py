@@ -429,6 +429,51 @@ def test_lost_put_replies_resync_instead_of_failing(
     assert received(sandbox, summary["publish_id"])["sha256"] == sha256_file(clip)
 
 
+def land_directly(sb: RunningSandbox, clip: Path, chunks: range, chunk_size: int) -> None:
+    """Another sender's copies of ``chunks`` (0-based, never the last) arrive at TikTok."""
+    state, data = sb.state, clip.read_bytes()
+    [(upload_id, publish_id)] = state._uploads.items()
+    token = state._publishes[publish_id].upload_token
+    for i in chunks:
+        first = i * chunk_size
+        last = first + chunk_size - 1
+        headers = {
+            "content-type": "video/mp4",
+            "content-length": str(last - first + 1),
+            "content-range": f"bytes {first}-{last}/{len(data)}",
+        }
+        plan = state.begin_put(upload_id, token, headers)
+        with plan.path.open("r+b") as fh:
+            fh.seek(first)
+            fh.write(data[first : last + 1])
+        plan.hasher.update(data[first : last + 1])
+        state.commit_put(plan, plan.hasher)
+
+
+def test_tiktok_two_chunks_ahead_releases_the_waiting_chunk_unsent(
+    rt: Runtime,
+    sandbox: RunningSandbox,
+    base_clip: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Chunks 2-3 land from elsewhere during chunk 1's PUT: chunk 2's 416 moves the run to 4.
+
+    The pipelined task for chunk 3 was already waiting its turn; it must give up without a PUT,
+    and the run go on from chunk 4: four PUTs in all (1, 2 answered 416, 4, 5) and one post.
+    """
+    add_account(rt, sandbox)
+    clip = sized(base_clip, 50_000_123, tmp_path / "clip.mp4")  # five 10 MB chunks
+    media_id = ingest(clip)
+    after_chunk(sandbox, monkeypatch, 1, lambda: land_directly(sandbox, clip, range(1, 3), 10**7))
+    summary = publish_media(media_id=media_id, account="creator")
+    assert summary["status"] == "PUBLISH_COMPLETE" and sandbox.state.stats()["posts"] == 1
+    assert calls(sandbox, PUT) == 4 and summary["chunks_sent_this_run"] == 3
+    assert received(sandbox, summary["publish_id"])["sha256"] == sha256_file(clip)
+    [row] = list_publishes(rt.catalog.engine, media_id)
+    assert row.bytes_acknowledged == clip.stat().st_size
+
+
 def test_upload_url_expiry_mid_upload_reinits_and_records_it(
     rt: Runtime,
     sandbox: RunningSandbox,

@@ -1,0 +1,82 @@
+"""The upload position one run's pipelined chunk PUTs share (threads of one process).
+
+TikTok takes a session's chunks strictly in order, so the PUTs themselves cannot overlap. What can
+overlap is everything around them: while chunk N is on the wire, the task for chunk N+1 is
+already started (Prefect's task-run bookkeeping) and has its body open, and once N's reply is in,
+N writes the ledger while N+1's PUT is already going out. Measured, that bookkeeping is about a
+tenth of a 10 MB chunk's time on loopback.
+
+* :meth:`UploadCursor.wait_turn` blocks a chunk until TikTok's next expected byte is its first
+  byte (go), or the position moved elsewhere or the cursor was closed (skip: send nothing).
+* :meth:`UploadCursor.advance` publishes the position a reply (206/201 or a 416 re-sync) revealed
+  and hands out a ticket; :meth:`UploadCursor.in_order` runs the ledger writes in ticket order,
+  so the ledger never steps backwards because two writes raced.
+* :meth:`UploadCursor.close` releases every waiter (a failure or a re-sync the flow handles
+  itself); :meth:`UploadCursor.reset` reopens it at a new position once nothing is in flight.
+
+Must not: talk to TikTok or the catalog; decide where to resume (the flow and TikTok's
+``uploaded_bytes`` do that).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+# A waiter gives up (and sends nothing) after this long; the flow closes the cursor on every
+# failure path, so this only bounds a bug. An upload URL is valid for an hour (UL).
+TURN_TIMEOUT_S = 3600.0
+LEDGER_ORDER_TIMEOUT_S = 120.0
+
+
+class UploadCursor:
+    def __init__(self, position: int) -> None:
+        self._cond = threading.Condition()
+        self._position = position
+        self._closed = False
+        self._issued = 0  # tickets handed out by advance()
+        self._recorded = 0  # every ticket up to this one has finished its ledger write
+
+    @property
+    def position(self) -> int:
+        with self._cond:
+            return self._position
+
+    def wait_turn(self, first_byte: int, timeout: float = TURN_TIMEOUT_S) -> bool:
+        """True when TikTok expects ``first_byte`` next; False once it never will in this lane."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._closed or self._position >= first_byte, timeout)
+            return not self._closed and self._position == first_byte
+
+    def advance(self, next_byte: int) -> int:
+        """Publish TikTok's next expected byte; returns the ticket for :meth:`in_order`."""
+        with self._cond:
+            self._position = next_byte
+            self._issued += 1
+            self._cond.notify_all()
+            return self._issued
+
+    @contextmanager
+    def in_order(self, ticket: int, timeout: float = LEDGER_ORDER_TIMEOUT_S) -> Iterator[None]:
+        """Run the block after every earlier ticket's block (a stuck one is waited out)."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._recorded >= ticket - 1, timeout)
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._recorded = max(self._recorded, ticket)
+                self._cond.notify_all()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    def reset(self, position: int) -> None:
+        """Reopen at ``position``; only when no chunk of this cursor is in flight."""
+        with self._cond:
+            self._closed = False
+            self._position = position
+            self._cond.notify_all()
