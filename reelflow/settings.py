@@ -50,6 +50,12 @@ class Settings(BaseSettings):
     tiktok_api_base: str = "https://open.tiktokapis.com"
     tiktok_client_key: str = "reelflow-sandbox-client"
     tiktok_client_secret: SecretStr = SecretStr("reelflow-sandbox-secret")
+    tiktok_rate_window_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="TikTok's per-user rate-limit window (a sliding minute); change it only for "
+        "a sandbox started with another window",
+    )
     secret_key: SecretStr | None = Field(
         default=None, description="Key that encrypts tokens at rest (default: HOME/secret.key)"
     )

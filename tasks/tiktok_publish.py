@@ -67,7 +67,6 @@ from storage.runtime import Runtime
 
 # Per user token, per minute (DP, UP: init 6; CI: creator_info 20; ST: status 30).
 RATE_LIMITS_PER_MIN = {"init": 6, "creator_info": 20, "status": 30}
-RATE_WINDOW_S = 60.0  # TikTok's window is a sliding minute (RL)
 RATE_WAIT_TIMEOUT_S = 600.0  # a slot not free after this long fails the attempt (retryable)
 MAX_RETRY_AFTER_S = 120.0  # honour Retry-After up to this; beyond it Prefect's backoff decides
 MAX_TITLE_UTF16_UNITS = 2200
@@ -192,7 +191,7 @@ def _ensure_limit(ctx: PublishContext, name: str, per_window: int) -> None:
     from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
     from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
-    slots, decay = rate_limit_shape(per_window, RATE_WINDOW_S)
+    slots, decay = rate_limit_shape(per_window, ctx.rt.settings.tiktok_rate_window_s)
     with get_client(sync_client=True) as client:
         try:
             client.read_global_concurrency_limit_by_name(name)

@@ -541,7 +541,7 @@ def test_rate_limits_hold_across_concurrent_runs(
     import tasks.tiktok_publish as publishing
 
     window_s, runs = 10.0, 8
-    monkeypatch.setattr(publishing, "RATE_WINDOW_S", window_s)
+    monkeypatch.setenv("REELFLOW_TIKTOK_RATE_WINDOW_S", str(window_s))
     config = SandboxConfig(processing_delay_s=0.0, rate_limit_window_s=window_s)
     with start_sandbox(config, data_dir=tmp_path / "sandbox") as sb:
         monkeypatch.setenv("REELFLOW_TIKTOK_API_BASE", sb.base_url)
