@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy import DateTime, UniqueConstraint, event
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
 from sqlmodel import Field, Session, SQLModel, create_engine, delete, select
 
@@ -59,6 +61,10 @@ class UploadPartRow(SQLModel, table=True):
     sha256_b64: str | None
     etag: str
     uploaded_at: datetime = _ts()
+
+
+_UPSERTS: dict[str, Any] = {"postgresql": pg_insert, "sqlite": sqlite_insert}
+_PART_UPDATE_COLUMNS = ("offset", "size", "sha256_b64", "etag", "uploaded_at")
 
 
 class Media(SQLModel, table=True):
@@ -164,26 +170,39 @@ class Catalog:
     def record_part(
         self, session_id: str, upload_id: str, offset: int, receipt: PartReceipt
     ) -> None:
-        with Session(self.engine) as s:
-            existing = s.exec(
-                select(UploadPartRow).where(
-                    UploadPartRow.upload_id == upload_id,
-                    UploadPartRow.part_number == receipt.part_number,
-                )
-            ).first()
-            row = existing or UploadPartRow(
-                session_id=session_id,
-                upload_id=upload_id,
-                part_number=receipt.part_number,
-                offset=offset,
-                size=receipt.size,
-                sha256_b64=receipt.sha256_b64,
-                etag=receipt.etag,
-            )
-            row.size, row.sha256_b64, row.etag = receipt.size, receipt.sha256_b64, receipt.etag
-            row.offset, row.uploaded_at = offset, utcnow()
-            s.add(row)
-            s.commit()
+        """One upsert per acknowledged part (the hot path: a statement, no ORM round trip)."""
+        values: dict[str, Any] = {
+            "session_id": session_id,
+            "upload_id": upload_id,
+            "part_number": receipt.part_number,
+            "offset": offset,
+            "size": receipt.size,
+            "sha256_b64": receipt.sha256_b64,
+            "etag": receipt.etag,
+            "uploaded_at": utcnow(),
+        }
+        insert = _UPSERTS.get(self.engine.dialect.name)
+        if insert is None:  # another SQL database: the portable read-then-write
+            with Session(self.engine) as s:
+                existing = s.exec(
+                    select(UploadPartRow).where(
+                        UploadPartRow.upload_id == upload_id,
+                        UploadPartRow.part_number == receipt.part_number,
+                    )
+                ).first()
+                row = existing or UploadPartRow(**values)
+                for k in _PART_UPDATE_COLUMNS:
+                    setattr(row, k, values[k])
+                s.add(row)
+                s.commit()
+            return
+        stmt = insert(UploadPartRow).values(**values)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["upload_id", "part_number"],
+            set_={k: stmt.excluded[k] for k in _PART_UPDATE_COLUMNS},
+        )
+        with self.engine.begin() as conn:
+            conn.execute(stmt)
 
     def ledger_parts(self, upload_id: str) -> dict[int, PartReceipt]:
         with Session(self.engine) as s:

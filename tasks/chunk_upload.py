@@ -4,7 +4,8 @@
   size), then reconciles the ledger with the store's own list of parts (ListParts).
 * ``send_source`` reads the source once, front to back, hashing the whole file and each chunk
   from the same bytes, and submits ``upload_chunk`` for every chunk the store does not hold yet,
-  at most ``concurrency`` at a time (memory stays at about ``(concurrency + 1) x chunk``).
+  at most ``concurrency`` at a time plus the next one read ahead (memory stays at about
+  ``(concurrency + 1) x chunk``).
 * ``upload_chunk`` is one Prefect task per part: retried with backoff + jitter on retryable
   errors, cached by (upload id, part, range, checksum) so a re-run of the flow finds finished
   parts ``Cached``; the ledger row is written after the store acknowledged the part.
@@ -25,6 +26,7 @@ from prefect.tasks import exponential_backoff
 
 from reelflow.errors import UploadNotFound, retry_if_retryable
 from reelflow.logging import get_logger
+from reelflow.memory import pin_mmap_threshold
 from reelflow.planning import (
     Chunk,
     ChunkPlan,
@@ -190,6 +192,7 @@ def send_source(
     reports one). They are not re-verified against the source here: the whole-file SHA-256 of
     this read is checked against the stored object at the end, which covers them.
     """
+    pin_mmap_threshold()  # chunk buffers go back to the OS when freed (reelflow.memory)
     log = get_logger(session_id=state.session_id, upload_id=state.upload_id)
     whole = hashlib.sha256()
     digests: dict[int, str] = {}
@@ -227,6 +230,9 @@ def send_source(
         if chunk.part_number in state.forgotten:
             # The ledger (and so the cache) believed in a part the store does not hold.
             runner = upload_chunk.with_options(refresh_cache=True)
+        # This chunk is read and hashed while ``concurrency`` parts are on the wire; it goes out
+        # the moment a slot frees, so reading never leaves a slot idle.
+        drain(concurrency - 1)
         inflight.append(
             runner.submit(
                 state.session_id,
@@ -240,7 +246,6 @@ def send_source(
             )
         )
         del data
-        drain(concurrency - 1)
     drain(0)
     sha = whole.hexdigest()
     log.info(
