@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -535,8 +536,14 @@ def send_chunks(
                 return plan.total_chunk_count
             cursor.reset(plan.chunks[index].first_byte)
     finally:
-        drain()
-        ctx.cursors.pop(publish_id, None)
+        failing = sys.exc_info()[0] is not None
+        try:
+            drain()
+        except Exception:
+            if not failing:  # the first error is the one to report
+                raise
+        finally:
+            ctx.cursors.pop(publish_id, None)
     raise IntegrityError(
         f"publish {row_id}: TikTok's upload position did not advance", publish_id=publish_id
     )
