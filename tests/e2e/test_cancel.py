@@ -1,7 +1,7 @@
 """Cancelling a served ingest-video run through the API, the way the UI's Cancel button does.
 
-Real parts only: a ``prefect server start``, ``reelflow serve --only ingest-video`` in a
-subprocess (Prefect's runner owns the run's process and its cancellation), moto's S3 in this
+Real parts only: a ``prefect server start`` (the session's, shared with test_event_path),
+``reelflow serve --only ingest-video`` in a subprocess (Prefect's runner owns the run's process and its cancellation), moto's S3 in this
 process, the catalog on SQLite. moto answers a 5 MiB part in milliseconds, so a 100 MiB upload
 would be over before a cancel lands: this test slows every UploadPart down by holding the
 request in the in-process server before moto sees it (a slow S3, which moto cannot produce).
@@ -29,6 +29,7 @@ from tests.support.prefect_server import (
     start_process,
     stop_process,
     wait_for,
+    wait_until_served,
 )
 
 pytestmark = pytest.mark.e2e
@@ -96,7 +97,7 @@ class Served:
     def tail(self) -> str:
         return "\n".join(
             f"--- {p.name}\n{p.read_text(errors='replace')[-6000:]}"
-            for p in sorted(self.logs.glob("*.log"))
+            for p in [*sorted(self.logs.glob("*.log")), self.server.log_path]
         )
 
 
@@ -106,35 +107,34 @@ def home(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def served(s3_server: Any, bucket: str, home: Path, tmp_path: Path) -> Iterator[Served]:
+def served(
+    prefect_server: PrefectServer, s3_server: Any, bucket: str, home: Path, tmp_path: Path
+) -> Iterator[Served]:
     logs = tmp_path / "logs"
     logs.mkdir()
-    with PrefectServer(log_dir=logs) as server:
-        env = server.env(
-            REELFLOW_HOME=str(home),
-            REELFLOW_STORE_URL=f"s3://{bucket}/media",
-            REELFLOW_S3_ENDPOINT_URL=s3_server.endpoint_url,
-            AWS_ACCESS_KEY_ID="testing",
-            AWS_SECRET_ACCESS_KEY="testing",
-            AWS_DEFAULT_REGION="us-east-1",
-            PREFECT_RUNNER_POLL_FREQUENCY="2",
-            PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW="ignore",
+    env = prefect_server.env(
+        REELFLOW_HOME=str(home),
+        REELFLOW_STORE_URL=f"s3://{bucket}/media",
+        REELFLOW_S3_ENDPOINT_URL=s3_server.endpoint_url,
+        AWS_ACCESS_KEY_ID="testing",
+        AWS_SECRET_ACCESS_KEY="testing",
+        AWS_DEFAULT_REGION="us-east-1",
+        PREFECT_RUNNER_POLL_FREQUENCY="1",
+        PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW="ignore",
+    )
+    for var in ("REELFLOW_DATABASE_URL", "REELFLOW_CHUNK_SIZE_BYTES", "AWS_PROFILE"):
+        env.pop(var, None)
+    cmd = [str(BIN / "reelflow"), "serve", "--only", "ingest-video"]
+    serve = start_process(cmd, env, logs / "serve.log", REPO)
+    try:
+        wait_until_served(serve, logs / "serve.log", SERVE_WAIT_S)
+        reply = prefect_api(
+            "GET", f"{prefect_server.api_url}/deployments/name/ingest-video/ingest-video"
         )
-        for var in ("REELFLOW_DATABASE_URL", "REELFLOW_CHUNK_SIZE_BYTES", "AWS_PROFILE"):
-            env.pop(var, None)
-        cmd = [str(BIN / "reelflow"), "serve", "--only", "ingest-video"]
-        serve = start_process(cmd, env, logs / "serve.log", REPO)
-        try:
-
-            def deployment() -> str | None:
-                assert serve.poll() is None, (logs / "serve.log").read_text()[-4000:]
-                url = f"{server.api_url}/deployments/name/ingest-video/ingest-video"
-                reply = prefect_api("GET", url)
-                return str(reply.json()["id"]) if reply.status_code == 200 else None
-
-            yield Served(server, wait_for(deployment, "the served deployment", SERVE_WAIT_S), logs)
-        finally:
-            stop_process(serve)
+        reply.raise_for_status()
+        yield Served(prefect_server, str(reply.json()["id"]), logs)
+    finally:
+        stop_process(serve)
 
 
 class SlowParts:

@@ -3,7 +3,7 @@ served ``ingest-video`` run, on real servers only.
 
 moto's S3 + SQS run in this process (the bucket's ObjectCreated notifications land in a queue,
 delivered by moto itself), Prefect is a real ``prefect server start`` with its trigger and
-scheduler services, ``reelflow serve`` serves every prefect.yaml deployment in a subprocess, and
+scheduler services (the session's, shared with test_cancel), ``reelflow serve`` serves every prefect.yaml deployment in a subprocess, and
 the bridge is the ``reelflow s3-events`` CLI in subprocesses. The TikTok sandbox runs in this
 process over real HTTP. One stack serves the whole module; each test uses its own keys, and
 reads runs back through the Prefect REST API (``POST /flow_runs/filter``) with bounded waits.
@@ -35,6 +35,7 @@ from tests.support.prefect_server import (
     start_process,
     stop_process,
     wait_for,
+    wait_until_served,
 )
 
 pytestmark = pytest.mark.e2e
@@ -103,7 +104,7 @@ class Stack:
     def tail(self) -> str:
         return "\n".join(
             f"--- {p.name}\n{p.read_text(errors='replace')[-4000:]}"
-            for p in sorted(self.logs.glob("*.log"))
+            for p in [*sorted(self.logs.glob("*.log")), self.server.log_path]
         )
 
     def events_for(self, bucket: str, key: str) -> list[dict[str, Any]]:
@@ -163,7 +164,9 @@ def _add_account(sandbox: RunningSandbox, env: dict[str, str]) -> None:
 
 
 @pytest.fixture(scope="module")
-def stack(s3_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def stack(
+    prefect_server: PrefectServer, s3_server: Any, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
     root = tmp_path_factory.mktemp("event-path")
     logs = root / "logs"
     logs.mkdir()
@@ -189,10 +192,8 @@ def stack(s3_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
             "QueueConfigurations": [{"QueueArn": arn, "Events": ["s3:ObjectCreated:*"]}]
         },
     )
-    with (
-        PrefectServer(log_dir=logs) as server,
-        start_sandbox(SandboxConfig(processing_delay_s=0.0), data_dir=root / "sandbox") as sandbox,
-    ):
+    server = prefect_server
+    with start_sandbox(SandboxConfig(processing_delay_s=0.0), data_dir=root / "sandbox") as sandbox:
         env = server.env(
             REELFLOW_HOME=str(root / "home"),
             REELFLOW_STORE_URL=f"s3://{bucket}/media",
@@ -202,7 +203,7 @@ def stack(s3_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
             AWS_ACCESS_KEY_ID="testing",
             AWS_SECRET_ACCESS_KEY="testing",
             AWS_DEFAULT_REGION="us-east-1",
-            PREFECT_RUNNER_POLL_FREQUENCY="2",
+            PREFECT_RUNNER_POLL_FREQUENCY="1",
             PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW="ignore",
         )
         for var in ("REELFLOW_DATABASE_URL", "REELFLOW_SQS_ENDPOINT_URL", "AWS_PROFILE"):
@@ -210,6 +211,8 @@ def stack(s3_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         _add_account(sandbox, env)
         serve = start_process([str(BIN / "reelflow"), "serve"], env, logs / "serve.log", REPO)
         try:
+            # A deployment of that name may be left on the shared server by another serve.
+            wait_until_served(serve, logs / "serve.log", SERVE_WAIT_S)
             deployment = wait_for(
                 lambda: _deployment_with_trigger(server.api_url, serve, logs),
                 "reelflow serve to register ingest-video and its trigger",

@@ -7,6 +7,7 @@ scheduler) run as they do in production. ``env()`` gives the variables a client 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -28,6 +29,10 @@ PG_ADMIN_URL = os.environ.get(
     "REELFLOW_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
 STARTUP_TIMEOUT_S = 180
+# A healthy server, worker or runner exits in about a second after its signal (measured 0.5-3 s
+# on 2 cores); past these the group is killed, so a shutdown that hangs costs seconds, not 20-30.
+SERVER_STOP_GRACE_S = 10.0
+PROCESS_STOP_GRACE_S = 5.0
 
 
 API_ATTEMPTS = 6  # 503 retries, ~8 s in all
@@ -146,13 +151,9 @@ class PrefectServer:
         raise RuntimeError(f"prefect server did not start in {STARTUP_TIMEOUT_S}s")
 
     def stop(self) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            os.killpg(self._proc.pid, signal.SIGTERM)
-            try:
-                self._proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self._proc.pid, signal.SIGKILL)
-                self._proc.wait(timeout=30)
+        if self._proc is not None:
+            stop_group(self._proc, signal.SIGTERM, SERVER_STOP_GRACE_S)
+            self._proc = None
         if self._db_name:
             drop_pg_database(self._db_name)
             self._db_name = None
@@ -176,12 +177,43 @@ def start_process(
     )
 
 
-def stop_process(proc: subprocess.Popen[bytes], timeout_s: float = 20) -> None:
-    if proc.poll() is not None:
-        return
-    os.killpg(proc.pid, signal.SIGINT)  # workers and runners shut down on SIGINT
-    try:
-        proc.wait(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
+# Printed by prefect's serve() once every deployment (and its triggers) is registered, right
+# before the runner starts polling.
+SERVING_BANNER = "Your deployments are being served"
+
+
+def wait_until_served(proc: subprocess.Popen[bytes], log_path: Path, timeout_s: float) -> None:
+    """Wait for ``reelflow serve`` (``proc``, logging to ``log_path``) to have registered its
+    deployments. On a shared server a deployment of the same name may exist already, left by an
+    earlier serve process: finding it over the API says nothing about this one."""
+
+    def served() -> bool:
+        assert proc.poll() is None, log_path.read_text(errors="replace")[-4000:]
+        return SERVING_BANNER in log_path.read_text(errors="replace")
+
+    wait_for(served, "reelflow serve to register its deployments", timeout_s)
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):  # the whole group is gone already
+        os.killpg(pgid, sig)
+
+
+def stop_group(proc: subprocess.Popen[bytes], sig: signal.Signals, grace_s: float) -> None:
+    """Send ``sig`` to ``proc``'s process group; SIGKILL the group after ``grace_s``.
+
+    The group is killed even when its leader exits in time: a child it left behind (a flow run's
+    process, a uvicorn worker) must not outlive the test.
+    """
+    if proc.poll() is None:
+        _signal_group(proc.pid, sig)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=grace_s)
+    _signal_group(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+
+
+def stop_process(proc: subprocess.Popen[bytes], grace_s: float = PROCESS_STOP_GRACE_S) -> None:
+    """Stop a helper process from ``start_process`` and its group; workers and runners shut
+    down on SIGINT (a runner pauses its deployments), and are killed if that takes too long."""
+    stop_group(proc, signal.SIGINT, grace_s)
