@@ -535,12 +535,14 @@ def test_rate_limits_hold_across_concurrent_runs(
 ) -> None:
     """Eight publishes at once on one account: inits wait for a Prefect slot, none meets a 429.
 
-    TikTok's window is a minute; the sandbox and the limiter are both scaled to 10 s so the test
-    takes seconds. Without the limiter, inits 7 and 8 would be refused inside the first window.
+    TikTok's window is a minute; the sandbox and the limiter are both scaled to 5 s so the test
+    takes seconds. Without the limiter, inits 7 and 8 would be refused inside the first window
+    (all eight are wanted within a second). The limiter spaces the waiting inits a third of a
+    window apart at least (measured: 3 s apart), far more than an init's trip to the sandbox.
     """
     import tasks.tiktok_publish as publishing
 
-    window_s, runs = 10.0, 8
+    window_s, runs = 5.0, 8
     monkeypatch.setenv("REELFLOW_TIKTOK_RATE_WINDOW_S", str(window_s))
     config = SandboxConfig(processing_delay_s=0.0, rate_limit_window_s=window_s)
     with start_sandbox(config, data_dir=tmp_path / "sandbox") as sb:
