@@ -208,9 +208,9 @@ def stack(
         )
         for var in ("REELFLOW_DATABASE_URL", "REELFLOW_SQS_ENDPOINT_URL", "AWS_PROFILE"):
             env.pop(var, None)
-        _add_account(sandbox, env)
         serve = start_process([str(BIN / "reelflow"), "serve"], env, logs / "serve.log", REPO)
         try:
+            _add_account(sandbox, env)  # while serve starts: runs read the account when they run
             # A deployment of that name may be left on the shared server by another serve.
             wait_until_served(serve, logs / "serve.log", SERVE_WAIT_S)
             deployment = wait_for(
