@@ -287,7 +287,7 @@ def ingest_video(
         source: The video: a local path on the worker, s3://bucket/key, or an http(s):// URL.
         chunk_size_bytes: Part size in bytes (default REELFLOW_CHUNK_SIZE_BYTES, 8 MiB); grown
             when needed to stay within S3's 10 000 parts.
-        concurrency: Parts in flight at once (default REELFLOW_UPLOAD_CONCURRENCY).
+        concurrency: UploadPart requests on the wire at once (default REELFLOW_UPLOAD_CONCURRENCY).
         account: The TikTok account to publish to (added with `reelflow accounts add`). Leave
             empty to only store the video.
         caption: The post's caption (Direct Post; at most 2200 UTF-16 units).

@@ -84,7 +84,9 @@ def _print_summary(summary: dict[str, Any], as_json: bool) -> None:
 def ingest(
     source: str = typer.Argument(..., help="Local path, s3://bucket/key or http(s):// URL"),
     chunk_size: int | None = typer.Option(None, "--chunk-size", help="Part size in bytes"),
-    concurrency: int | None = typer.Option(None, "--concurrency", help="Parts in flight"),
+    concurrency: int | None = typer.Option(
+        None, "--concurrency", help="UploadPart requests at once"
+    ),
     account: str | None = typer.Option(None, "--account", help="TikTok account to publish to"),
     caption: str | None = typer.Option(None, "--caption", help="Post caption (Direct Post)"),
     privacy: str | None = typer.Option(

@@ -85,7 +85,7 @@ class LocalStore:
         return upload_id
 
     def upload_part(
-        self, key: str, upload_id: str, chunk: Chunk, data: bytes, sha256_b64: str
+        self, key: str, upload_id: str, chunk: Chunk, data: bytes | bytearray, sha256_b64: str
     ) -> PartReceipt:
         d = self._require(upload_id)
         digest = base64.b64encode(hashlib.sha256(data).digest()).decode()

@@ -122,7 +122,7 @@ class S3Store:
         return str(resp["UploadId"])
 
     def upload_part(
-        self, key: str, upload_id: str, chunk: Chunk, data: bytes, sha256_b64: str
+        self, key: str, upload_id: str, chunk: Chunk, data: bytes | bytearray, sha256_b64: str
     ) -> PartReceipt:
         from botocore.exceptions import BotoCoreError, ClientError
 

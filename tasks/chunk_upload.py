@@ -2,10 +2,12 @@
 
 * ``open_upload_session`` finds or starts the session for (source fingerprint, store, chunk
   size), then reconciles the ledger with the store's own list of parts (ListParts).
-* ``send_source`` reads the source once, front to back, hashing the whole file and each chunk
-  from the same bytes, and submits ``upload_chunk`` for every chunk the store does not hold yet,
-  at most ``concurrency`` at a time plus the next one read ahead (memory stays at about
-  ``(concurrency + 1) x chunk``).
+* ``send_source`` reads the source once, front to back, hashing the whole file from the same
+  bytes, and submits ``upload_chunk`` for every chunk the store does not hold yet. At most
+  ``concurrency`` parts are on the wire (a semaphore around UploadPart, as ``concurrency`` means
+  for boto3), and one more task is in flight, so a Prefect task's start and finish (~40 ms
+  measured, in which it sends nothing) never leave a slot idle. Memory stays at about
+  ``(concurrency + 1) x chunk``.
 * ``upload_chunk`` is one Prefect task per part: retried with backoff + jitter on retryable
   errors, cached by (upload id, part, range, checksum) so a re-run of the flow finds finished
   parts ``Cached``; the ledger row is written after the store acknowledged the part.
@@ -13,9 +15,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import threading
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,7 +30,6 @@ from prefect.tasks import exponential_backoff
 
 from reelflow.errors import UploadNotFound, retry_if_retryable
 from reelflow.logging import get_logger
-from reelflow.memory import pin_mmap_threshold
 from reelflow.planning import (
     Chunk,
     ChunkPlan,
@@ -37,7 +40,7 @@ from reelflow.planning import (
     staging_key,
 )
 from reelflow.rules import VideoMeta
-from reelflow.sources import SourceRef
+from reelflow.sources import BufferPool, SourceRef
 from storage.base import PartReceipt
 from storage.catalog import UploadSession
 from storage.runtime import Runtime
@@ -134,6 +137,9 @@ def open_upload_session(
 
 CHUNK_RESULTS_PREFIX = "reelflow-chunks"
 
+# upload id -> the run's UploadPart slots (send_source sets it; a task run alone has none).
+_PUT_SLOTS: dict[str, threading.Semaphore] = {}
+
 
 @task(
     name="upload-chunk",
@@ -149,7 +155,6 @@ CHUNK_RESULTS_PREFIX = "reelflow-chunks"
     retry_delay_seconds=exponential_backoff(1),
     retry_jitter_factor=0.5,
     retry_condition_fn=retry_if_retryable,
-    cache_result_in_memory=False,
 )
 def upload_chunk(
     session_id: str,
@@ -158,14 +163,15 @@ def upload_chunk(
     part_number: int,
     offset: int,
     length: int,
-    data: bytes,
+    data: bytes | bytearray,
     rt: Runtime,
 ) -> dict[str, Any]:
     # Hashed here, in parallel across parts; the flow thread only keeps the whole-file hash.
     sha256_b64 = b64(hashlib.sha256(data).digest())
-    receipt = rt.store.upload_part(
-        key, upload_id, Chunk(part_number, offset, length), data, sha256_b64
-    )
+    with _PUT_SLOTS.get(upload_id) or contextlib.nullcontext():
+        receipt = rt.store.upload_part(
+            key, upload_id, Chunk(part_number, offset, length), data, sha256_b64
+        )
     rt.catalog.record_part(session_id, upload_id, offset, receipt)
     get_logger(session_id=session_id, upload_id=upload_id).debug(
         "chunk_uploaded", part_number=part_number, size=length
@@ -192,11 +198,28 @@ def send_source(
     reports one). They are not re-verified against the source here: the whole-file SHA-256 of
     this read is checked against the stored object at the end, which covers them.
     """
-    pin_mmap_threshold()  # chunk buffers go back to the OS when freed (reelflow.memory)
+    _PUT_SLOTS[state.upload_id] = threading.BoundedSemaphore(concurrency)
+    try:
+        return _send(source, state, rt, concurrency=concurrency, on_progress=on_progress)
+    finally:
+        _PUT_SLOTS.pop(state.upload_id, None)
+
+
+def _send(
+    source: SourceRef,
+    state: SessionState,
+    rt: Runtime,
+    *,
+    concurrency: int,
+    on_progress: Callable[[int, int], None],
+) -> SendResult:
     log = get_logger(session_id=state.session_id, upload_id=state.upload_id)
     whole = hashlib.sha256()
     digests: dict[int, str] = {}
-    inflight: list[Any] = []
+    # (task future, its chunk buffer, the whole-file hash's future for that buffer)
+    inflight: list[tuple[Any, bytes | bytearray, Future[None]]] = []
+    # concurrency + 1 tasks hold one buffer each; the next chunk is read once one of them ends.
+    buffers = BufferPool(state.plan.chunk_size, concurrency + 1)
     done = uploaded = bytes_uploaded = already = 0
     total = state.plan.count
 
@@ -204,10 +227,13 @@ def send_source(
         nonlocal done, uploaded, bytes_uploaded
         while len(inflight) > limit:
             finished, _ = wait_futures(
-                [f.wrapped_future for f in inflight], return_when=FIRST_COMPLETED
+                [f.wrapped_future for f, _, _ in inflight], return_when=FIRST_COMPLETED
             )
-            for fut in [f for f in inflight if f.wrapped_future in finished]:
-                inflight.remove(fut)
+            for item in [x for x in inflight if x[0].wrapped_future in finished]:
+                inflight.remove(item)
+                fut, buffer, hashed = item
+                hashed.result()  # the whole-file hash is past it (it nearly always is)
+                buffers.give(buffer)  # nothing reads this buffer any more
                 result = fut.result()  # re-raises the task's final error (after its retries)
                 digests[result["part_number"]] = result["sha256_b64"]
                 if fut.state.name != "Cached":
@@ -216,25 +242,27 @@ def send_source(
                 done += 1
                 on_progress(done, total)
 
-    for chunk, data in rt.sources.iter_chunks(source, state.plan.chunks):
-        whole.update(data)
-        stored = state.confirmed.get(chunk.part_number)
-        if stored is not None:
-            if stored.sha256_b64:
-                digests[chunk.part_number] = stored.sha256_b64
-            already += 1
-            done += 1
-            on_progress(done, total)
-            continue
-        runner = upload_chunk
-        if chunk.part_number in state.forgotten:
-            # The ledger (and so the cache) believed in a part the store does not hold.
-            runner = upload_chunk.with_options(refresh_cache=True)
-        # This chunk is read and hashed while ``concurrency`` parts are on the wire; it goes out
-        # the moment a slot frees, so reading never leaves a slot idle.
-        drain(concurrency - 1)
-        inflight.append(
-            runner.submit(
+    # The whole-file SHA-256 runs on its own thread, in read order, beside the uploads: on the
+    # reading thread it cost as much as the reads themselves (measured) and held back each part.
+    hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reelflow-sha256")
+    try:
+        for chunk, data in rt.sources.iter_chunks(source, state.plan.chunks, buffers):
+            hashed = hasher.submit(whole.update, data)
+            stored = state.confirmed.get(chunk.part_number)
+            if stored is not None:
+                hashed.result()
+                buffers.give(data)
+                if stored.sha256_b64:
+                    digests[chunk.part_number] = stored.sha256_b64
+                already += 1
+                done += 1
+                on_progress(done, total)
+                continue
+            runner = upload_chunk
+            if chunk.part_number in state.forgotten:
+                # The ledger (and so the cache) believed in a part the store does not hold.
+                runner = upload_chunk.with_options(refresh_cache=True)
+            future = runner.submit(
                 state.session_id,
                 state.upload_id,
                 state.staging_key,
@@ -244,9 +272,14 @@ def send_source(
                 data,
                 rt,
             )
-        )
-        del data
-    drain(0)
+            inflight.append((future, data, hashed))
+            del data
+            # ``concurrency`` tasks sending and one starting or finishing; the next chunk is
+            # read when one of them ends (so at most ``concurrency + 1`` chunks are held).
+            drain(concurrency)
+        drain(0)
+    finally:
+        hasher.shutdown(wait=True)
     sha = whole.hexdigest()
     log.info(
         "source_sent",

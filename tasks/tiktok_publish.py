@@ -43,7 +43,6 @@ from requests.adapters import HTTPAdapter
 
 from reelflow.errors import IntegrityError, PublishError, retry_if_retryable
 from reelflow.logging import get_logger
-from reelflow.memory import pin_mmap_threshold
 from reelflow.tiktok.client import PublishStatus, TikTokClient, build_session
 from reelflow.tiktok.cursor import UploadCursor
 from reelflow.tiktok.errors import TikTokApiError, TikTokRateLimited, UploadOutOfSync, redact
@@ -479,7 +478,6 @@ def send_chunks(
     if row is None or row.publish_id is None or row.chunk_size is None:
         raise IntegrityError(f"publish {row_id} has no upload session to send to")
     publish_id = row.publish_id
-    pin_mmap_threshold()  # S3 chunks are fetched whole: free them back to the OS
     plan = plan_tiktok_upload_with_chunk_size(row.video_size, row.chunk_size)
     index = first_unacknowledged_chunk(plan, start_byte)
     if index >= plan.total_chunk_count:

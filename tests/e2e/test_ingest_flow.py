@@ -173,11 +173,15 @@ def test_exhausted_retries_keep_the_upload_for_the_next_run(
     pending = s3.list_multipart_uploads(Bucket=bucket)["Uploads"]
     assert len(pending) == 1
     kept = s3.list_parts(Bucket=bucket, Key=pending[0]["Key"], UploadId=pending[0]["UploadId"])
-    assert [p["PartNumber"] for p in kept["Parts"]] == [1]  # part 3 never started (concurrency 1)
+    # Part 1 is in; part 2 never got in; part 3 may have (its task starts while 2 retries:
+    # concurrency 1 means one UploadPart on the wire at a time, not one task).
+    stored = [p["PartNumber"] for p in kept["Parts"]]
+    assert stored in ([1], [1, 3]), stored
     s3_server.reset_stats()
     summary = ingest_video(source=str(clip), chunk_size_bytes=5 * MIB, concurrency=1)
-    assert s3_server.stats()["UploadPart"] == 2  # parts 2 and 3; part 1 is not sent again
-    assert summary["chunks_uploaded_this_run"] == 2 and summary["chunks_total"] == 3
+    missing = 3 - len(stored)
+    assert s3_server.stats()["UploadPart"] == missing  # what the store held is not sent again
+    assert summary["chunks_uploaded_this_run"] == missing and summary["chunks_total"] == 3
     assert summary["sha256"] == sha256_file(clip)
     assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
 
