@@ -6,6 +6,11 @@ own), alternating order. Prints throughput ratios (reelflow / boto3, higher is b
 >= 1.0), peak RSS and RSS growth during the run (target <= 64 MiB), validate and thumbnail times.
 
     python -m bench.ingest [--repeat 2] [--chunk 8388608] [--concurrency 4] [--big-mib 1024]
+                           [--prefect server|server+services|ephemeral]
+
+``--prefect`` (default ``server``) is where reelflow's Prefect API lives: a dedicated server
+without its background services, as bench.publish explains; ``ephemeral`` is what a bare
+``reelflow ingest`` starts in its own process tree on the same cores.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -23,6 +29,7 @@ from pathlib import Path
 import boto3
 from botocore.config import Config
 
+from bench.publish import PREFECT_MODES, start_prefect
 from reelflow.samples import make_clip, make_large_clip
 
 DATA = Path(__file__).resolve().parent / ".data"
@@ -105,6 +112,7 @@ def main() -> int:
     p.add_argument("--chunk", type=int, default=8 * MIB)
     p.add_argument("--concurrency", type=int, default=4)
     p.add_argument("--big-mib", type=int, default=1024)
+    p.add_argument("--prefect", choices=PREFECT_MODES, default="server")
     args = p.parse_args()
     DATA.mkdir(parents=True, exist_ok=True)
     files = {
@@ -115,6 +123,13 @@ def main() -> int:
     if not warmup.exists():
         make_clip(warmup, duration_s=2.0, width=360, height=640, audio=False)
     server, endpoint = start_s3()
+    prefect: subprocess.Popen[bytes] | None = None
+    prefect_env: dict[str, str] = {}
+    if args.prefect != "ephemeral":
+        prefect_env["PREFECT_HOME"] = tempfile.mkdtemp(prefix="reelflow-bench-prefect-")
+        prefect, prefect_env["PREFECT_API_URL"] = start_prefect(
+            os.environ | prefect_env, services=args.prefect == "server+services"
+        )
     try:
         s3 = boto3.client(
             "s3", endpoint_url=endpoint, config=Config(s3={"addressing_style": "path"})
@@ -131,6 +146,7 @@ def main() -> int:
                     "AWS_SECRET_ACCESS_KEY": "testing",
                     "AWS_DEFAULT_REGION": "us-east-1",
                     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                    **prefect_env,
                 }
                 order = ["baseline", "reelflow"] if i % 2 == 0 else ["reelflow", "baseline"]
                 for mode in order:
@@ -166,8 +182,12 @@ def main() -> int:
     finally:
         server.terminate()
         server.wait(timeout=30)
+        if prefect is not None:
+            os.killpg(prefect.pid, signal.SIGTERM)
+            prefect.wait(timeout=30)
     print(
-        f"\nchunk {args.chunk // MIB} MiB, concurrency {args.concurrency}, repeat {args.repeat}, moto S3 on 127.0.0.1"
+        f"\nchunk {args.chunk // MIB} MiB, concurrency {args.concurrency}, repeat {args.repeat}, "
+        f"moto S3 on 127.0.0.1, Prefect: {args.prefect}"
     )
     header = list(rows[0])
     print(" | ".join(header))

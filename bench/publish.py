@@ -9,6 +9,7 @@ artifact, status poll); its upload-leg time is the chunk loop alone (``timings_s
 this process initialised. Target: ratio (raw time / reelflow time) >= 0.95.
 
     python -m bench.publish [--repeat 3] [--mib 256] [--chunk-bytes 10000000]
+                            [--prefect server|server+services|ephemeral]
     python -m bench.publish --one raw|reelflow ...      (one contender; used by the driver)
 """
 
@@ -128,17 +129,29 @@ def bench_file(mib: int) -> Path:
     return path
 
 
-def start_prefect(env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
-    """A Prefect server for the whole bench, as production has one (no per-child startup)."""
+PREFECT_MODES = ("server", "server+services", "ephemeral")
+
+
+def start_prefect(
+    env: dict[str, str], *, services: bool = False
+) -> tuple[subprocess.Popen[bytes], str]:
+    """A Prefect server for the whole bench, as production has one (no per-child startup).
+
+    Without ``services`` it answers every API call the contenders make but runs none of its
+    background recorders (task-run recorder, event persister, triggers): in production those
+    run on the server's own host, here they would take CPU from the two cores the contenders,
+    the sandbox and the S3 server share. ``--prefect server+services`` measures that case too.
+    """
     import socket
     import urllib.request
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
+    cmd = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1"]
+    cmd += ["--port", str(port)] + ([] if services else ["--no-services"])
     proc = subprocess.Popen(
-        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-         "--port", str(port), "--no-services"],
+        cmd,
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}/api"
@@ -180,12 +193,16 @@ def drive(args: argparse.Namespace) -> int:
     config = SandboxConfig(processing_delay_s=0.0)
     raw_runs: list[dict[str, Any]] = []
     rf_runs: list[dict[str, Any]] = []
-    server, env["PREFECT_API_URL"] = start_prefect(env)
+    server = None
+    if args.prefect != "ephemeral":
+        services = args.prefect == "server+services"
+        server, env["PREFECT_API_URL"] = start_prefect(env, services=services)
     try:
         posts = _rounds(args, file, plan, env, config, work, raw_runs, rf_runs)
     finally:
-        os.killpg(server.pid, signal.SIGTERM)  # the server and the uvicorn it may have started
-        server.wait(timeout=30)
+        if server is not None:  # the server and the uvicorn it may have started
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait(timeout=30)
         # Every round leaves a stored copy and the sandbox's received bytes: GBs per run.
         shutil.rmtree(work, ignore_errors=True)
     _report(args, size, plan, raw_runs, rf_runs, posts)
@@ -297,7 +314,10 @@ def _report(
         ),
         "posts": posts,
     }
-    print(f"\nTikTok upload leg, sandbox on 127.0.0.1, {args.repeat} paired rounds")
+    print(
+        f"\nTikTok upload leg, sandbox on 127.0.0.1, {args.repeat} paired rounds, "
+        f"Prefect: {args.prefect}"
+    )
     print(" | ".join(row))
     print(" | ".join(str(v) for v in row.values()))
     print(json.dumps(row))
@@ -309,6 +329,7 @@ def main() -> int:
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--mib", type=int, default=256)
     p.add_argument("--chunk-bytes", type=int, default=DEFAULT_PREFERRED_CHUNK_BYTES)
+    p.add_argument("--prefect", choices=PREFECT_MODES, default="server")
     p.add_argument("--file")
     p.add_argument("--chunk", type=int)
     p.add_argument("--media-id")
