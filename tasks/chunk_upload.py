@@ -5,9 +5,9 @@
 * ``send_source`` reads the source once, front to back, hashing the whole file from the same
   bytes, and submits ``upload_chunk`` for every chunk the store does not hold yet. At most
   ``concurrency`` parts are on the wire (a semaphore around UploadPart, as ``concurrency`` means
-  for boto3), and one more task is in flight, so a Prefect task's start and finish (~40 ms
-  measured, in which it sends nothing) never leave a slot idle. Memory stays at about
-  ``(concurrency + 1) x chunk``.
+  for boto3), and one more task is in flight, so a Prefect task's start and finish (~20 ms
+  measured, in which it sends nothing) do not leave a slot idle. Chunks are read into
+  ``concurrency + 1`` reused buffers; a thread of its own keeps the whole-file SHA-256.
 * ``upload_chunk`` is one Prefect task per part: retried with backoff + jitter on retryable
   errors, cached by (upload id, part, range, checksum) so a re-run of the flow finds finished
   parts ``Cached``; the ledger row is written after the store acknowledged the part.
@@ -166,7 +166,7 @@ def upload_chunk(
     data: bytes | bytearray,
     rt: Runtime,
 ) -> dict[str, Any]:
-    # Hashed here, in parallel across parts; the flow thread only keeps the whole-file hash.
+    # Hashed here, in parallel across parts; the whole-file hash has a thread of its own.
     sha256_b64 = b64(hashlib.sha256(data).digest())
     with _PUT_SLOTS.get(upload_id) or contextlib.nullcontext():
         receipt = rt.store.upload_part(
