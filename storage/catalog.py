@@ -181,21 +181,7 @@ class Catalog:
             "etag": receipt.etag,
             "uploaded_at": utcnow(),
         }
-        insert = _UPSERTS.get(self.engine.dialect.name)
-        if insert is None:  # another SQL database: the portable read-then-write
-            with Session(self.engine) as s:
-                existing = s.exec(
-                    select(UploadPartRow).where(
-                        UploadPartRow.upload_id == upload_id,
-                        UploadPartRow.part_number == receipt.part_number,
-                    )
-                ).first()
-                row = existing or UploadPartRow(**values)
-                for k in _PART_UPDATE_COLUMNS:
-                    setattr(row, k, values[k])
-                s.add(row)
-                s.commit()
-            return
+        insert = _UPSERTS[self.engine.dialect.name]  # SQLite or PostgreSQL, as documented
         stmt = insert(UploadPartRow).values(**values)
         stmt = stmt.on_conflict_do_update(
             index_elements=["upload_id", "part_number"],
