@@ -19,6 +19,7 @@ import requests
 
 from reelflow.tiktok.client import (
     JSON_CONTENT_TYPE,
+    SEND_BLOCK_BYTES,
     PublishStatus,
     TikTokClient,
     TokenSet,
@@ -208,6 +209,54 @@ def test_chunked_upload_of_a_file_over_5_mib(
     status = wait_for(client, token, init.publish_id)
     assert status.status == "PUBLISH_COMPLETE", status
     assert status.post_ids == []  # SELF_ONLY posts never become publicly available
+    assert stats(sandbox)["publishes"][init.publish_id]["sha256"] == sha256(big_clip)
+
+
+class RecordingFile:
+    """A file object that records the size of every read the HTTP stack asks for."""
+
+    def __init__(self, raw: Any) -> None:
+        self.raw, self.reads = raw, []
+
+    def read(self, size: int = -1) -> bytes:
+        self.reads.append(size)
+        return bytes(self.raw.read(size))
+
+    def tell(self) -> int:
+        return int(self.raw.tell())
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return int(self.raw.seek(offset, whence))
+
+
+def test_streamed_chunks_go_out_in_large_blocks(
+    sandbox: Any, client: TikTokClient, big_clip: Path
+) -> None:
+    """A file chunk is read in SEND_BLOCK_BYTES pieces, not urllib3's default 16 KiB."""
+    token = account(sandbox)["access_token"]
+    plan = plan_tiktok_upload(big_clip.stat().st_size, MIN_CHUNK_BYTES)
+    init = client.init_inbox(
+        token,
+        video_size=plan.video_size,
+        chunk_size=plan.chunk_size,
+        total_chunk_count=plan.total_chunk_count,
+    )
+    with big_clip.open("rb") as fh:
+        for chunk in plan.chunks:
+            fh.seek(chunk.first_byte)
+            recording = RecordingFile(fh)
+            client.put_chunk(
+                init.upload_url,
+                data=recording,  # type: ignore[arg-type]
+                first_byte=chunk.first_byte,
+                last_byte=chunk.last_byte,
+                total=plan.video_size,
+                content_type="video/mp4",
+            )
+            # Full blocks, then what is left of the chunk (the reader never reads past it).
+            *full, last = recording.reads
+            assert set(full) == {SEND_BLOCK_BYTES} and 0 < last <= SEND_BLOCK_BYTES
+            assert len(recording.reads) == -(-chunk.length // SEND_BLOCK_BYTES)
     assert stats(sandbox)["publishes"][init.publish_id]["sha256"] == sha256(big_clip)
 
 
