@@ -340,7 +340,10 @@ def start_sandbox(
     """Serve a sandbox in a daemon thread; returns once it listens, stops on exit."""
     state = SandboxState(config or SandboxConfig(), Path(data_dir))
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP named explicitly: asyncio sets TCP_NODELAY on accepted connections only when
+    # the listening socket says so. Without it every keep-alive reply stalled ~40 ms (Nagle on
+    # the reply's second write against the client's delayed ACK), which real TikTok does not do.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))  # bound here so port 0 resolves before uvicorn starts
     bound_port = sock.getsockname()[1]
