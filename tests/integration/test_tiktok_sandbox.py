@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -568,3 +569,20 @@ def test_state_mirrors_admin_routes_and_reset(client: Client) -> None:
     client.admin("/reset")
     assert client.call(CREATOR_INFO, account["access_token"]).status_code == 401
     assert client.stats()["calls"] == {f"POST {CREATOR_INFO}": 1}
+
+
+def test_connections_send_replies_without_nagle_delay(client: Client) -> None:
+    """Accepted connections have TCP_NODELAY, so a keep-alive reply's second write is not held.
+
+    Without it each reply on a reused connection waited for the client's delayed ACK (~40 ms
+    per chunk PUT, measured), which TikTok's servers do not add.
+    """
+    with requests.Session() as session:
+        for _ in range(2):  # the second request reuses the connection
+            r = session.get(f"{client.base}/_sandbox/stats", timeout=HTTP_TIMEOUT_S)
+            assert r.status_code == 200
+        connections = list(client.sb.server.server_state.connections)
+        assert connections, "the kept-alive connection is open on the server"
+        for protocol in connections:
+            sock = protocol.transport.get_extra_info("socket")
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
