@@ -7,15 +7,24 @@ STAMP := $(VENV)/.installed
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export REELFLOW_HOME ?= $(CURDIR)/.reelflow
 
-.PHONY: setup ffmpeg demo test test-e2e lint typecheck bench clean
+.PHONY: setup ffmpeg demo test test-e2e lint typecheck bench clean lock
 
 setup: $(STAMP) ffmpeg
 
-$(STAMP): pyproject.toml
+# Installs are reproducible: every package, direct or not, at the version in requirements.lock.
+$(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -c requirements.lock -e '.[dev]'
 	touch $(STAMP)
+
+# Refresh requirements.lock from pyproject.toml (newest versions its ranges allow), then run
+# `make test`. The lock names no package index (--no-emit-index-url / --no-emit-find-links).
+lock:
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q pip-tools
+	$(BIN)/pip-compile -q --upgrade --no-emit-index-url --no-emit-find-links --strip-extras \
+		--allow-unsafe --extra dev -o requirements.lock pyproject.toml
 
 ffmpeg:
 	@if ! command -v ffmpeg >/dev/null || ! command -v ffprobe >/dev/null; then \

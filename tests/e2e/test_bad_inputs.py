@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -51,13 +50,16 @@ def test_missing_path_and_directory(home: Path, tmp_path: Path) -> None:
     assert_nothing_stored(home)
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop privileges for the check")
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop capabilities for the check")
 def test_unreadable_file(home: Path, clips: Any, tmp_path: Path) -> None:
-    """A file the user cannot read is exit 2 (checked as an unprivileged user: root reads all)."""
+    """A file the user cannot read is exit 2 (checked without root's power to read anything).
+
+    The child stays uid 0, so it can still import reelflow from a checkout in a private (0700)
+    directory, but loses CAP_DAC_OVERRIDE / CAP_DAC_READ_SEARCH, so a mode-000 file is unreadable
+    to it as to any user."""
     clip = tmp_path / "locked.mp4"
     clip.write_bytes(clips.valid().read_bytes())
     clip.chmod(0)
-    os.chmod(tmp_path, stat.S_IRWXU | stat.S_IRWXG | stat.S_IRWXO)
     code = (
         "from reelflow.sources import SourceReader\n"
         "from reelflow.errors import ValidationError\n"
@@ -68,9 +70,8 @@ def test_unreadable_file(home: Path, clips: Any, tmp_path: Path) -> None:
     proc = subprocess.run(
         [
             "setpriv",
-            "--reuid=nobody",
-            "--regid=nogroup",
-            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-dac_override,-dac_read_search",
             sys.executable,
             "-c",
             code,

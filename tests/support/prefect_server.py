@@ -94,8 +94,15 @@ def drop_pg_database(name: str) -> None:
 class PrefectServer:
     """``with PrefectServer(postgres=True) as server: server.api_url, server.env()``."""
 
-    def __init__(self, *, postgres: bool = False, log_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        postgres: bool = False,
+        log_dir: Path | None = None,
+        server_env: dict[str, str] | None = None,
+    ) -> None:
         self.postgres = postgres
+        self.extra_server_env = server_env or {}
         self.port = free_port()
         self.home = Path(tempfile.mkdtemp(prefix="reelflow-prefect-server-"))
         self.log_path = (log_dir or self.home) / "server.log"
@@ -125,6 +132,7 @@ class PrefectServer:
             "PREFECT_UI_API_URL": self.api_url,
         }
         server_env.pop("PREFECT_API_URL", None)
+        server_env |= self.extra_server_env
         if self.postgres:
             self._db_name, url = create_pg_database()
             server_env["PREFECT_API_DATABASE_CONNECTION_URL"] = url
