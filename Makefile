@@ -7,9 +7,9 @@ STAMP := $(VENV)/.installed
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export REELFLOW_HOME ?= $(CURDIR)/.reelflow
 
-.PHONY: setup ffmpeg demo test test-e2e lint typecheck bench clean lock
+.PHONY: setup ffmpeg clamav demo test test-e2e lint typecheck bench clean lock chaos
 
-setup: $(STAMP) ffmpeg
+setup: $(STAMP) ffmpeg clamav
 
 # Installs are reproducible: every package, direct or not, at the version in requirements.lock.
 $(STAMP): pyproject.toml requirements.lock
@@ -32,6 +32,13 @@ ffmpeg:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ffmpeg >/dev/null; \
 	fi
 
+# The tests start their own clamd (own config and signature database; no freshclam needed).
+clamav:
+	@if ! command -v clamd >/dev/null && ! test -x /usr/sbin/clamd; then \
+		echo "installing Debian clamav-daemon"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq clamav-daemon >/dev/null; \
+	fi
+
 demo: setup
 	@mkdir -p $(REELFLOW_HOME)
 	@test -s $(REELFLOW_HOME)/sample.mp4 || $(BIN)/reelflow sample $(REELFLOW_HOME)/sample.mp4 --duration 20
@@ -51,6 +58,11 @@ test: setup lint typecheck
 # `make test` runs them too.
 test-e2e: setup
 	$(BIN)/pytest -q -p no:cacheprovider -m e2e
+
+# The kill + fault suite at full size: 50 seeded kill points (REELFLOW_CHAOS_SEED picks them)
+# and 20 runs under 10 % faults; prints the tally per step and the retries per hop.
+chaos: setup
+	REELFLOW_CHAOS_POINTS=$${REELFLOW_CHAOS_POINTS:-50} $(BIN)/pytest -q -p no:cacheprovider -m chaos tests/e2e
 
 bench: setup
 	$(BIN)/python -m bench.ingest

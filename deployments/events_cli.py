@@ -7,6 +7,9 @@ name="s3-events")``; ``python -m deployments.events_cli`` runs it alone.
 Both commands need ``PREFECT_API_URL`` (the server whose ``ingest-video`` trigger turns the
 events into runs) and S3 read access to the bucket (HEAD the video, GET its sidecar).
 ``REELFLOW_S3_ENDPOINT_URL`` points boto3 at an S3-compatible server, for S3 and for SQS.
+``REELFLOW_EVENT_BUCKETS`` (required) lists the buckets or bucket/prefix folders whose objects
+may become runs; ``REELFLOW_EVENT_ACCOUNTS`` the accounts their sidecars may name. The webhook
+also needs ``REELFLOW_WEBHOOK_SECRET`` (at least 32 characters).
 Exit codes: 0 done, 2 bad configuration or arguments, 1 anything else; errors are one line on
 stderr. ``sqs`` prints one JSON summary line on stdout when it stops.
 """
@@ -48,6 +51,20 @@ def _fail(exc: BaseException) -> None:
     message = redact_text(str(exc)).replace("\n", " ").strip() or type(exc).__name__
     typer.echo(f"error: {kind}: {message}", err=True)
     raise typer.Exit(2 if terminal else 1)
+
+
+def _policy(settings: Any) -> Any:
+    """The bucket/account policy; refused at start when it would let nothing through."""
+    from reelflow.errors import ConfigurationError
+    from reelflow.event_policy import BUCKETS_ENV, EventPolicy
+
+    policy = EventPolicy.parse(settings.event_buckets, settings.event_accounts)
+    if not policy.buckets:
+        raise ConfigurationError(
+            f"{BUCKETS_ENV} is not set: list the buckets (or bucket/prefix folders) whose "
+            "objects may start ingest runs, e.g. raw-uploads/incoming"
+        )
+    return policy
 
 
 def _key_filter(prefix: str, suffixes: list[str] | None) -> Any:
@@ -109,6 +126,7 @@ def sqs(
     configure_logging()
     try:
         settings = Settings()
+        policy = _policy(settings)
         key_filter = _key_filter(prefix, suffix)
         # moto and LocalStack serve S3 and SQS on one endpoint; see the module docstring.
         queue = make_sqs_client(
@@ -121,6 +139,7 @@ def sqs(
                 s3=_s3_client(settings),
                 sink=sink,
                 key_filter=key_filter,
+                policy=policy,
                 own_store=own_store_of(settings.resolved_store_url),
             )
             stats = poll_sqs(
@@ -142,7 +161,13 @@ def webhook(
     suffix: list[str] | None = typer.Option(None, "--suffix", help=_SUFFIX_HELP),
 ) -> None:
     """Serve POST / for S3-format notification bodies (MinIO, Ceph); needs REELFLOW_WEBHOOK_SECRET."""
-    from deployments.s3_events import Bridge, PrefectEventSink, make_webhook_app, own_store_of
+    from deployments.s3_events import (
+        Bridge,
+        PrefectEventSink,
+        check_webhook_secret,
+        make_webhook_app,
+        own_store_of,
+    )
     from reelflow.errors import ConfigurationError
     from reelflow.logging import configure_logging
     from reelflow.settings import Settings
@@ -155,12 +180,15 @@ def webhook(
             raise ConfigurationError(
                 f"{WEBHOOK_SECRET_ENV} is not set: the webhook refuses unauthenticated senders"
             )
+        check_webhook_secret(secret)
+        policy = _policy(settings)
         key_filter = _key_filter(prefix, suffix)
         with PrefectEventSink() as sink:
             bridge = Bridge(
                 s3=_s3_client(settings),
                 sink=sink,
                 key_filter=key_filter,
+                policy=policy,
                 own_store=own_store_of(settings.resolved_store_url),
             )
             app = make_webhook_app(bridge, secret=secret)

@@ -9,10 +9,20 @@ Owns, as edges (each receives its client): reading metadata and sidecars from S3
 (:func:`read_object_options`), posting events to the Prefect API (:class:`PrefectEventSink`),
 the SQS long-poll loop (:func:`poll_sqs`) and the webhook app (:func:`make_webhook_app`).
 
+Trust (issue 8 §3): only objects in ``REELFLOW_EVENT_BUCKETS`` (buckets or bucket/prefix
+folders) with safe keys become events; a notification naming another bucket, or a key with a
+``..`` segment, a control character or NUL, is refused: logged, its message deleted, no event.
+A sidecar or metadata may name only the accounts ``REELFLOW_EVENT_ACCOUNTS`` allows for its
+bucket/prefix, else the event carries ``options_error``. The rules live in
+:mod:`reelflow.event_policy`, which the ``ingest-video`` flow applies again to every run an event
+started: anyone who can post to the Prefect API can forge an event, so the bridge's checks are a
+first filter, not the guarantee.
+
 Delivery is at least once end to end: an SQS message is deleted (a webhook answered 200) only
 after Prefect accepted its events, and the event id is derived from the object version
-(:func:`event_id`), so a redelivered notification repeats an id the server drops instead of
-starting a second run. The sidecar is read when the video's notification is handled, so it
+(:func:`event_id`: bucket, key and versionId, or ETag; never the sequencer, which a replay can
+change), so a redelivered or re-sequenced notification repeats an id the server drops instead
+of starting a second run. The sidecar is read when the video's notification is handled, so it
 must be uploaded before the video; metadata travels with the object and has no such race.
 
 Must not: start flow runs (the ``ingest-video`` deployment's trigger does), delete an SQS
@@ -32,7 +42,7 @@ import re
 import threading
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, Protocol
@@ -42,6 +52,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validato
 from pydantic import ValidationError as PydanticValidationError
 
 from reelflow.errors import ConfigurationError, ReelflowError, ValidationError
+from reelflow.event_policy import EventPolicy, printable
 from reelflow.logging import get_logger
 
 if TYPE_CHECKING:
@@ -65,6 +76,7 @@ SQS_WAIT_TIME_S = 20  # SQS's maximum long poll: fewest empty receives
 SQS_MAX_BATCH = 10  # ReceiveMessage's MaxNumberOfMessages limit
 MAX_RECEIVE_PAUSE_S = 30.0  # back-off ceiling while SQS is unreachable
 MAX_WEBHOOK_BODY_BYTES = 1024 * 1024
+MIN_WEBHOOK_SECRET_CHARS = 32  # a shared secret shorter than this can be guessed offline
 
 PrivacyLevel = Literal[
     "PUBLIC_TO_EVERYONE", "MUTUAL_FOLLOW_FRIENDS", "FOLLOWER_OF_CREATOR", "SELF_ONLY"
@@ -333,14 +345,21 @@ class ObjectOptions:
     sidecar_key: str | None = None  # set when a sidecar was found
     error: str | None = None  # set when the sidecar or metadata is invalid
     size: int | None = None  # from HEAD, for records that carry none
+    etag: str | None = None  # from HEAD: identifies the version when the record does not
+    version_id: str | None = None  # from HEAD
 
 
 # --- the event -----------------------------------------------------------------------------
 
 
 def event_id(obj: S3Object) -> uuid.UUID:
-    """Same object version, same id: S3 delivers at least once and Prefect drops repeated ids."""
-    name = f"{obj.uri}#{obj.version_id or ''}#{obj.sequencer or obj.etag or ''}"
+    """Same object version, same id: S3 delivers at least once and Prefect drops repeated ids.
+
+    The version is the versionId when there is one, else the ETag (the content). Never the
+    sequencer: a replayed notification with another sequencer is still the same version.
+    """
+    version = obj.version_id or ""
+    name = f"{obj.uri}#{version}#{'' if version else obj.etag or ''}"
     return uuid.uuid5(uuid.NAMESPACE_URL, name)
 
 
@@ -419,6 +438,11 @@ def read_object_options(s3: Any, obj: S3Object) -> ObjectOptions | None:
             return None
         raise map_s3_error(exc, f"HEAD s3://{where}") from exc
     size = head.get("ContentLength")
+    identity = {
+        "size": size,
+        "etag": str(head.get("ETag") or "").strip('"') or None,
+        "version_id": head.get("VersionId") or None,
+    }
     side_key = sidecar_key(obj.key)
     side_where = f"{obj.bucket}/{side_key}"
     data: bytes | None
@@ -441,8 +465,8 @@ def read_object_options(s3: Any, obj: S3Object) -> ObjectOptions | None:
             metadata=metadata, sidecar=sidecar, object_name=where, sidecar_name=side_where
         )
     except ValidationError as exc:
-        return ObjectOptions(sidecar_key=found_key, error=str(exc), size=size)
-    return ObjectOptions(options=options, sidecar_key=found_key, size=size)
+        return ObjectOptions(sidecar_key=found_key, error=str(exc), **identity)
+    return ObjectOptions(options=options, sidecar_key=found_key, **identity)
 
 
 class EventSink(Protocol):
@@ -517,7 +541,10 @@ def own_store_of(store_url: str) -> tuple[str, str] | None:
 
 
 class Bridge:
-    """One notification body in, its events posted, their ids out."""
+    """One notification body in, its events posted, their ids out.
+
+    ``policy`` has no default on purpose: a bridge built without one would accept any bucket.
+    """
 
     def __init__(
         self,
@@ -525,12 +552,14 @@ class Bridge:
         s3: Any,
         sink: EventSink,
         key_filter: KeyFilter,
+        policy: EventPolicy,
         own_store: tuple[str, str] | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.s3 = s3
         self.sink = sink
         self.key_filter = key_filter
+        self.policy = policy
         # (bucket, prefix) of reelflow's own store: what reelflow writes there (stored videos,
         # staging, metadata) must never trigger another ingest of itself.
         self.own_store = own_store
@@ -541,6 +570,16 @@ class Bridge:
         on a malformed body (:class:`MalformedNotification`) or a failed S3 lookup."""
         events = []
         for obj in parse_notification(body):
+            refusal = self.policy.refuses(obj.bucket, obj.key)
+            if refusal is not None:
+                # Before any S3 call: a foreign bucket is never even looked at.
+                _log().warning(
+                    "s3_object_refused",
+                    bucket=printable(obj.bucket),
+                    key=printable(obj.key),
+                    reason=printable(refusal),
+                )
+                continue
             reason = self.key_filter.rejects(obj.key)
             if reason is None and self.own_store is not None:
                 bucket, prefix = self.own_store
@@ -552,6 +591,26 @@ class Bridge:
             found = read_object_options(self.s3, obj)
             if found is None:
                 _log().warning("s3_object_vanished", bucket=obj.bucket, key=obj.key)
+                continue
+            account = found.options.account
+            if found.error is None and account is not None:
+                refusal = self.policy.account_refusal(obj.bucket, obj.key, account)
+                if refusal is not None:
+                    error = f"options of {obj.bucket}/{obj.key}: {refusal}"
+                    found = replace(found, options=PublishOptions(), error=error)
+            obj = replace(
+                obj,
+                etag=obj.etag or found.etag,
+                version_id=obj.version_id or found.version_id,
+            )
+            if not (obj.etag or obj.version_id):
+                # No version identity, no dedup: a replay would start a second run.
+                _log().error(
+                    "s3_object_refused",
+                    bucket=obj.bucket,
+                    key=obj.key,
+                    reason="neither versionId nor ETag in the record or from HEAD",
+                )
                 continue
             if found.error:
                 _log().error("s3_object_options_rejected", key=obj.key, error=found.error)
@@ -694,16 +753,40 @@ def authorized(header: str | None, secret: str) -> bool:
     return bare_ok or bearer_ok
 
 
+def check_webhook_secret(secret: str) -> None:
+    """Refuse a missing or short secret (ConfigurationError), before anything listens."""
+    if not secret.strip():
+        raise ConfigurationError("the webhook needs a secret (REELFLOW_WEBHOOK_SECRET)")
+    if len(secret.strip()) < MIN_WEBHOOK_SECRET_CHARS:
+        raise ConfigurationError(
+            f"REELFLOW_WEBHOOK_SECRET is {len(secret.strip())} characters; the webhook needs at "
+            f"least {MIN_WEBHOOK_SECRET_CHARS} (e.g. `python -c 'import secrets; "
+            "print(secrets.token_urlsafe(32))'`)"
+        )
+
+
+async def read_bounded(chunks: Any, limit: int) -> bytes | None:
+    """The body from an async iterator of chunks, or None as soon as it passes ``limit``
+    bytes; the rest is never read (chunked bodies declare no length to refuse up front)."""
+    parts: list[bytes] = []
+    total = 0
+    async for chunk in chunks:
+        total += len(chunk)
+        if total > limit:
+            return None
+        parts.append(chunk)
+    return b"".join(parts)
+
+
 def make_webhook_app(bridge: Bridge, *, secret: str) -> Starlette:
     """``POST /`` takes S3-format notification bodies; ``GET /healthz`` answers probes."""
     from starlette.applications import Starlette
     from starlette.concurrency import run_in_threadpool
-    from starlette.requests import Request
+    from starlette.requests import ClientDisconnect, Request
     from starlette.responses import JSONResponse
     from starlette.routing import Route
 
-    if not secret.strip():
-        raise ConfigurationError("the webhook needs a secret (REELFLOW_WEBHOOK_SECRET)")
+    check_webhook_secret(secret)
 
     async def notify(request: Request) -> JSONResponse:
         if not authorized(request.headers.get("authorization"), secret):
@@ -715,8 +798,12 @@ def make_webhook_app(bridge: Bridge, *, secret: str) -> Starlette:
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > MAX_WEBHOOK_BODY_BYTES:
             return JSONResponse({"error": "body too large"}, status_code=413)
-        body = await request.body()
-        if len(body) > MAX_WEBHOOK_BODY_BYTES:
+        try:
+            body = await read_bounded(request.stream(), MAX_WEBHOOK_BODY_BYTES)
+        except ClientDisconnect:
+            return JSONResponse({"error": "client disconnected"}, status_code=400)
+        if body is None:
+            # The connection is closed after this reply: the unread rest is never consumed.
             return JSONResponse({"error": "body too large"}, status_code=413)
         try:
             # boto3 and the Prefect client block; keep them off the event loop.

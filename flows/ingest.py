@@ -6,8 +6,11 @@ gives up. All I/O lives in tasks/ and storage/.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Literal, cast
 
@@ -18,21 +21,25 @@ from prefect.artifacts import (
 )
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from reelflow.errors import ReelflowError, ValidationError
-from reelflow.logging import configure_logging, get_logger
+from reelflow.credentials import reveal
+from reelflow.errors import LeaseLostError, ReelflowError, ValidationError
+from reelflow.event_policy import check_event_run
+from reelflow.ingest_options import check_ingest_options
+from reelflow.logging import configure_logging, get_logger, remember_settings_secrets
 from reelflow.progress import ProgressReporter
 from reelflow.rules import VideoMeta
 from reelflow.settings import Settings
 from reelflow.sources import SourceRef
 from storage.catalog import Media
-from storage.leases import Leases, lease_name
+from storage.leases import Fence, Leases, lease_name
 from storage.runtime import Runtime
 from storage.schedule import queue_publish
 from tasks.assemble import assemble_upload
 from tasks.chunk_upload import SendResult, SessionState, open_upload_session, send_source
 from tasks.s3_store import store_media
+from tasks.scan import SCAN_OFF, ScanReport, scan_video
 from tasks.thumbnail import make_thumbnail
-from tasks.validate import validate_video
+from tasks.validate import validate_video, verify_assembled
 
 MAX_TASK_THREADS = 64
 Mode = Literal["direct", "inbox", "none"]
@@ -51,7 +58,10 @@ def summarize(
     chunks_total: int,
     sent: SendResult | None,
     timings: dict[str, float] | None = None,
+    scan: ScanReport | None = None,
 ) -> dict[str, Any]:
+    # No report: this run found the video stored already and did not scan it again.
+    scan = scan or (SCAN_OFF if not rt.settings.clamd_url else ScanReport("not_rescanned"))
     return {
         "media_id": media.media_id,
         "sha256": media.sha256,
@@ -76,16 +86,19 @@ def summarize(
         "chunks_uploaded_this_run": sent.chunks_uploaded if sent else 0,
         "bytes_uploaded_this_run": sent.bytes_uploaded if sent else 0,
         "timings_s": {k: round(v, 3) for k, v in (timings or {}).items()},
+        "scan": scan.verdict,
+        "scan_engine": scan.engine,
     }
 
 
 def _link(rt: Runtime, key: str) -> str:
     """A link a person can open: REELFLOW_PUBLIC_BASE_URL (CDN / public bucket) when set, else
-    a presigned URL (S3) or the file path (local store)."""
+    the store URI. Never a presigned URL: its signature and access key id would land in the
+    flow result, the summary artifact and the CLI output."""
     base = rt.settings.public_base_url
     if base:
         return f"{base.rstrip('/')}/{key}"
-    return rt.store.read_url(key)
+    return rt.store.uri(key)
 
 
 SUMMARY_FIELDS = (
@@ -106,6 +119,7 @@ SUMMARY_FIELDS = (
     "chunks_total",
     "chunks_uploaded_this_run",
     "bytes_uploaded_this_run",
+    "scan",
 )
 
 
@@ -133,12 +147,30 @@ def _summary_markdown(summary: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
-def _give_up(rt: Runtime, state: SessionState, exc: ReelflowError) -> None:
-    """Terminal failure: abort the staged upload so nothing is orphaned; keep it if retryable."""
+def _give_up(rt: Runtime, state: SessionState, exc: Exception) -> None:
+    """Every failure of steps 2-5 decides here: keep the staged upload for a later run, or abort.
+
+    Kept: retryable errors; an unexpected (non-reelflow) error once parts are stored; anything
+    when this run no longer holds the lease (the upload is the new holder's). Aborted: terminal
+    errors, and unexpected ones while nothing is stored yet (nothing worth resuming).
+    """
     log = get_logger(session_id=state.session_id, upload_id=state.upload_id)
-    if exc.retryable:
+    fence = rt.catalog.fence
+    if isinstance(exc, LeaseLostError) or (fence is not None and fence.lost):
+        log.warning("upload_left_to_lease_holder", error=str(exc))
+        return
+    if isinstance(exc, ReelflowError) and exc.retryable:
         rt.catalog.update_session(state.session_id, error=str(exc)[:500])
         log.warning("upload_kept_for_resume", error=str(exc))
+        return
+    if not isinstance(exc, ReelflowError) and rt.catalog.ledger_parts(state.upload_id):
+        rt.catalog.update_session(state.session_id, error=f"{type(exc).__name__}: {exc}"[:500])
+        log.warning("upload_kept_for_resume", error=str(exc), error_type=type(exc).__name__)
+        return
+    try:
+        rt.catalog.verify_fence()  # abort only what this run still holds
+    except LeaseLostError:
+        log.warning("upload_left_to_lease_holder", error=str(exc))
         return
     rt.store.abort_upload(state.staging_key, state.upload_id)
     if rt.store.exists(state.staging_key):
@@ -156,12 +188,15 @@ def _stage_and_store(
     parallel: int,
     timings: dict[str, float],
     leases: Leases,
-    name: str,
-    owner: str,
-) -> tuple[Media, SessionState, SendResult | None]:
-    """Steps 2-5 under the source lease; terminal errors abort, the rest stay resumable."""
-    state = open_upload_session(ref, meta, chunk_size, rt)
-    leases.renew(name, owner, session_id=state.session_id)
+    fence: Fence,
+) -> tuple[Media, SessionState, SendResult | None, ScanReport]:
+    """Steps 2-5 under the source lease; terminal errors abort, the rest stay resumable.
+
+    Every catalog write of these steps is fenced by the lease's token (a run that lost the
+    lease is refused and stops with LeaseLostError, leaving the upload to the new holder)."""
+    rt = dataclasses.replace(rt, catalog=rt.catalog.fenced(fence))
+    state = open_upload_session(ref, meta, chunk_size, rt, concurrency=parallel)
+    leases.attach_session(fence, state.session_id)
     sent: SendResult | None = None
     try:
         if state.status in ("assembled", "completed") and state.sha256:
@@ -187,17 +222,27 @@ def _stage_and_store(
             sha256_hex = sent.sha256_hex
 
         t0 = time.perf_counter()
+        # The bytes stored are the bytes validated: magic + ffprobe of the assembled object.
+        verify_assembled(staged, sha256_hex, meta, rt)
+        timings["verify"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        # Off (no task run) when REELFLOW_CLAMD_URL is unset; a hit is terminal: aborted below.
+        scan = scan_video(staged, sha256_hex, meta, rt) if rt.settings.clamd_url else SCAN_OFF
+        timings["scan"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
         thumb = make_thumbnail(staged, sha256_hex, meta, rt)
         timings["thumbnail"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         media = store_media(state.session_id, staged, sha256_hex, ref, meta, thumb, rt)
         timings["store"] = time.perf_counter() - t0
-    except ReelflowError as exc:
-        # Unexpected errors, kills and cancellations skip this: the upload stays resumable and
+    except Exception as exc:
+        # Kills and cancellations (BaseException) skip this: the upload stays resumable and
         # the cleanup deployment removes it if nobody comes back.
         _give_up(rt, state, exc)
+        if fence.lost and not isinstance(exc, LeaseLostError):
+            raise fence.error() from exc  # whatever broke, this run had lost its lease first
         raise
-    return media, state, sent
+    return media, state, sent, scan
 
 
 def _run_owner() -> str:
@@ -270,7 +315,10 @@ def ingest_video(
     privacy_level: Privacy | None = None,
     mode: Mode | None = None,
     publish_at: datetime | None = None,
+    again: bool = False,
     options_error: str | None = None,
+    origin: str | None = None,
+    source_secret: str | None = None,
 ) -> dict[str, Any]:
     """Validate, upload in resumable chunks, assemble, thumbnail and store one video; then
     publish it to TikTok, now or at ``publish_at``.
@@ -288,36 +336,67 @@ def ingest_video(
         mode: "direct" posts now, "inbox" sends it to the creator's TikTok inbox, "none" only
             stores it. Default: "direct" when an account is given, else "none".
         publish_at: Publish later (TikTok has no scheduling; the publish-due deployment posts
-            it when due). Must include a timezone.
+            it when due). Must include a timezone and not be in the past.
+        again: Post it even though this video was already published to this account (without
+            it the existing publish is returned, whatever its caption); the same request run
+            again does not post a third time.
         options_error: Set by the S3 event bridge when a sidecar/metadata was invalid: the run
             fails with that validation error before anything is uploaded.
+        origin: Who started the run: empty for a person (CLI, UI, API); "s3-event" when the
+            bucket-event trigger did (a fixed value in prefect.yaml, never from the event). Then
+            only an s3:// source in REELFLOW_EVENT_BUCKETS and an account REELFLOW_EVENT_ACCOUNTS
+            allows there are accepted.
+        source_secret: Where the real URL of a credentialed ``source`` is: a Prefect Secret
+            block's name (deployment runs), or the CLI's in-process reference. ``source`` is
+            then the URL's public form (userinfo removed, query values REDACTED; README
+            "Secrets"). A source with credentials but no source_secret is refused.
     """
     configure_logging()
+    if origin:
+        # Anyone who can post an event to the Prefect API can start this run: trust no field.
+        event_settings = Settings()
+        check_event_run(
+            origin=origin,
+            source=source,
+            account=account,
+            event_buckets=event_settings.event_buckets,
+            event_accounts=event_settings.event_accounts,
+            source_secret=source_secret,
+        )
     if options_error:
         raise ValidationError(options_error, reason="bad_publish_options")
-    publish_mode = mode or ("direct" if account else "none")
-    if publish_mode != "none" and not account:
-        raise ValidationError(f"mode {publish_mode!r} needs an account", reason="no_account")
-    if publish_at is not None and publish_at.tzinfo is None:
-        raise ValidationError(
-            "publish_at needs a timezone (e.g. 2026-12-01T18:00:00+00:00)",
-            reason="naive_publish_at",
-        )
-    _tag_run(account, publish_mode)
     settings = Settings()
+    remember_settings_secrets(settings)
+    # The real URL (credentials and all) exists only in this process, never as a parameter.
+    real_source = reveal(source, source_secret)
+    # The same rules as the CLI's (reelflow.ingest_options), for callers from Python or the UI.
+    opts = check_ingest_options(
+        chunk_size_bytes=chunk_size_bytes,
+        concurrency=concurrency,
+        account=account,
+        caption=caption,
+        privacy=privacy_level,
+        mode=mode,
+        publish_at=publish_at,
+        default_chunk_size_bytes=settings.chunk_size_bytes,
+        default_concurrency=settings.upload_concurrency,
+        memory_budget_bytes=settings.memory_budget_bytes,
+        now=datetime.now(UTC),
+    )
+    publish_mode = opts.mode
+    _tag_run(account, publish_mode)
     rt = Runtime.from_settings(settings)
+    on_validated: Callable[[VideoMeta], None] | None = None
     if publish_mode != "none" and account:
-        _check_publish_request(rt, account, caption, privacy_level, publish_mode)
+        creator = _check_publish_request(rt, account, caption, privacy_level, publish_mode)
+        on_validated = _duration_check(creator, account)
     summary = _ingest(
-        source,
-        rt,
-        chunk_size_bytes or settings.chunk_size_bytes,
-        concurrency or settings.upload_concurrency,
+        real_source, rt, opts.chunk_size_bytes, opts.concurrency, on_validated=on_validated
     )
     summary["publish"] = None
     if publish_mode != "none" and account:
         summary["publish"] = _publish_or_queue(
-            rt, summary, account, caption, privacy_level, publish_mode, publish_at
+            rt, summary, account, caption, privacy_level, publish_mode, publish_at, again
         )
     create_markdown_artifact(
         markdown=_summary_markdown(summary),
@@ -329,9 +408,11 @@ def ingest_video(
 
 def _check_publish_request(
     rt: Runtime, account: str, caption: str | None, privacy: str | None, mode: str
-) -> None:
-    """Refuse bad publish options before a single byte is uploaded (not after the upload)."""
-    from flows.publish import DEFAULT_PRIVACY, post_options
+) -> dict[str, Any]:
+    """Refuse a publish TikTok would refuse before a single byte is uploaded: an unknown
+    account, a privacy level the creator does not offer (creator_info, asked now). Returns the
+    creator's limits for the duration check once the video is validated."""
+    from flows.publish import DEFAULT_PRIVACY, check_creator_before_upload, post_options
     from storage.publishing import get_account
 
     post_options(mode, privacy or DEFAULT_PRIVACY, caption)
@@ -340,6 +421,13 @@ def _check_publish_request(
             f"no TikTok account {account!r} (add it with `reelflow accounts add`)",
             reason="unknown_account",
         )
+    return check_creator_before_upload(rt, account, mode=mode, privacy=privacy, caption=caption)
+
+
+def _duration_check(creator: dict[str, Any], account: str) -> Callable[[VideoMeta], None]:
+    from flows.publish import check_duration_for_creator
+
+    return lambda meta: check_duration_for_creator(creator, account, meta.duration_s)
 
 
 def _publish_or_queue(
@@ -350,6 +438,7 @@ def _publish_or_queue(
     privacy: str | None,
     mode: str,
     publish_at: datetime | None,
+    again: bool = False,
 ) -> dict[str, Any]:
     from flows.publish import DEFAULT_PRIVACY, publish_stored_media
 
@@ -362,31 +451,46 @@ def _publish_or_queue(
             privacy=privacy,
             caption=caption,
             due_at=publish_at,
+            again=again,
         )
         get_logger(media_id=summary["media_id"]).info("publish_scheduled", due_at=str(publish_at))
+        done = json.loads(row.result_json) if row.result_json else {}
         return {
-            "publish_id": None,
-            "status": "SCHEDULED",
+            "publish_id": done.get("publish_id"),
+            # queued (or already taken / done by publish-due, when it was queued before)
+            "status": "SCHEDULED" if row.status == "queued" else done.get("status", row.status),
             "post_id": None,
             "publish_at": row.due_at.isoformat(),
             "chunks_total": None,
             "chunks_sent_this_run": 0,
         }
     return publish_stored_media(
-        rt, summary["media_id"], account, caption, privacy or DEFAULT_PRIVACY, mode
+        rt, summary["media_id"], account, caption, privacy or DEFAULT_PRIVACY, mode, again=again
     )
 
 
-def _ingest(source: str, rt: Runtime, chunk_size: int, parallel: int) -> dict[str, Any]:
-    """Steps 1-5; returns the storage summary (deduplicated when the source is known)."""
+def _ingest(
+    source: str,
+    rt: Runtime,
+    chunk_size: int,
+    parallel: int,
+    *,
+    on_validated: Callable[[VideoMeta], None] | None = None,
+) -> dict[str, Any]:
+    """Steps 1-5; returns the storage summary (deduplicated when the source is known).
+
+    ``on_validated`` may refuse the video once its metadata is known, before anything is sent.
+    """
     settings = rt.settings
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     checked = validate_video(source, rt)
     timings["validate"] = time.perf_counter() - t0
     ref, meta = checked.source, checked.meta
+    if on_validated is not None:
+        on_validated(meta)
 
-    leases = Leases(rt.catalog.engine)
+    leases = Leases(rt.catalog.engine, ttl_s=settings.lease_ttl_s)
     name = lease_name(ref.fingerprint, rt.store.url)
     owner = _run_owner()
 
@@ -401,15 +505,17 @@ def _ingest(source: str, rt: Runtime, chunk_size: int, parallel: int) -> dict[st
 
     if (found := stored_already()) is not None:
         return found
-    with leases.hold(name, owner, wait_s=settings.lease_wait_s, on_wait=stored_already) as waited:
-        if waited is not None:
-            return cast(dict[str, Any], waited)
+    with leases.hold(name, owner, wait_s=settings.lease_wait_s, on_wait=stored_already) as held:
+        if held.fence is None:
+            return cast(dict[str, Any], held.found)
         if (found := stored_already()) is not None:  # finished while we took the lease
             return found
-        media, state, sent = _stage_and_store(
-            ref, meta, rt, chunk_size, parallel, timings, leases, name, owner
+        media, state, sent, scan = _stage_and_store(
+            ref, meta, rt, chunk_size, parallel, timings, leases, held.fence
         )
-    summary = summarize(media, rt, chunks_total=state.plan.count, sent=sent, timings=timings)
+    summary = summarize(
+        media, rt, chunks_total=state.plan.count, sent=sent, timings=timings, scan=scan
+    )
     get_logger(media_id=media.media_id, upload_id=state.upload_id).info(
         "ingest_completed", chunks_uploaded=summary["chunks_uploaded_this_run"]
     )

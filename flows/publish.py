@@ -9,6 +9,11 @@ with a live session, TikTok's status, and picks exactly one way forward (:func:`
 * every byte acknowledged, or TikTok already past ``PROCESSING_UPLOAD`` → poll only, never init;
 * the upload URL expired mid-upload (403) → re-init and start over, recorded in the row.
 
+A publish is identified by (media, account) (:func:`select_publish`): asking again with an
+edited caption finds the existing publish and posts nothing, unless ``again`` is set, which
+makes one more publish (a new generation) for those options; re-running that same request
+finds that generation instead of posting a third time.
+
 Orchestration only: ordering, parameters, artifacts. TikTok I/O lives in ``tasks/``.
 """
 
@@ -29,7 +34,16 @@ from prefect.artifacts import (
     create_progress_artifact,
 )
 
-from reelflow.errors import ReelflowError, ValidationError
+from reelflow.errors import ReelflowError, TransientStorageError, ValidationError
+from reelflow.ingest_options import DEFAULT_PRIVACY as DEFAULT_PRIVACY
+from reelflow.ingest_options import MODES as MODES
+from reelflow.ingest_options import PRIVACY_LEVELS as PRIVACY_LEVELS
+from reelflow.ingest_options import (
+    check_caption,
+    check_mode,
+    check_privacy,
+    check_publish_request,
+)
 from reelflow.logging import configure_logging, get_logger
 from reelflow.progress import ProgressReporter
 from reelflow.settings import Settings
@@ -54,9 +68,14 @@ from storage.publishing import (
     Publish,
     ensure_publish,
     get_publish,
+    ledger_options,
     options_hash,
+    publish_generation,
     publish_row_id,
+    publishes_for,
+    replace_pending_options,
     secret_box,
+    stored_options,
     update_publish,
 )
 from storage.runtime import Runtime
@@ -71,19 +90,18 @@ from tasks.tiktok_publish import (
     PublishContext,
     Tally,
     check_creator,
+    check_post_duration,
     fetch_upload_status,
     init_upload,
     send_chunks,
     upload_session,
 )
 
-MODES = ("direct", "inbox")
-PRIVACY_LEVELS = ("PUBLIC_TO_EVERYONE", "MUTUAL_FOLLOW_FRIENDS", "FOLLOWER_OF_CREATOR", "SELF_ONLY")
-DEFAULT_PRIVACY = "SELF_ONLY"  # the only level an unaudited client may post (SG)
 MAX_REINITS_PER_RUN = 2  # an expired URL twice in one run means the upload cannot finish in 1 h
 SCOPE_PUBLISH = "video.publish"
 SETTLED_STATES = DONE_STATES | {FAILED, PROCESSING}
 PROGRESS_INTERVAL_S = 2.0
+MAX_GENERATION_RACES = 16  # concurrent --again runs of other options taking the same generation
 
 
 @dataclass(frozen=True)
@@ -124,16 +142,112 @@ def next_step(row: Publish, remote: PublishStatus | None) -> Step:
 
 
 def post_options(mode: str, privacy: str, caption: str | None) -> dict[str, Any]:
-    """The options that make a publish distinct (part of the ledger row's identity)."""
-    if mode not in MODES:
-        raise ValidationError(f"mode must be one of {', '.join(MODES)}", reason="invalid_mode")
-    if privacy not in PRIVACY_LEVELS:
-        raise ValidationError(
-            f"privacy must be one of {', '.join(PRIVACY_LEVELS)}", reason="invalid_privacy"
-        )
+    """The canonical post options a publish row records (what TikTok is sent)."""
+    check_mode(mode)  # the rules every caller shares (reelflow.ingest_options)
+    check_privacy(privacy)
+    check_caption(caption)
     if mode == "inbox":  # the user picks caption and privacy in the app (UP)
         return {"mode": mode}
     return {"mode": mode, "privacy_level": privacy, "caption": caption or ""}
+
+
+def _row_post_options(row: Publish) -> tuple[str, str, str | None]:
+    """(mode, privacy, caption) of a row: a publish is driven with the options it was made with."""
+    opts = stored_options(row)
+    return opts["mode"], opts.get("privacy_level", DEFAULT_PRIVACY), opts.get("caption") or None
+
+
+def select_publish(rows: list[Publish], options: dict[str, Any], *, again: bool) -> Publish | None:
+    """Pure: the existing publish a request is, or None when a new one must be made.
+
+    ``rows`` are every publish of one media to one account. Without ``again`` the request *is*
+    the existing publish, whatever its caption: the plain one (generation 0) unless it failed,
+    else the latest that did not fail, else the latest (so the answer stays the same one).
+    With ``again`` it is an earlier ``again`` publish (generation ≥ 1) of exactly these options
+    that did not fail, so re-running the same ``--again`` never posts a third time.
+    """
+    ordered = sorted(rows, key=lambda r: (publish_generation(r), aware_ts(r.created_at)))
+    if not again:
+        alive = [r for r in ordered if r.status != FAILED]
+        plain = [r for r in alive if publish_generation(r) == 0]
+        best = plain or alive or ordered
+        return best[-1] if best else None
+    same = [
+        r
+        for r in ordered
+        if publish_generation(r) >= 1 and stored_options(r) == options and r.status != FAILED
+    ]
+    return same[-1] if same else None
+
+
+def aware_ts(value: Any) -> float:
+    """Sort key of a stored timestamp (SQLite hands them back naive)."""
+    from storage.clock import aware
+
+    return float(aware(value).timestamp())
+
+
+def _find_or_make_publish(
+    engine: Any, media: Media, account: str, options: dict[str, Any], mode: str, again: bool
+) -> Publish:
+    """The ledger row for this request: an existing publish, or a new one (generation 0, or the
+    next generation for ``again``), inserted before TikTok hears of it."""
+    for _ in range(MAX_GENERATION_RACES):
+        rows = publishes_for(engine, media.media_id, account)
+        found = select_publish(rows, options, again=again)
+        if found is not None:
+            return found
+        generation = max((publish_generation(r) for r in rows), default=0) + 1 if again else 0
+        stored = ledger_options(options, generation)
+        row = ensure_publish(
+            engine,
+            Publish(
+                id=publish_row_id(media.media_id, account, generation),
+                media_id=media.media_id,
+                account=account,
+                options_hash=options_hash(stored),
+                options_json=json.dumps(stored, sort_keys=True),
+                mode=mode,
+                video_size=media.size_bytes,
+            ),
+        )
+        if not again or stored_options(row) == options:
+            return row  # ours, or a concurrent run's of the same request
+        # a concurrent --again with other options took this generation: take the next one
+    raise TransientStorageError(
+        f"publish of {media.media_id} to {account!r}: {MAX_GENERATION_RACES} concurrent "
+        "re-posts took every generation tried; run it again"
+    )
+
+
+def check_creator_before_upload(
+    rt: Runtime, account: str, *, mode: str, privacy: str | None, caption: str | None
+) -> dict[str, Any]:
+    """creator_info for a publish that will follow an ingest, asked before any byte is sent.
+
+    Refuses (``PublishRefused``, terminal) a privacy level the creator does not offer; returns
+    the creator's limits (``max_video_post_duration_sec``) for :func:`check_duration_for_creator`
+    once the video's duration is known. Uses the same rate-limited task as the publish itself.
+    """
+    settings = rt.settings
+    box = secret_box(settings)
+    with TikTokClient(
+        settings.tiktok_api_base,
+        client_key=settings.tiktok_client_key,
+        client_secret=settings.tiktok_client_secret.get_secret_value(),
+    ) as client:
+        tokens = TokenManager(client, rt.catalog.engine, box, account)
+        if mode != "direct" and SCOPE_PUBLISH not in tokens.scopes:
+            return {}  # the inbox flow never asks creator_info without the publish scope
+        ctx = PublishContext(rt, client, tokens, box)
+        return check_creator(
+            ctx, mode=mode, privacy=privacy or DEFAULT_PRIVACY, duration_s=None, caption=caption
+        )
+
+
+def check_duration_for_creator(creator: dict[str, Any], account: str, duration_s: float) -> None:
+    """The validated duration against what :func:`check_creator_before_upload` returned."""
+    check_post_duration(creator.get("max_video_post_duration_sec"), duration_s, account)
 
 
 def _lease_owner() -> str:
@@ -271,6 +385,7 @@ def _summary(run: _Run, row: Publish) -> dict[str, Any]:
         "account": row.account,
         "media_id": row.media_id,
         "mode": row.mode,
+        "generation": publish_generation(row),
         "timings_s": {k: round(v, 3) for k, v in run.timings.items()},
     }
 
@@ -303,14 +418,23 @@ def publish_stored_media(
     poll_deadline_s: float = DEFAULT_POLL_DEADLINE_S,
     poll_interval_s: float = FIRST_POLL_INTERVAL_S,
     preferred_chunk_bytes: int = DEFAULT_PREFERRED_CHUNK_BYTES,
+    again: bool = False,
+    row_id: str | None = None,
 ) -> dict[str, Any]:
     """Publish ``media_id`` (already in the catalog and store) to ``account``; safe to re-run.
+
+    A media is published to an account once: when it already was (whatever the caption), the
+    existing publish is returned (``options_differ`` says the request's options were not the
+    ones posted), and resumed or polled if unfinished. ``again=True`` posts once more with these
+    options (a new generation); the same request again finds that one. ``row_id`` drives one
+    given ledger row (reconciliation) instead of choosing.
 
     Returns ``{publish_id, status, post_id, fail_reason, chunks_total, chunks_sent_this_run,
     ...}``; ``status`` is TikTok's. Raises typed errors: ``PublishRefused`` and TikTok policy or
     validation errors (terminal), ``TikTokPublishFailed`` (FAILED, with fail_reason and log_id),
     ``AuthorizationRevoked``. A poll deadline is not an error: the row stays ``processing``.
     """
+    check_publish_request(account, mode, privacy, caption)
     options = post_options(mode, privacy, caption)
     media = rt.catalog.get_media(media_id)
     if media is None:
@@ -325,19 +449,16 @@ def publish_stored_media(
     ) as client:
         tokens = TokenManager(client, rt.catalog.engine, box, account)
         ctx = PublishContext(rt, client, tokens, box, preferred_chunk_bytes=preferred_chunk_bytes)
-        opts_hash = options_hash(options)
-        row = ensure_publish(
-            rt.catalog.engine,
-            Publish(
-                id=publish_row_id(media_id, account, opts_hash),
-                media_id=media_id,
-                account=account,
-                options_hash=opts_hash,
-                options_json=json.dumps(options, sort_keys=True),
-                mode=mode,
-                video_size=media.size_bytes,
-            ),
-        )
+        if row_id is not None:
+            given = get_publish(rt.catalog.engine, row_id)
+            if given is None or (given.media_id, given.account) != (media_id, account):
+                raise ValidationError(
+                    f"no publish {row_id!r} of {media_id} to {account!r}",
+                    reason="publish_not_found",
+                )
+            row = given
+        else:
+            row = _find_or_make_publish(rt.catalog.engine, media, account, options, mode, again)
         log = get_logger(account=account, media_id=media_id, publish_row=row.id)
         log.info("tiktok_publish_started", ledger_status=row.status, publish_id=row.publish_id)
         run = _Run(ctx, row, media)
@@ -354,8 +475,19 @@ def publish_stored_media(
             row.id, _lease_owner(), wait_s=settings.lease_wait_s, on_wait=settled
         ):
             error: ReelflowError | None = None
+            latest = get_publish(engine, row.id)
+            assert latest is not None
+            if stored_options(latest) != options and row_id is None:
+                # Nothing reached TikTok yet (refused before init): the new request's options
+                # replace the old ones. Anything TikTok has keeps the options it was sent.
+                replace_pending_options(engine, row.id, options, mode)
+                latest = get_publish(engine, row.id)
+                assert latest is not None
+            differ = stored_options(latest) != options
+            if differ:
+                log.info("tiktok_publish_exists", publish_id=latest.publish_id, again=again)
             try:
-                _drive(run, mode, privacy, caption, poll_deadline_s, poll_interval_s)
+                _drive(run, *_row_post_options(latest), poll_deadline_s, poll_interval_s)
             except ReelflowError as exc:
                 error = exc
                 code = getattr(exc, "code", None) or getattr(exc, "reason", None)
@@ -373,6 +505,7 @@ def publish_stored_media(
                 final = get_publish(engine, row.id)
                 assert final is not None
                 summary = _summary(run, final)
+                summary["options_differ"] = stored_options(final) != options
                 create_markdown_artifact(
                     markdown=_markdown(summary, error),
                     key=_key("tiktok-publish", row.id),
@@ -446,6 +579,7 @@ def publish_media(
     mode: str = "direct",
     poll_deadline_s: float = DEFAULT_POLL_DEADLINE_S,
     chunk_size_bytes: int | None = None,
+    again: bool = False,
 ) -> dict[str, Any]:
     """Publish a stored media to a TikTok account (Direct Post or inbox), exactly once.
 
@@ -459,6 +593,9 @@ def publish_media(
             reconcile-publishes deployment finishes it.
         chunk_size_bytes: Preferred TikTok chunk size for a new upload session (clamped to the
             safe 5 MiB-64 MB range; default 10 MB). A resumed session keeps its own.
+        again: Post it once more even though this media was already published to this
+            account (otherwise the existing publish is returned, whatever its caption).
+            Running the same request again does not post a third time.
     """
     configure_logging()
     rt = Runtime.from_settings(Settings())
@@ -471,4 +608,5 @@ def publish_media(
         mode,
         poll_deadline_s=poll_deadline_s,
         preferred_chunk_bytes=chunk_size_bytes or DEFAULT_PREFERRED_CHUNK_BYTES,
+        again=again,
     )

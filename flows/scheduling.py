@@ -2,7 +2,8 @@
 
 * ``publish-due`` (every minute) publishes queued publishes whose time has come, each exactly
   once: a row is claimed with a compare-and-swap before it is published, and the publish ledger
-  behind ``publish_stored_media`` never posts the same (media, account, options) twice.
+  behind ``publish_stored_media`` never posts a media to an account twice unless the row was
+  queued with ``again`` (and then once per set of options, however often it is retried).
 * ``reconcile-publishes`` (every 5 minutes) finishes publishes a poll deadline left in
   ``processing``: it only polls TikTok, it never re-inits.
 
@@ -61,7 +62,13 @@ def publish_due(limit: int = 50) -> dict[str, Any]:
         }
         try:
             result = publish_stored_media(
-                rt, row.media_id, row.account, row.caption, row.privacy or DEFAULT_PRIVACY, row.mode
+                rt,
+                row.media_id,
+                row.account,
+                row.caption,
+                row.privacy or DEFAULT_PRIVACY,
+                row.mode,
+                again=schedule.is_again(row),
             )
         except ReelflowError as exc:
             # Retryable: back in the queue for the next run; terminal: reported, not retried.
@@ -107,6 +114,7 @@ def reconcile_publishes(limit: int = 50) -> dict[str, Any]:
                 opts.get("caption") or None,
                 opts.get("privacy_level", DEFAULT_PRIVACY),
                 opts["mode"],
+                row_id=row.id,  # this row, not whichever publish of the media is latest
             )
             done.append(
                 {

@@ -21,9 +21,12 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
 
+from reelflow.cli_errors import OneLineErrors  # noqa: E402  (imports only typer and click)
+
 app = typer.Typer(
     help="reelflow: resumable video ingest and TikTok publishing on Prefect.",
     pretty_exceptions_enable=False,
+    cls=OneLineErrors,  # typer's usage errors as one `error: <reason>: <message>` line, exit 2
 )
 
 from deployments.events_cli import events_app  # noqa: E402  (imports only typer; the rest is lazy)
@@ -48,11 +51,11 @@ def exit_code_for(exc: BaseException) -> int:
 
 def _fail(exc: BaseException) -> None:
     """One line on stderr (reason or TikTok's error code, secrets scrubbed), then exit."""
-    from reelflow.logging import redact_text
-    from reelflow.tiktok.errors import redact
+    from reelflow.logging import redact_text, remember_environment_secrets
 
+    remember_environment_secrets()
     kind = getattr(exc, "code", None) or getattr(exc, "reason", None) or type(exc).__name__
-    message = redact(redact_text(str(exc))).replace("\n", " ").strip() or type(exc).__name__
+    message = redact_text(str(exc)).replace("\n", " ").strip() or type(exc).__name__
     typer.echo(f"error: {kind}: {message}", err=True)
     raise typer.Exit(exit_code_for(exc))
 
@@ -68,6 +71,9 @@ def _quiet_prefect_console() -> None:
 
 
 def _print_summary(summary: dict[str, Any], as_json: bool) -> None:
+    from reelflow.logging import redact_value
+
+    summary = redact_value(summary)  # nothing printed carries a credential, whatever its source
     if as_json:
         typer.echo(json.dumps(summary, default=str))
         return
@@ -98,30 +104,47 @@ def ingest(
     publish_at: datetime | None = typer.Option(
         None, "--publish-at", help="Publish later (ISO 8601 with timezone); queued for publish-due"
     ),
+    again: bool = typer.Option(
+        False, "--again", help="Post even if this video is already on the account (once)"
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON line"),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Prefect's run logs"),
 ) -> None:
     """Run the ingest-video flow in this process (and publish when --account is given)."""
     try:
-        from flows.ingest import ingest_video
+        from reelflow.cli_tiktok import check_ingest_request
 
+        # The flow checks the same rules; checked here first, before anything (Prefect) starts.
+        check_ingest_request(chunk_size, concurrency, account, caption, privacy, mode, publish_at)
+        from flows.ingest import ingest_video
+        from reelflow.credentials import sealed
+        from reelflow.logging import install_log_redaction
+
+        install_log_redaction()
         if not verbose:
             _quiet_prefect_console()
-        summary = ingest_video(  # type: ignore[misc]  # mypy gives up on the Literal unions
-            source=source,
-            chunk_size_bytes=chunk_size,
-            concurrency=concurrency,
-            account=account,
-            caption=caption,
-            privacy_level=privacy,  # type: ignore[arg-type]  # validated by the flow
-            mode=mode,  # type: ignore[arg-type]
-            publish_at=publish_at,
-        )
+        # Credentials in the URL stay in this process: the run's parameter is the public form.
+        with sealed(source) as src:
+            summary = ingest_video(  # type: ignore[misc]  # mypy gives up on the Literal unions
+                source=src.public,
+                source_secret=src.ref,
+                chunk_size_bytes=chunk_size,
+                concurrency=concurrency,
+                account=account,
+                caption=caption,
+                privacy_level=privacy,  # type: ignore[arg-type]  # validated by the flow
+                mode=mode,  # type: ignore[arg-type]
+                publish_at=publish_at,
+                again=again,
+            )
     except typer.Exit:
         raise
     except Exception as exc:
         _fail(exc)
         return
+    from reelflow.cli_tiktok import note_existing_publish
+
+    note_existing_publish(summary.get("publish"))
     _print_summary(summary, as_json)
 
 
@@ -144,20 +167,25 @@ def status(
     publishes = list_publishes(catalog.engine, media_id)
     scheduled = list_scheduled(catalog.engine, media_id)
     if as_json:
+        from reelflow.logging import redact_text
+
+        # The catalog keeps public URLs only; the redactor guards rows written before that.
         typer.echo(
-            json.dumps(
-                {
-                    "media": [r.model_dump(mode="json") for r in rows],
-                    "publishes": [
-                        {
-                            k: v
-                            for k, v in p.model_dump(mode="json").items()
-                            if not k.endswith("_enc")
-                        }
-                        for p in publishes
-                    ],
-                    "scheduled": [s.model_dump(mode="json") for s in scheduled],
-                }
+            redact_text(
+                json.dumps(
+                    {
+                        "media": [r.model_dump(mode="json") for r in rows],
+                        "publishes": [
+                            {
+                                k: v
+                                for k, v in p.model_dump(mode="json").items()
+                                if not k.endswith("_enc")
+                            }
+                            for p in publishes
+                        ],
+                        "scheduled": [s.model_dump(mode="json") for s in scheduled],
+                    }
+                )
             )
         )
         return

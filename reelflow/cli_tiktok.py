@@ -5,7 +5,9 @@ Mount them with :func:`register` (``register(app)`` on the main typer app), or u
 
 Exit codes: 0 success (a poll deadline is not an error: the publish stays resumable), 2 terminal
 (bad input, unknown media or account, policy refusal, TikTok FAILED, revoked authorization:
-running it again gets the same answer), 1 anything else. Errors are one line on stderr. Tokens
+running it again gets the same answer), 1 anything else. Errors are one line on stderr
+(``error: <reason>: <message>``), typer's own usage errors included. Option values are checked
+(:mod:`reelflow.ingest_options`) before anything starts. Tokens
 are never printed, not even in ``--json`` output; pass them through the environment
 (``REELFLOW_TIKTOK_ACCESS_TOKEN`` / ``REELFLOW_TIKTOK_REFRESH_TOKEN``) to keep them out of ``ps``.
 """
@@ -15,10 +17,13 @@ from __future__ import annotations
 import json
 import os
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import typer
+
+from reelflow.cli_errors import OneLineErrors
 
 # Prefect reads these at import time, so they are set before anything imports prefect.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -28,6 +33,47 @@ os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
 SANDBOX_REDIRECT_URI = "https://localhost/callback"  # what the sandbox registers by default
 
 accounts_app = typer.Typer(help="TikTok accounts (tokens stored encrypted in the catalog).")
+
+
+def check_ingest_request(
+    chunk_size: int | None,
+    concurrency: int | None,
+    account: str | None,
+    caption: str | None,
+    privacy: str | None,
+    mode: str | None,
+    publish_at: datetime | None,
+) -> None:
+    """`reelflow ingest`'s option values, against the rules the flow applies (settings give the
+    defaults and the memory budget); raises ValidationError."""
+    from reelflow.ingest_options import check_ingest_options
+
+    settings = _settings()
+    check_ingest_options(
+        chunk_size_bytes=chunk_size,
+        concurrency=concurrency,
+        account=account,
+        caption=caption,
+        privacy=privacy,
+        mode=mode,
+        publish_at=publish_at,
+        default_chunk_size_bytes=settings.chunk_size_bytes,
+        default_concurrency=settings.upload_concurrency,
+        memory_budget_bytes=settings.memory_budget_bytes,
+        now=datetime.now(UTC),
+    )
+
+
+def note_existing_publish(publish: dict[str, Any] | None) -> None:
+    """Say so (stderr) when the media was already on the account and nothing new was posted."""
+    if publish and publish.get("options_differ"):
+        typer.echo(
+            f"note: {publish.get('media_id')} was already published to "
+            f"{publish.get('account')!r} (publish_id {publish.get('publish_id')}, status "
+            f"{publish.get('status')}); the caption/privacy/mode given were not used and "
+            "nothing new was posted. Pass --again to post it again.",
+            err=True,
+        )
 
 
 def _fail(exc: BaseException) -> None:
@@ -90,9 +136,13 @@ def accounts_add(
     """Store an account's tokens (given, or exchanged from an authorization --code)."""
     try:
         from reelflow.errors import ValidationError
+        from reelflow.ingest_options import check_account_name
+        from reelflow.logging import configure_logging
         from reelflow.tiktok.client import TikTokClient
         from storage.publishing import save_account, secret_box
 
+        configure_logging()  # the client's log lines go to stderr: stdout is the --json line
+        check_account_name(name)
         settings = _settings()
         engine = _engine(settings)
         if code is not None:
@@ -166,11 +216,24 @@ def publish(
     poll_deadline_s: float | None = typer.Option(
         None, "--poll-deadline", help="Seconds to wait for TikTok's processing"
     ),
+    again: bool = typer.Option(
+        False, "--again", help="Post even if this media is already on the account (once)"
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON line"),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Prefect's run logs"),
 ) -> None:
-    """Publish stored media to TikTok (exactly once; a re-run resumes or only polls)."""
+    """Publish stored media to TikTok, once per account (a re-run resumes or only polls;
+    another caption finds the existing post unless --again)."""
     try:
+        from reelflow.errors import ValidationError
+        from reelflow.ingest_options import check_publish_request
+
+        check_publish_request(account, mode, privacy, caption)  # before anything starts
+        if poll_deadline_s is not None and not poll_deadline_s >= 0:
+            raise ValidationError(
+                f"--poll-deadline {poll_deadline_s} must be 0 or more seconds",
+                reason="invalid_poll_deadline",
+            )
         from flows.publish import publish_media
         from tasks.status_poll import DEFAULT_POLL_DEADLINE_S
 
@@ -185,12 +248,14 @@ def publish(
             privacy=privacy,
             mode=mode,
             poll_deadline_s=DEFAULT_POLL_DEADLINE_S if poll_deadline_s is None else poll_deadline_s,
+            again=again,
         )
     except typer.Exit:
         raise
     except Exception as exc:
         _fail(exc)
         return
+    note_existing_publish(summary)
     if as_json:
         typer.echo(json.dumps(summary, default=str))
         return
@@ -223,7 +288,9 @@ def register(app: typer.Typer) -> None:
     app.command("sandbox")(sandbox)
 
 
-tiktok_app = typer.Typer(help="reelflow TikTok publishing: accounts, publish, sandbox.")
+tiktok_app = typer.Typer(
+    help="reelflow TikTok publishing: accounts, publish, sandbox.", cls=OneLineErrors
+)
 register(tiktok_app)
 
 

@@ -7,13 +7,20 @@ these classes once, at the edge that calls the foreign library (``raise ... from
 
     ReelflowError
     ├── ValidationError            terminal: the input is not a publishable video (exit code 2)
-    │   └── SourceNotFound         terminal: path/key/URL does not exist or cannot be read
+    │   ├── SourceNotFound         terminal: path/key/URL does not exist or cannot be read
+    │   ├── SourceRefusedError     terminal: scheme/address/redirect policy refused a URL (SSRF)
+    │   ├── SourceChangedError     terminal: the source is not the version pinned for the run
+    │   └── Infected               terminal: the virus scanner found a signature (``signature``)
     ├── ConfigurationError         terminal: settings are wrong
+    │   └── ScanLimitExceeded      terminal: clamd could not scan it whole (raise its limit)
     ├── StorageError               object store or catalog failure
     │   ├── TransientStorageError  retryable: 5xx, throttling, connection reset
     │   ├── UploadNotFound         the multipart upload no longer exists (aborted/expired)
-    │   └── IntegrityError         terminal: parts/checksums/sha256 do not match the plan
+    │   ├── LeaseLostError         retryable by a later run: another run holds the source's lease
+    │   ├── IntegrityError         terminal: parts/checksums/sha256 do not match the plan
+    │   └── SourceTimeoutError     terminal: the source's total read deadline passed
     ├── MediaToolError             terminal: ffmpeg/ffprobe failed on a valid input
+    ├── ScannerUnavailable         retryable: clamd unreachable, timed out or answered an error
     └── PublishError               TikTok publishing (see reelflow.tiktok.errors)
 """
 
@@ -29,6 +36,9 @@ class ReelflowError(Exception):
     exit_code: int = 1
 
     def __init__(self, message: str, **context: Any) -> None:
+        from reelflow.logging import redact_text  # the one redactor: messages reach Prefect
+
+        message = redact_text(message)
         super().__init__(message)
         self.message = message
         self.context = context
@@ -58,6 +68,42 @@ class ConfigurationError(ReelflowError):
     """A setting is missing or inconsistent."""
 
 
+class SourceRefusedError(ValidationError):
+    """A URL source was refused before anything was fetched from it: a scheme other than
+    http(s), an address that is not public, or a redirect chain that breaks those rules."""
+
+    def __init__(self, message: str, *, reason: str = "source_refused", **context: Any) -> None:
+        super().__init__(message, reason=reason, **context)
+
+
+class SourceChangedError(ValidationError):
+    """The source is no longer the version resolved at the start of the run (ETag, VersionId,
+    size/mtime), or the bytes read for upload are not the video that was validated. Terminal
+    for this run: a new run pins the new version and validates it."""
+
+    def __init__(self, message: str, **context: Any) -> None:
+        super().__init__(message, reason="source_changed", **context)
+
+
+class Infected(ValidationError):
+    """ClamAV found a signature in the assembled object: it is never stored or published."""
+
+    def __init__(self, message: str, *, signature: str, **context: Any) -> None:
+        super().__init__(message, reason="infected", signature=signature, **context)
+        self.signature = signature
+
+
+class ScanLimitExceeded(ConfigurationError):
+    """clamd stopped before it saw the whole object (StreamMaxLength, MaxFileSize, MaxScanSize,
+    MaxScanTime, or ClamAV's own 2 GiB ceiling): no verdict, and retrying cannot get one."""
+
+    reason = "scan_limit"
+
+    def __init__(self, message: str, *, limit: str, **context: Any) -> None:
+        super().__init__(message, limit=limit, **context)
+        self.limit = limit
+
+
 class StorageError(ReelflowError):
     """The object store or the catalog failed."""
 
@@ -72,8 +118,26 @@ class UploadNotFound(StorageError):
     """The staged multipart upload is gone (aborted or expired); a new one must be started."""
 
 
+class LeaseLostError(StorageError):
+    """This run no longer holds the source's lease (its fencing token is stale): it stops, and
+    leaves the staged upload to the run that holds the lease now. Retryable by a later run,
+    never by a task retry inside this one (see :func:`retry_if_retryable`)."""
+
+    retryable = True
+    reason = "lease_lost"
+
+
 class IntegrityError(StorageError):
     """What the store holds does not match the plan (part count, sizes, checksums, sha256)."""
+
+
+class SourceTimeoutError(StorageError):
+    """Reading the source took longer than REELFLOW_SOURCE_READ_DEADLINE_S in total.
+
+    Not retryable: the deadline is the run's whole budget for the source, and a task retry
+    would start the read over and spend it again."""
+
+    reason = "source_deadline"
 
 
 class MediaToolError(ReelflowError):
@@ -82,6 +146,13 @@ class MediaToolError(ReelflowError):
     def __init__(self, message: str, *, stderr_tail: str = "", **context: Any) -> None:
         super().__init__(message, **context)
         self.stderr_tail = stderr_tail
+
+
+class ScannerUnavailable(ReelflowError):
+    """clamd could not be reached, timed out, dropped the stream or answered an error."""
+
+    retryable = True
+    reason = "scanner_unavailable"
 
 
 class PublishError(ReelflowError):
@@ -98,5 +169,6 @@ def retry_if_retryable(task: Any, task_run: Any, state: Any) -> bool:
     try:
         state.result()
     except Exception as exc:  # the state's exception is re-raised by result()
-        return is_retryable(exc)
+        # A run that lost its lease must stop: only a later run may try again.
+        return is_retryable(exc) and not isinstance(exc, LeaseLostError)
     return False

@@ -55,6 +55,17 @@ def effective_chunk_size(size_bytes: int, requested: int) -> int:
     return min(size, S3_MAX_PART_BYTES)
 
 
+def upload_buffer_bytes(requested_chunk_bytes: int, concurrency: int) -> int:
+    """Memory one run's upload holds: ``concurrency + 1`` part buffers (one more part is read
+    while ``concurrency`` are on the wire), each at least S3's minimum part size.
+
+    Sources are at most 4 GiB, so 10 000 parts of 5 MiB always suffice and the part size never
+    grows past the requested one (or 5 MiB) for a real source.
+    """
+    part = max(S3_MIN_PART_BYTES, min(requested_chunk_bytes, S3_MAX_PART_BYTES))
+    return part * (concurrency + 1)
+
+
 def plan_chunks(size_bytes: int, requested_chunk_bytes: int) -> ChunkPlan:
     """Split ``size_bytes`` into parts covering every byte once (an empty file is one empty part)."""
     if size_bytes < 0:

@@ -20,7 +20,14 @@ MAX_FPS = 60.0
 MIN_SIDE_PX = 360
 MAX_SIDE_PX = 4096
 ALLOWED_CODECS = {"h264": "h264", "hevc": "h265", "vp8": "vp8", "vp9": "vp9"}
-MAGIC_BYTES_NEEDED = 64
+# Enough for an EBML header's DocType and for three 188-byte MPEG-TS packets.
+MAGIC_BYTES_NEEDED = 4096
+WEBM_CODECS = {"vp8", "vp9"}
+TS_PACKET_BYTES = 188
+# What the assembled object may differ from the validated source by: nothing but ffprobe's
+# rounding (a remote probe and a local one can disagree in the last digits).
+DURATION_TOLERANCE_S = 0.05
+FPS_TOLERANCE = 0.01
 
 
 @dataclass(frozen=True)
@@ -40,16 +47,79 @@ class VideoMeta:
         return asdict(self)
 
 
+def _ebml_vint(data: bytes, pos: int, *, keep_marker: bool) -> tuple[int, int]:
+    """An EBML variable-length integer at ``pos``: (value, position after it)."""
+    if pos >= len(data) or data[pos] == 0:
+        raise ValueError("bad EBML vint")
+    first = data[pos]
+    length = 8 - first.bit_length() + 1
+    if pos + length > len(data):
+        raise ValueError("truncated EBML vint")
+    value = first if keep_marker else first & ((1 << (8 - length)) - 1)
+    for b in data[pos + 1 : pos + length]:
+        value = (value << 8) | b
+    return value, pos + length
+
+
+def ebml_doctype(head: bytes) -> str | None:
+    """The DocType of the EBML header at the start of ``head`` ("webm", "matroska", ...)."""
+    try:
+        _, pos = _ebml_vint(head, 0, keep_marker=True)  # the EBML element id 1A45DFA3
+        size, pos = _ebml_vint(head, pos, keep_marker=False)
+        end = min(len(head), pos + size)
+        while pos < end:
+            element, pos = _ebml_vint(head, pos, keep_marker=True)
+            length, pos = _ebml_vint(head, pos, keep_marker=False)
+            if element == 0x4282:  # DocType
+                return head[pos : pos + length].rstrip(b"\0").decode("ascii", "replace")
+            pos += length
+    except ValueError:
+        return None
+    return None
+
+
+def _is_mpegts(head: bytes) -> bool:
+    for offset, stride in ((0, TS_PACKET_BYTES), (4, TS_PACKET_BYTES + 4)):  # TS and M2TS
+        if len(head) >= offset + 2 * stride + 1 and all(
+            head[offset + i * stride] == 0x47 for i in range(3)
+        ):
+            return True
+    return False
+
+
 def sniff_container(head: bytes) -> str:
     """Return ``mp4``, ``mov`` or ``webm`` from the first bytes, or raise ValidationError.
 
     ISO BMFF files start with a box whose type is ``ftyp`` at offset 4; QuickTime files may
-    also start with ``wide``/``moov``/``mdat``/``free`` boxes. WebM is EBML (1A 45 DF A3).
+    also start with ``wide``/``moov``/``mdat``/``free`` boxes. WebM is EBML (1A 45 DF A3)
+    whose DocType is ``webm``; other Matroska files are labelled as what they are
+    (``video/x-matroska``) and refused, as are MPEG-TS and playlists (HLS, DASH, ffconcat),
+    which name other files instead of holding the video.
     """
     if not head:
         raise ValidationError("the file is empty (0 bytes)", reason="empty")
     if head[:4] == b"\x1a\x45\xdf\xa3":
-        return "webm"
+        doctype = ebml_doctype(head)
+        if doctype == "webm":
+            return "webm"
+        if doctype == "matroska":
+            raise ValidationError(
+                "a Matroska file (video/x-matroska), not WebM: TikTok takes MP4, MOV or WebM "
+                "(remux it to MP4)",
+                reason="container",
+            )
+        raise ValidationError(f"an EBML file of type {doctype!r}, not WebM", reason="container")
+    text = head.lstrip(b"\xef\xbb\xbf \t\r\n")
+    if text.startswith(b"#EXTM3U") or text.startswith(b"ffconcat") or b"<MPD" in text[:512]:
+        raise ValidationError(
+            "a playlist (HLS/DASH/concat) that names other files, not a video",
+            reason="playlist",
+        )
+    if _is_mpegts(head):
+        raise ValidationError(
+            "an MPEG transport stream (video/mp2t): TikTok takes MP4, MOV or WebM",
+            reason="container",
+        )
     box = head[4:8]
     if box == b"ftyp":
         brand = head[8:12]
@@ -125,14 +195,20 @@ def interpret_probe(probe: dict[str, Any], *, container: str, max_duration_s: fl
                 f"{side} {px}px is outside {MIN_SIDE_PX}-{MAX_SIDE_PX}px ({width}x{height})",
                 reason="resolution",
             )
+    if container == "webm" and codec_name not in WEBM_CODECS:
+        raise ValidationError(
+            f"a WebM file must hold VP8 or VP9, this one holds {codec_name}: a Matroska file "
+            "(video/x-matroska) labelled WebM",
+            reason="container",
+        )
+    if _duration(probe, v) <= 0 or str(v.get("nb_frames", "")) == "0":
+        raise ValidationError("the video has no measurable duration (no frames)", reason="duration")
     fps = _fps(v)
     if not MIN_FPS <= fps <= MAX_FPS:
         raise ValidationError(
             f"frame rate {fps:.2f} fps is outside {MIN_FPS:g}-{MAX_FPS:g} fps", reason="fps"
         )
     duration = _duration(probe, v)
-    if duration <= 0:
-        raise ValidationError("the video has no measurable duration", reason="duration")
     if duration > max_duration_s:
         raise ValidationError(
             f"duration {duration:.1f}s exceeds the maximum of {max_duration_s:g}s",
@@ -152,3 +228,25 @@ def interpret_probe(probe: dict[str, Any], *, container: str, max_duration_s: fl
         has_audio=bool(audios),
         audio_codec=str(audios[0].get("codec_name")) if audios else None,
     )
+
+
+def compare_meta(validated: VideoMeta, stored: VideoMeta) -> list[str]:
+    """How the assembled object differs from what was validated (empty: the same video)."""
+    diffs = [
+        f"{name} {a!r} != {b!r}"
+        for name in (
+            "container",
+            "content_type",
+            "width",
+            "height",
+            "video_codec",
+            "has_audio",
+            "audio_codec",
+        )
+        if (a := getattr(validated, name)) != (b := getattr(stored, name))
+    ]
+    if abs(validated.duration_s - stored.duration_s) > DURATION_TOLERANCE_S:
+        diffs.append(f"duration_s {validated.duration_s} != {stored.duration_s}")
+    if abs(validated.fps - stored.fps) > FPS_TOLERANCE:
+        diffs.append(f"fps {validated.fps} != {stored.fps}")
+    return diffs

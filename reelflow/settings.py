@@ -40,6 +40,12 @@ class Settings(BaseSettings):
     lease_wait_s: float = Field(
         default=3600, ge=0, description="How long a run waits for another run of the same source"
     )
+    lease_ttl_s: float = Field(
+        default=60.0,
+        ge=1,
+        description="A source lease lapses this long after its last heartbeat (renewed every "
+        "third of it); a run that cannot renew it for this long stops (retryably)",
+    )
     public_base_url: str | None = None
     verify_readback: bool | None = Field(
         default=None,
@@ -59,6 +65,40 @@ class Settings(BaseSettings):
     secret_key: SecretStr | None = Field(
         default=None, description="Key that encrypts tokens at rest (default: HOME/secret.key)"
     )
+    # Sources (issue 8 §1, §2, §6)
+    source_allowed_hosts: str = Field(
+        default="",
+        description="Comma-separated hosts or host:port that URL sources may reach even though "
+        "they resolve to loopback, private, link-local or reserved addresses (tests, the demo)",
+    )
+    source_read_deadline_s: float = Field(
+        default=3600.0,
+        gt=0,
+        description="Total time a run may spend reading one source before it fails (a slow "
+        "or stalled source is not waited for forever)",
+    )
+    memory_budget_bytes: int = Field(
+        default=1024 * MIB,
+        ge=16 * MIB,
+        description="Upper bound on chunk size x (concurrency + 1), the upload buffers of one run",
+    )
+    # Bucket events (issue 8 §3)
+    event_buckets: str = Field(
+        default="",
+        description="Comma-separated bucket or bucket/prefix list the event bridge accepts and "
+        "event-started runs may read (s3:// only); empty = the bridge refuses to start",
+    )
+    event_accounts: str = Field(
+        default="",
+        description="Which TikTok accounts sidecars under a bucket/prefix may name: "
+        "'bucket/prefix=acct1|acct2;bucket2=*' (unlisted = none)",
+    )
+    # Virus scanning (issue 8 §7)
+    clamd_url: str | None = Field(
+        default=None,
+        description="ClamAV daemon: unix:///path/clamd.ctl or tcp://host:port; unset = scanning off",
+    )
+    clamd_timeout_s: float = Field(default=120.0, gt=0, description="clamd socket timeout")
 
     @field_validator("home")
     @classmethod

@@ -3,6 +3,10 @@
 The ledger is written before the next step relies on it: a part row exists only after the
 store acknowledged the part. It is a record, not the truth: on resume the upload code
 reconciles it with the store (``ListParts``). Works on SQLite and PostgreSQL (psycopg 3).
+
+A :class:`Catalog` made with ``fenced(fence)`` belongs to the run holding a source's lease: each
+of its ledger writes (sessions, parts, media) checks the fencing token in the write's own
+transaction, and a stale token's write is rolled back with ``LeaseLostError``.
 """
 
 from __future__ import annotations
@@ -11,13 +15,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import DateTime, UniqueConstraint, event
+from sqlalchemy import DateTime, UniqueConstraint, event, inspect, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
 from sqlmodel import Field, Session, SQLModel, create_engine, delete, select
 
-from storage import leases as _leases  # noqa: F401  (registers the lease table)
+from storage import leases as _leases  # registers the lease table
 from storage.base import PartReceipt
 from storage.clock import utcnow
 
@@ -114,7 +118,19 @@ def make_engine(url: str) -> Engine:
     import storage.schedule  # noqa: F401
 
     SQLModel.metadata.create_all(engine)
+    _add_lease_columns(engine)
     return engine
+
+
+def _add_lease_columns(engine: Engine) -> None:
+    """create_all never alters a table: add the fencing/identity columns to an older catalog."""
+    have = {c["name"] for c in inspect(engine).get_columns("lease")}
+    missing = {k: v for k, v in _leases.ADDED_COLUMNS.items() if k not in have}
+    if not missing:
+        return
+    with engine.begin() as conn:
+        for name, ddl in missing.items():
+            conn.execute(text(f"ALTER TABLE lease ADD COLUMN {name} {ddl}"))
 
 
 RowT = TypeVar("RowT", bound=SQLModel)
@@ -138,8 +154,26 @@ def update_row(engine: Engine, model: type[RowT], row_id: str, **fields: Any) ->
 class Catalog:
     """Ledger and media operations over one engine; each call is its own short transaction."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, *, fence: _leases.Fence | None = None) -> None:
         self.engine = engine
+        self.fence = fence
+
+    def fenced(self, fence: _leases.Fence) -> Catalog:
+        """This catalog for the run holding ``fence``: its writes are refused once it is stale."""
+        return Catalog(self.engine, fence=fence)
+
+    def check_fence(self) -> None:
+        """Cheap (no query): raise LeaseLostError if the heartbeat found the lease lost."""
+        if self.fence is not None:
+            self.fence.check()
+
+    def verify_fence(self) -> None:
+        """One query: raise LeaseLostError unless the fence's token is still the lease row's.
+        Called right before completing an upload or moving it to its final key."""
+        self.check_fence()
+        if self.fence is not None:
+            with self.engine.begin() as conn:
+                _leases.guard(conn, self.fence)
 
     # --- sessions -----------------------------------------------------------------------------
     def get_session(self, session_id: str) -> UploadSession | None:
@@ -150,12 +184,28 @@ class Catalog:
         row.updated_at = utcnow()
         with Session(self.engine, expire_on_commit=False) as s:
             merged = s.merge(row)
+            s.flush()
+            _leases.guard(s.connection(), self.fence)
             s.commit()
             s.refresh(merged)
             return merged
 
     def update_session(self, session_id: str, **fields: Any) -> UploadSession:
-        return update_row(self.engine, UploadSession, session_id, **fields)
+        if self.fence is None:
+            return update_row(self.engine, UploadSession, session_id, **fields)
+        with Session(self.engine, expire_on_commit=False) as s:
+            row = s.get(UploadSession, session_id)
+            if row is None:
+                raise KeyError(session_id)
+            for key, value in fields.items():
+                setattr(row, key, value)
+            row.updated_at = utcnow()
+            s.add(row)
+            s.flush()
+            _leases.guard(s.connection(), self.fence)
+            s.commit()
+            s.refresh(row)
+            return row
 
     def completed_session_for(self, fingerprint: str, store_url: str) -> UploadSession | None:
         with Session(self.engine) as s:
@@ -189,6 +239,7 @@ class Catalog:
         )
         with self.engine.begin() as conn:
             conn.execute(stmt)
+            _leases.guard(conn, self.fence)
 
     def ledger_parts(self, upload_id: str) -> dict[int, PartReceipt]:
         with Session(self.engine) as s:
@@ -204,6 +255,7 @@ class Catalog:
             if part_numbers is not None:
                 stmt = stmt.where(UploadPartRow.part_number.in_(part_numbers))  # type: ignore[attr-defined]
             s.exec(stmt)  # type: ignore[call-overload]
+            _leases.guard(s.connection(), self.fence)
             s.commit()
 
     # --- media --------------------------------------------------------------------------------
@@ -217,6 +269,8 @@ class Catalog:
             if existing is not None:
                 return existing
             s.add(media)
+            s.flush()
+            _leases.guard(s.connection(), self.fence)
             s.commit()
             s.refresh(media)
             return media

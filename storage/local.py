@@ -3,7 +3,11 @@
 A staged upload is one preallocated file that each part is written into at its own offset
 (``os.pwrite``), plus a tiny marker per part recording size and SHA-256: the marker is the
 local equivalent of S3's ListParts. Completion is fsync + atomic rename, so the final key
-either holds the whole verified file or does not exist.
+either holds the whole verified file or does not exist; it is idempotent: a run killed between
+the rename and the removal of the upload's directory is completed by the next call.
+
+Upload ids are this store's own (24 hex digits) and are checked before any path is built from
+one: an id from a tampered catalog (``../../outside``) never reaches the filesystem.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import base64
 import hashlib
 import json
 import os
+import re
 import secrets
 import shutil
 from collections.abc import Sequence
@@ -25,6 +30,12 @@ from storage.base import PartReceipt, PendingUpload
 
 UPLOADS_DIR = ".uploads"
 HASH_BLOCK_BYTES = 4 * 1024 * 1024
+UPLOAD_ID_BYTES = 12
+_UPLOAD_ID = re.compile(rf"[0-9a-f]{{{2 * UPLOAD_ID_BYTES}}}")
+
+
+def valid_upload_id(upload_id: object) -> bool:
+    return isinstance(upload_id, str) and _UPLOAD_ID.fullmatch(upload_id) is not None
 
 
 def _fsync_dir(path: Path) -> None:
@@ -52,12 +63,20 @@ class LocalStore:
         return path
 
     def _upload_dir(self, upload_id: str) -> Path:
+        if not valid_upload_id(upload_id):
+            raise UploadNotFound(
+                f"not an upload id of this store: {upload_id!r}", reason="invalid_upload_id"
+            )
         return self.root / UPLOADS_DIR / upload_id
 
-    def _require(self, upload_id: str) -> Path:
+    def _require(self, upload_id: str, key: str | None = None) -> Path:
         d = self._upload_dir(upload_id)
-        if not (d / "meta.json").exists():
-            raise UploadNotFound(f"no such upload: {upload_id}", upload_id=upload_id)
+        try:
+            meta = json.loads((d / "meta.json").read_text())
+        except (OSError, ValueError) as exc:
+            raise UploadNotFound(f"no such upload: {upload_id}", upload_id=upload_id) from exc
+        if key is not None and meta.get("key") != key:  # S3 answers NoSuchUpload too
+            raise UploadNotFound(f"upload {upload_id} is not for {key!r}", upload_id=upload_id)
         return d
 
     @staticmethod
@@ -72,7 +91,8 @@ class LocalStore:
 
     # --- multipart ----------------------------------------------------------------------------
     def create_upload(self, key: str, content_type: str) -> str:
-        upload_id = secrets.token_hex(12)  # opaque, server-assigned like S3's UploadId
+        self._path(key)  # refuse a key outside the store before anything is written
+        upload_id = secrets.token_hex(UPLOAD_ID_BYTES)  # opaque, server-assigned like S3's
         d = self._upload_dir(upload_id)
         (d / "parts").mkdir(parents=True)
         (d / "data").touch()
@@ -87,16 +107,21 @@ class LocalStore:
     def upload_part(
         self, key: str, upload_id: str, chunk: Chunk, data: bytes | bytearray, sha256_b64: str
     ) -> PartReceipt:
-        d = self._require(upload_id)
+        d = self._require(upload_id, key)
         digest = base64.b64encode(hashlib.sha256(data).digest()).decode()
         if digest != sha256_b64:  # what S3 answers with BadDigest
             raise IntegrityError(
                 f"part {chunk.part_number}: checksum mismatch", part_number=chunk.part_number
             )
-        fd = os.open(d / "data", os.O_WRONLY)
+        try:
+            fd = os.open(d / "data", os.O_WRONLY)
+        except FileNotFoundError as exc:  # completed (renamed away) or aborted meanwhile
+            raise UploadNotFound(f"no such upload: {upload_id}", upload_id=upload_id) from exc
         try:
             written = os.pwrite(fd, data, chunk.offset)
             os.fsync(fd)
+        except OSError as exc:
+            raise StorageError(f"part {chunk.part_number}: write failed: {exc.strerror}") from exc
         finally:
             os.close(fd)
         if written != len(data):
@@ -114,7 +139,7 @@ class LocalStore:
         return receipt
 
     def list_parts(self, key: str, upload_id: str) -> dict[int, PartReceipt]:
-        d = self._require(upload_id)
+        d = self._require(upload_id, key)
         out: dict[int, PartReceipt] = {}
         for marker in sorted((d / "parts").glob("*.json")):
             m = json.loads(marker.read_text())
@@ -123,22 +148,33 @@ class LocalStore:
         return out
 
     def complete_upload(self, key: str, upload_id: str, parts: Sequence[PartReceipt]) -> str | None:
-        d = self._require(upload_id)
-        data = d / "data"
+        """fsync, rename to ``key``, drop the upload's directory. Idempotent: when a previous
+        call was killed after the rename, the file already at ``key`` (of the parts' total
+        size) is the completed upload, and only the bookkeeping is left to finish."""
+        d = self._require(upload_id, key)
+        data, dest = d / "data", self._path(key)
         expected = sum(p.size for p in parts)
-        if data.stat().st_size != expected:
-            raise IntegrityError(
-                f"staged file holds {data.stat().st_size} bytes, parts add up to {expected}"
-            )
-        fd = os.open(data, os.O_RDONLY)
         try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        dest = self._path(key)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(data, dest)
-        _fsync_dir(dest.parent)
+            if data.exists():
+                held = data.stat().st_size
+                if held != expected:
+                    raise IntegrityError(
+                        f"staged file holds {held} bytes, parts add up to {expected}"
+                    )
+                fd = os.open(data, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(data, dest)
+            elif not dest.is_file() or dest.stat().st_size != expected:
+                raise IntegrityError(
+                    f"upload {upload_id} holds no data and {key!r} is not its completed file"
+                )
+            _fsync_dir(dest.parent)
+        except OSError as exc:
+            raise StorageError(f"completing upload {upload_id} failed: {exc.strerror}") from exc
         shutil.rmtree(d, ignore_errors=True)
         return composite_sha256([base64.b64decode(p.sha256_b64 or "") for p in parts])
 
@@ -148,7 +184,12 @@ class LocalStore:
     def list_uploads(self, prefix: str = "") -> list[PendingUpload]:
         out = []
         for meta_path in (self.root / UPLOADS_DIR).glob("*/meta.json"):
-            m = json.loads(meta_path.read_text())
+            if not valid_upload_id(meta_path.parent.name):
+                continue  # not ours: never handed out as an id to abort
+            try:
+                m = json.loads(meta_path.read_text())
+            except (OSError, ValueError):
+                continue
             if m["key"].startswith(prefix):
                 out.append(
                     PendingUpload(

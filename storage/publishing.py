@@ -5,9 +5,14 @@ Owns:
 * ``Account`` (``tiktok_account``): a named TikTok login, its ``open_id`` and scopes, the access
   and refresh tokens *encrypted* with Fernet, and their absolute expiry times (computed from the
   ``expires_in`` TikTok sent, never assumed).
-* ``Publish`` (``tiktok_publish``): one row per (media × account × post options), written before
+* ``Publish`` (``tiktok_publish``): one row per publish of a media to an account, written before
   TikTok's init is called; ``publish_id`` is stored the moment init returns, the upload URL
   encrypted (it carries an upload token), and every re-init is appended to ``init_history``.
+  A publish is identified by (media, account, generation): generation 0 is *the* publish of a
+  media to an account (a second request with another caption finds it, and posts nothing);
+  generations 1, 2, ... are explicit re-posts (``--again``). The generation is kept in the
+  row's canonical options (``options_json`` / ``options_hash``, key ``generation``, absent for
+  0), so catalogs written before it existed need no migration: their rows are generation 0.
 * The Fernet key: ``settings.secret_key`` or else ``$REELFLOW_HOME/secret.key``, created 0600 on
   first use (linked into place atomically, so concurrent first runs agree on one key).
 * Small repository functions, each one short transaction.
@@ -155,7 +160,7 @@ class Account(SQLModel, table=True):
 
 
 class Publish(SQLModel, table=True):
-    """One publish of one media to one account with one set of post options."""
+    """One publish of one media to one account (generation 0, or an explicit re-post)."""
 
     __tablename__ = "tiktok_publish"
     __table_args__ = (UniqueConstraint("media_id", "account", "options_hash"),)
@@ -199,9 +204,36 @@ def options_hash(options: Mapping[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def publish_row_id(media_id: str, account: str, opts_hash: str) -> str:
-    digest = hashlib.sha256(f"{media_id}\0{account}\0{opts_hash}".encode()).hexdigest()
+GENERATION_KEY = "generation"
+
+
+def publish_row_id(media_id: str, account: str, generation: int = 0) -> str:
+    """The row id of a publish: (media, account, generation), never the caption or privacy.
+
+    (Rows written before generations existed have ids from their options' hash; they are
+    found through :func:`publishes_for`, never by recomputing an id.)
+    """
+    digest = hashlib.sha256(f"{media_id}\0{account}\0g{generation}".encode()).hexdigest()
     return f"pub_{digest[:24]}"
+
+
+def ledger_options(options: Mapping[str, Any], generation: int) -> dict[str, Any]:
+    """The options a row stores: the post options, plus the generation when it is not 0."""
+    stored = {k: v for k, v in options.items() if k != GENERATION_KEY}
+    if generation:
+        stored[GENERATION_KEY] = generation
+    return stored
+
+
+def stored_options(row: Publish) -> dict[str, Any]:
+    """A row's post options (mode, privacy_level, caption), without the generation."""
+    loaded: dict[str, Any] = json.loads(row.options_json or "{}")
+    loaded.pop(GENERATION_KEY, None)
+    return loaded
+
+
+def publish_generation(row: Publish) -> int:
+    return int(json.loads(row.options_json or "{}").get(GENERATION_KEY, 0))
 
 
 # ----- accounts --------------------------------------------------------------------------------
@@ -321,6 +353,49 @@ def ensure_publish(engine: Engine, row: Publish) -> Publish:
             return existing
         s.refresh(row)
         return row
+
+
+def publishes_for(engine: Engine, media_id: str, account: str) -> list[Publish]:
+    """Every publish of ``media_id`` to ``account``, oldest generation first."""
+    with Session(engine, expire_on_commit=False) as s:
+        stmt = select(Publish).where(Publish.media_id == media_id, Publish.account == account)
+        rows = list(s.exec(stmt).all())
+    return sorted(rows, key=lambda r: (publish_generation(r), r.created_at))
+
+
+def replace_pending_options(
+    engine: Engine, row_id: str, options: Mapping[str, Any], mode: str
+) -> bool:
+    """Give a publish that never reached TikTok (``pending``, no ``publish_id``) new options.
+
+    One conditional UPDATE: False when the row has meanwhile been inited (then its options
+    stand: TikTok has them).
+    """
+    generation = publish_generation(get_publish(engine, row_id) or _missing(row_id))
+    stored = ledger_options(options, generation)
+    stmt = (
+        sa_update(Publish)
+        .where(
+            Publish.id == row_id,  # type: ignore[arg-type]
+            Publish.status == PENDING,  # type: ignore[arg-type]
+            Publish.publish_id.is_(None),  # type: ignore[union-attr]
+        )
+        .values(
+            options_json=json.dumps(stored, sort_keys=True),
+            options_hash=options_hash(stored),
+            mode=mode,
+            updated_at=utcnow(),
+        )
+    )
+    try:
+        with engine.begin() as conn:
+            return conn.execute(stmt).rowcount == 1
+    except SAIntegrityError:  # an old row of this media and account already has these options
+        return False
+
+
+def _missing(row_id: str) -> Publish:
+    raise KeyError(row_id)
 
 
 def get_publish(engine: Engine, row_id: str) -> Publish | None:

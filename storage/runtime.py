@@ -53,7 +53,12 @@ class Runtime:
         url = settings.resolved_store_url
         store = open_store(url, s3_client=s3_factory() if url.startswith("s3:") else None)
         catalog = Catalog(make_engine(settings.resolved_database_url))
-        sources = SourceReader(s3_factory, presign_ttl_s=settings.presign_ttl_s)
+        sources = SourceReader(
+            s3_factory,
+            presign_ttl_s=settings.presign_ttl_s,
+            allowed_hosts=settings.source_allowed_hosts,
+            read_deadline_s=settings.source_read_deadline_s,
+        )
         return cls(settings=settings, store=store, catalog=catalog, sources=sources)
 
     def __repr__(self) -> str:  # shows in Prefect logs; keep it short and secret-free

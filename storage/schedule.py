@@ -3,6 +3,12 @@
 An ingest with a future ``publish_at`` stores the media and queues one row here; the
 ``publish-due`` flow claims due rows (one conditional UPDATE each, so two concurrent runs of it
 never take the same row) and publishes them through the exactly-once publish ledger.
+
+A queued publish is identified like a publish, by (media, account): queuing it again while it
+waits moves it and takes the new caption and privacy (an edit of the scheduled post). A queued
+``again`` publish (an explicit re-post) is a row of its own per set of options, with the id
+prefix ``spa_`` (which is how ``publish-due`` knows to pass ``again``; rows queued before this
+existed are all ``sp_``: plain publishes).
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ FAILED = "failed"
 class ScheduledPublish(SQLModel, table=True):
     __tablename__ = "scheduled_publish"
 
-    id: str = Field(primary_key=True)  # media × account × options: queuing twice is one row
+    id: str = Field(primary_key=True)  # see schedule_id: queuing twice is one row
     media_id: str = Field(index=True)
     account: str
     mode: str
@@ -43,11 +49,29 @@ class ScheduledPublish(SQLModel, table=True):
     updated_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
 
 
+PLAIN_PREFIX, AGAIN_PREFIX = "sp_", "spa_"
+
+
 def schedule_id(
-    media_id: str, account: str, mode: str, privacy: str | None, caption: str | None
+    media_id: str,
+    account: str,
+    mode: str,
+    privacy: str | None,
+    caption: str | None,
+    *,
+    again: bool = False,
 ) -> str:
-    raw = json.dumps([media_id, account, mode, privacy, caption])
-    return "sp_" + hashlib.sha256(raw.encode()).hexdigest()[:24]
+    """(media, account) for a plain publish; (media, account, options) for an ``again`` one."""
+    if not again:
+        raw = json.dumps([media_id, account, "publish"])
+        return PLAIN_PREFIX + hashlib.sha256(raw.encode()).hexdigest()[:24]
+    raw = json.dumps([media_id, account, mode, privacy, caption, "again"])
+    return AGAIN_PREFIX + hashlib.sha256(raw.encode()).hexdigest()[:24]
+
+
+def is_again(row: ScheduledPublish) -> bool:
+    """Whether publish-due must post this row even if the media is already on the account."""
+    return row.id.startswith(AGAIN_PREFIX)
 
 
 def queue_publish(
@@ -59,9 +83,13 @@ def queue_publish(
     privacy: str | None,
     caption: str | None,
     due_at: datetime,
+    again: bool = False,
 ) -> ScheduledPublish:
-    """Queue (or re-time, while still queued) the publish; returns the row."""
-    row_id = schedule_id(media_id, account, mode, privacy, caption)
+    """Queue the publish, or (while it is still queued) move it and take the new options.
+
+    Returns the row; a row already taken by publish-due, done or failed, is returned as it is.
+    """
+    row_id = schedule_id(media_id, account, mode, privacy, caption, again=again)
     with Session(engine, expire_on_commit=False) as s:
         row = s.get(ScheduledPublish, row_id)
         if row is None:
@@ -76,6 +104,7 @@ def queue_publish(
             )
         elif row.status == QUEUED:
             row.due_at, row.updated_at = due_at, utcnow()
+            row.mode, row.privacy, row.caption = mode, privacy, caption
         s.add(row)
         s.commit()
         s.refresh(row)

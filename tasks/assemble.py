@@ -6,6 +6,9 @@ CompleteMultipartUpload; local fsync + atomic rename). The whole file is then ve
 store's composite checksum when it reports one, and a read-back SHA-256 of the assembled object
 when ``REELFLOW_VERIFY_READBACK`` asks for it (the default for the local store). A mismatch
 deletes the staged object: nothing is published.
+
+Completion is fenced: a run whose lease token is stale (another run took the source over) is
+refused with ``LeaseLostError`` before it completes anything, and its "assembled" write too.
 """
 
 from __future__ import annotations
@@ -60,6 +63,10 @@ def assemble_upload(
     if problems:
         raise IntegrityError("parts do not match the plan: " + "; ".join(problems[:5]))
     parts = [remote[c.part_number] for c in state.plan.chunks]
+    rt.catalog.verify_fence()
+    # The intent, before the store acts: a run killed right after completion finds the object
+    # by this SHA-256 and adopts it (chunk_upload._adopt_completed) instead of re-sending it.
+    rt.catalog.update_session(state.session_id, sha256=sha256_hex)
     reported = rt.store.complete_upload(state.staging_key, state.upload_id, parts)
     known = all(c.part_number in part_digests_b64 for c in state.plan.chunks)
     expected = (

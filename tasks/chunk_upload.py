@@ -11,6 +11,10 @@
 * ``upload_chunk`` is one Prefect task per part: retried with backoff + jitter on retryable
   errors, cached by (upload id, part, range, checksum) so a re-run of the flow finds finished
   parts ``Cached``; the ledger row is written after the store acknowledged the part.
+
+Arguments are checked (:func:`check_upload_args`) before a session or an upload exists, so a
+bad chunk size or concurrency leaves nothing behind. The run's catalog carries its lease's
+fence: a run that lost its lease sends no further part, and its ledger writes are refused.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
 from reelflow.errors import UploadNotFound, retry_if_retryable
+from reelflow.ingest_options import check_chunk_size, check_concurrency, check_memory_budget
 from reelflow.logging import get_logger
 from reelflow.planning import (
     Chunk,
@@ -67,6 +72,25 @@ class SendResult:
     chunks_already_stored: int
 
 
+# A run that lost its lease leaves at most ``concurrency`` PUTs in flight; waiting for them
+# (each bounded by the store client's own timeouts) keeps the failed run from writing later.
+INFLIGHT_DRAIN_S = 300.0
+
+
+def check_upload_args(
+    chunk_size: object, concurrency: object, *, memory_budget_bytes: int | None = None
+) -> None:
+    """Refuse a chunk size or concurrency no upload can use, by the one set of rules every
+    caller uses (``reelflow.ingest_options``); ``concurrency`` None means "not known here"
+    (checked again by ``send_source``)."""
+    check_chunk_size(chunk_size)  # type: ignore[arg-type]
+    if concurrency is None:
+        return
+    check_concurrency(concurrency)  # type: ignore[arg-type]
+    if memory_budget_bytes is not None:
+        check_memory_budget(chunk_size, concurrency, memory_budget_bytes)  # type: ignore[arg-type]
+
+
 def _start_upload(rt: Runtime, row: UploadSession) -> UploadSession:
     upload_id = rt.store.create_upload(row.staging_key, row.content_type)
     get_logger(session_id=row.id, upload_id=upload_id).info("upload_started", parts=row.parts_total)
@@ -83,16 +107,25 @@ def _start_upload(rt: Runtime, row: UploadSession) -> UploadSession:
     retry_condition_fn=retry_if_retryable,
 )
 def open_upload_session(
-    source: SourceRef, meta: VideoMeta, chunk_size: int, rt: Runtime
+    source: SourceRef,
+    meta: VideoMeta,
+    chunk_size: int,
+    rt: Runtime,
+    concurrency: int | None = None,
 ) -> SessionState:
+    check_upload_args(chunk_size, concurrency)
+    rt.catalog.check_fence()
     plan = plan_chunks(source.size_bytes, chunk_size)
+    # The buffers hold the plan's chunk size (grown to S3's 5 MiB minimum or to fit 10 000 parts).
+    budget = rt.settings.memory_budget_bytes
+    check_upload_args(plan.chunk_size, concurrency, memory_budget_bytes=budget)
     sid = session_id_for(source.fingerprint, rt.store.url, plan.chunk_size)
     row = rt.catalog.get_session(sid)
     if row is None or row.status == "aborted":
         row = rt.catalog.save_session(
             UploadSession(
                 id=sid,
-                source_uri=source.uri,
+                source_uri=source.public_uri,
                 source_fingerprint=source.fingerprint,
                 store_url=rt.store.url,
                 staging_key=staging_key(sid, meta.container),
@@ -113,6 +146,8 @@ def open_upload_session(
     try:
         remote = rt.store.list_parts(row.staging_key, upload_id)
     except UploadNotFound:
+        if (adopted := _adopt_completed(rt, row, plan)) is not None:
+            return adopted
         # Aborted or expired behind our back (lifecycle rule, cleanup): start over, cleanly.
         rt.catalog.forget_parts(upload_id)
         row = _start_upload(rt, row)
@@ -133,6 +168,27 @@ def open_upload_session(
     )
     confirmed = {n: remote[n] for n in rec.confirmed}
     return SessionState(sid, upload_id, row.staging_key, row.status, plan, confirmed, rec.forget)
+
+
+def _adopt_completed(rt: Runtime, row: UploadSession, plan: ChunkPlan) -> SessionState | None:
+    """A run killed between CompleteMultipartUpload (or the local rename) and its "assembled"
+    write leaves no upload to list, but the whole object at the staging key. ``assemble``
+    records the source's SHA-256 on the session before it completes (the intent), so the object
+    is adopted when its size and read-back SHA-256 match that intent: one read of the object
+    instead of sending every part again (a kill in assemble used to re-send the whole file)."""
+    if not row.sha256 or row.upload_id is None:
+        return None
+    if rt.store.size(row.staging_key) != plan.size_bytes:
+        return None
+    if rt.store.sha256_hex(row.staging_key) != row.sha256:
+        return None
+    rt.catalog.update_session(row.id, status="assembled")
+    get_logger(session_id=row.id, upload_id=row.upload_id).info(
+        "upload_adopted_after_completion", sha256=row.sha256
+    )
+    return SessionState(
+        row.id, row.upload_id, row.staging_key, "assembled", plan, sha256=row.sha256
+    )
 
 
 CHUNK_RESULTS_PREFIX = "reelflow-chunks"
@@ -168,7 +224,9 @@ def upload_chunk(
 ) -> dict[str, Any]:
     # Hashed here, in parallel across parts; the whole-file hash has a thread of its own.
     sha256_b64 = b64(hashlib.sha256(data).digest())
+    rt.catalog.check_fence()
     with _PUT_SLOTS.get(upload_id) or contextlib.nullcontext():
+        rt.catalog.check_fence()  # the lease may have gone while this part waited for a slot
         receipt = rt.store.upload_part(
             key, upload_id, Chunk(part_number, offset, length), data, sha256_b64
         )
@@ -198,6 +256,9 @@ def send_source(
     reports one). They are not re-verified against the source here: the whole-file SHA-256 of
     this read is checked against the stored object at the end, which covers them.
     """
+    check_upload_args(
+        state.plan.chunk_size, concurrency, memory_budget_bytes=rt.settings.memory_budget_bytes
+    )
     _PUT_SLOTS[state.upload_id] = threading.BoundedSemaphore(concurrency)
     try:
         return _send(source, state, rt, concurrency=concurrency, on_progress=on_progress)
@@ -247,6 +308,7 @@ def _send(
     hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reelflow-sha256")
     try:
         for chunk, data in rt.sources.iter_chunks(source, state.plan.chunks, buffers):
+            rt.catalog.check_fence()  # lost the lease: send nothing more
             hashed = hasher.submit(whole.update, data)
             stored = state.confirmed.get(chunk.part_number)
             if stored is not None:
@@ -278,6 +340,11 @@ def _send(
             # read when one of them ends (so at most ``concurrency + 1`` chunks are held).
             drain(concurrency)
         drain(0)
+    except BaseException:
+        # Whatever stops this run (a lost lease, a failed part, a bug), no part it started may
+        # still be writing once it has failed: wait for the PUTs on the wire.
+        wait_futures([f.wrapped_future for f, _, _ in inflight], timeout=INFLIGHT_DRAIN_S)
+        raise
     finally:
         hasher.shutdown(wait=True)
     sha = whole.hexdigest()

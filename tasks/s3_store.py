@@ -3,6 +3,7 @@
 ``videos/<sha256>.<ext>`` holds the video, with ``.jpg`` (thumbnail) and ``.json`` (metadata)
 beside it. The staged object is moved (server-side copy for S3) or, when the same content is
 already stored, deleted: the same bytes are stored once and keep one ``media_id``.
+Fenced like assembly: a run that lost its source's lease moves nothing and records nothing.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ def store_media(
 ) -> Media:
     media_id = media_id_for(sha256_hex)
     vkey = video_key(sha256_hex, meta.container)
+    rt.catalog.verify_fence()
     if rt.store.exists(vkey):
         if staged_key != vkey and rt.store.exists(staged_key):
             rt.store.delete(staged_key)
@@ -71,7 +73,7 @@ def store_media(
         thumbnail_key=thumb.key,
         metadata_key=metadata_key(sha256_hex),
         thumbnail_time_ms=thumb.time_ms,
-        source_uri=source.uri,
+        source_uri=source.public_uri,
     )
     doc = {
         **meta.as_dict(),

@@ -1,7 +1,8 @@
 """Step 4, thumbnail: a representative 640-px JPEG from the assembled object, stored beside it.
 
-ffmpeg reads the object where it lies (local path or presigned URL) with an input seek, so only
-the bytes around the seek point are fetched.
+ffmpeg reads the object where it lies (the local file, or the S3 object through reelflow's
+loopback relay) with an input seek, so only the bytes around the seek point are fetched; the
+demuxer is the validated container's (``-f mov`` / ``-f matroska``), never guessed.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from reelflow.logging import get_logger
 from reelflow.planning import thumbnail_key, video_key
 from reelflow.rules import VideoMeta
 from storage.runtime import Runtime
+from tasks.validate import open_stored_media
 
 
 @dataclass(frozen=True)
@@ -44,7 +46,8 @@ def make_thumbnail(staged_key: str, sha256_hex: str, meta: VideoMeta, rt: Runtim
     final_key = video_key(sha256_hex, meta.container)
     read_key = final_key if rt.store.exists(final_key) else staged_key
     with tempfile.TemporaryDirectory(prefix="reelflow-thumb-") as tmp:
-        out = media.grab_thumbnail(rt.store.read_url(read_key), Path(tmp) / "thumb.jpg", at_s=at_s)
+        with open_stored_media(rt.store, read_key, meta.container) as inp:
+            out = media.grab_thumbnail(inp, Path(tmp) / "thumb.jpg", at_s=at_s)
         rt.store.put_file(key, out, "image/jpeg")
     get_logger(sha256=sha256_hex).info("thumbnail_stored", key=key, at_s=at_s)
     return Thumbnail(key, int(at_s * 1000))

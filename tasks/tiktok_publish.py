@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import logging
 import sys
 import time
 from collections import deque
@@ -42,10 +41,12 @@ from prefect.tasks import exponential_backoff
 from requests.adapters import HTTPAdapter
 
 from reelflow.errors import IntegrityError, PublishError, retry_if_retryable
-from reelflow.logging import get_logger
+from reelflow.ingest_options import MAX_CAPTION_UTF16_UNITS, check_caption
+from reelflow.ingest_options import utf16_units as utf16_units
+from reelflow.logging import get_logger, install_log_redaction
 from reelflow.tiktok.client import PublishStatus, TikTokClient, build_session
 from reelflow.tiktok.cursor import UploadCursor
-from reelflow.tiktok.errors import TikTokApiError, TikTokRateLimited, UploadOutOfSync, redact
+from reelflow.tiktok.errors import TikTokApiError, TikTokRateLimited, UploadOutOfSync
 from reelflow.tiktok.plan import (
     DEFAULT_PREFERRED_CHUNK_BYTES,
     PlannedChunk,
@@ -70,7 +71,7 @@ from storage.runtime import Runtime
 RATE_LIMITS_PER_MIN = {"init": 6, "creator_info": 20, "status": 30}
 RATE_WAIT_TIMEOUT_S = 600.0  # a slot not free after this long fails the attempt (retryable)
 MAX_RETRY_AFTER_S = 120.0  # honour Retry-After up to this; beyond it Prefect's backoff decides
-MAX_TITLE_UTF16_UNITS = 2200
+MAX_TITLE_UTF16_UNITS = MAX_CAPTION_UTF16_UNITS
 STREAM_BLOCK_BYTES = 1024 * 1024
 
 
@@ -113,23 +114,9 @@ def upload_session() -> requests.Session:
 _HTTP_DEBUG_LOGGERS = ("urllib3.connectionpool", "urllib3.util.retry", "urllib3.poolmanager")
 
 
-class _RedactRecord(logging.Filter):
-    """Scrub token-shaped values from a record's rendered message (upload URLs, bearers)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        scrubbed = redact(message)
-        if scrubbed != message:
-            record.msg, record.args = scrubbed, ()
-        return True
-
-
 def guard_http_debug_logs() -> None:
-    """Attach the scrubbing filter to urllib3's loggers once per process (idempotent)."""
-    for name in _HTTP_DEBUG_LOGGERS:
-        logger = logging.getLogger(name)
-        if not any(isinstance(f, _RedactRecord) for f in logger.filters):
-            logger.addFilter(_RedactRecord())
+    """Attach the one redacting filter to urllib3's loggers once per process (idempotent)."""
+    install_log_redaction(_HTTP_DEBUG_LOGGERS)
 
 
 class PublishContext:
@@ -236,8 +223,14 @@ def honouring_retry_after() -> Iterator[None]:
 # ----- tasks -----------------------------------------------------------------------------------
 
 
-def utf16_units(text: str) -> int:
-    return len(text.encode("utf-16-le")) // 2
+def check_post_duration(limit_s: float | None, duration_s: float, account: str) -> None:
+    """Refuse a video longer than the creator's ``max_video_post_duration_sec``."""
+    if limit_s is not None and duration_s > limit_s:
+        raise PublishRefused(
+            f"the video is {duration_s:.1f}s long; TikTok account {account!r} may post "
+            f"at most {limit_s}s (max_video_post_duration_sec)",
+            reason="video_too_long",
+        )
 
 
 # NO_CACHE on purpose: a creator's options change (privacy, caps, bans); an old answer could
@@ -251,14 +244,14 @@ def utf16_units(text: str) -> int:
     retry_condition_fn=retry_if_retryable,
 )
 def check_creator(
-    ctx: PublishContext, *, mode: str, privacy: str, duration_s: float, caption: str | None
+    ctx: PublishContext, *, mode: str, privacy: str, duration_s: float | None, caption: str | None
 ) -> dict[str, Any]:
-    if caption is not None and utf16_units(caption) > MAX_TITLE_UTF16_UNITS:
-        raise PublishRefused(
-            f"the caption is {utf16_units(caption)} UTF-16 units; TikTok allows "
-            f"{MAX_TITLE_UTF16_UNITS}",
-            reason="caption_too_long",
-        )
+    """creator_info, then refuse what this creator cannot post (privacy level, duration).
+
+    ``duration_s`` None skips the duration check (asked before the video is validated: the
+    caller checks it with :func:`check_post_duration` once it is known).
+    """
+    check_caption(caption)  # before the rate-limited call: a refusal costs nothing
     take_rate_slot(ctx, "creator_info")
     with honouring_retry_after():
         info = ctx.tokens.call(ctx.client.creator_info)
@@ -270,12 +263,8 @@ def check_creator(
             reason="privacy_level_not_offered",
         )
     limit = info.max_video_post_duration_sec
-    if limit is not None and duration_s > limit:
-        raise PublishRefused(
-            f"the video is {duration_s:.1f}s long; TikTok account {ctx.tokens.name!r} may post "
-            f"at most {limit}s (max_video_post_duration_sec)",
-            reason="video_too_long",
-        )
+    if duration_s is not None:
+        check_post_duration(limit, duration_s, ctx.tokens.name)
     log.info("creator_checked", privacy_options=list(info.privacy_level_options), max_s=limit)
     return {
         "privacy_level_options": list(info.privacy_level_options),

@@ -51,6 +51,16 @@ def s3_server() -> Iterator[object]:
         yield server
 
 
+@pytest.fixture(scope="session")
+def clamd() -> Iterator[object]:
+    """A real clamd (Debian clamav-daemon) with the tests' own signature database, on a unix
+    socket and 127.0.0.1 TCP; see tests/support/clamd.py for the marker it detects."""
+    from tests.support.clamd import ClamdDaemon
+
+    with ClamdDaemon() as daemon:
+        yield daemon
+
+
 @pytest.fixture
 def bucket(s3_server: object) -> str:
     name = f"rf-{uuid.uuid4().hex[:12]}"
@@ -86,6 +96,8 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         "REELFLOW_CHUNK_SIZE_BYTES",
         "REELFLOW_UPLOAD_CONCURRENCY",
         "REELFLOW_MAX_DURATION_S",
+        "REELFLOW_SOURCE_ALLOWED_HOSTS",
+        "REELFLOW_SOURCE_READ_DEADLINE_S",
     ):
         monkeypatch.delenv(var, raising=False)
     return h
@@ -97,6 +109,11 @@ def s3_env(home: Path, s3_server: object, bucket: str, monkeypatch: pytest.Monke
     url = f"s3://{bucket}/media"
     monkeypatch.setenv("REELFLOW_STORE_URL", url)
     monkeypatch.setenv("REELFLOW_S3_ENDPOINT_URL", s3_server.endpoint_url)  # type: ignore[attr-defined]
+    # Presigned moto URLs used as http sources point at 127.0.0.1: allowed by name, this port only.
+    monkeypatch.setenv(
+        "REELFLOW_SOURCE_ALLOWED_HOSTS",
+        s3_server.endpoint_url.split("://", 1)[1],  # type: ignore[attr-defined]
+    )
     return url
 
 

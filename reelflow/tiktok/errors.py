@@ -28,7 +28,6 @@ URLs are never quoted at all.
 from __future__ import annotations
 
 import json
-import re
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any
@@ -320,19 +319,10 @@ def malformed_response(resp: requests.Response, *, endpoint: str, detail: str) -
 
 
 def redact(text: str) -> str:
-    """Mask token-like values in ``text``: query/form values, JSON fields, bearer, act./rft."""
-    text = _QUERY_SECRET.sub(lambda m: f"{m.group(1)}=***", text)
-    text = _JSON_SECRET.sub(lambda m: f'"{m.group(1)}": "***"', text)
-    text = _BEARER.sub("Bearer ***", text)
-    return _TIKTOK_TOKEN.sub(lambda m: f"{m.group(1)}.***", text)
+    """Mask token-like values in ``text`` with reelflow's one redactor (reelflow.logging)."""
+    from reelflow.logging import redact_text
 
-
-_SECRET_NAMES = r"upload_token|access_token|refresh_token|client_secret|code_verifier|code|token"
-_QUERY_SECRET = re.compile(rf"(?<![A-Za-z0-9_])({_SECRET_NAMES})=[^&\s\"'<>]+", re.IGNORECASE)
-_JSON_SECRET = re.compile(rf"\"({_SECRET_NAMES})\"\s*:\s*\"[^\"]*\"", re.IGNORECASE)
-_BEARER = re.compile(r"Bearer\s+[^\s\"',]+", re.IGNORECASE)
-# TikTok's user tokens look like act.<...> and rft.<...>; client tokens clt.<...>.
-_TIKTOK_TOKEN = re.compile(r"\b(act|rft|clt)\.[A-Za-z0-9!._~+/=*-]{6,}")
+    return redact_text(text)
 
 
 _EMPTY = object()

@@ -86,8 +86,11 @@ def test_unreadable_file(home: Path, clips: Any, tmp_path: Path) -> None:
     assert proc.stdout.strip() == "unreadable"
 
 
-def test_source_url_that_404s(home: Path, s3_server: Any, bucket: str) -> None:
+def test_source_url_that_404s(
+    home: Path, s3_server: Any, bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """An http(s) source answering 404 is exit 2 and mentions the status."""
+    monkeypatch.setenv("REELFLOW_SOURCE_ALLOWED_HOSTS", s3_server.endpoint_url.split("://")[1])
     url = s3_server.client().generate_presigned_url(
         "get_object", Params={"Bucket": bucket, "Key": "missing.mp4"}
     )

@@ -19,6 +19,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +48,7 @@ SERVE_WAIT_S = 120.0
 BRIDGE_TIMEOUT_S = 90.0  # one --once receive is a long poll of at most 20 s
 FINAL = {"COMPLETED", "FAILED", "CANCELLED", "CRASHED"}
 ACCOUNT = "e2e-creator"
-WEBHOOK_SECRET = "e2e-webhook-secret"
+WEBHOOK_SECRET = "e2e-webhook-secret-0123456789abcdef"  # the webhook wants >= 32 characters
 DEPLOYMENT = "ingest-video/ingest-video"  # flow name / deployment name
 # The store shares the bucket (media/), so its own writes are notified too: the bridge watches
 # only incoming/, or every stored video would come back as an ingest (and its metadata .json
@@ -200,6 +201,10 @@ def stack(
             REELFLOW_S3_ENDPOINT_URL=endpoint,
             REELFLOW_TIKTOK_API_BASE=sandbox.base_url,
             REELFLOW_WEBHOOK_SECRET=WEBHOOK_SECRET,
+            # The bridge and the served runs read the same policy: only these folders, and
+            # only ACCOUNT under incoming/ (hooked/ may name no account).
+            REELFLOW_EVENT_BUCKETS=f"{bucket}/{INCOMING},{hook_bucket}/hooked",
+            REELFLOW_EVENT_ACCOUNTS=f"{bucket}/{INCOMING}={ACCOUNT}",
             AWS_ACCESS_KEY_ID="testing",
             AWS_SECRET_ACCESS_KEY="testing",
             AWS_DEFAULT_REGION="us-east-1",
@@ -332,7 +337,9 @@ def _peek_body(stack: Stack, name: str) -> str | None:
 # --- (d) the webhook without the secret -> 401, no run --------------------------------------
 
 
-def _notification(bucket: str, key: str, etag: str, size: int) -> dict[str, Any]:
+def _notification(
+    bucket: str, key: str, etag: str, size: int, sequencer: str = "0062E99A88DC407460"
+) -> dict[str, Any]:
     """A MinIO-style webhook body for one new object (``s3:``-prefixed event name)."""
     return {
         "EventName": "s3:ObjectCreated:Put",
@@ -345,7 +352,7 @@ def _notification(bucket: str, key: str, etag: str, size: int) -> dict[str, Any]
                 "eventTime": "2026-01-01T00:00:00.000Z",
                 "s3": {
                     "bucket": {"name": bucket},
-                    "object": {"key": key, "size": size, "eTag": etag},
+                    "object": {"key": key, "size": size, "eTag": etag, "sequencer": sequencer},
                 },
             }
         ],
@@ -387,6 +394,12 @@ def test_webhook_without_secret_is_401_and_starts_no_run(stack: Stack, clips: An
             headers={"Authorization": f"Bearer {WEBHOOK_SECRET}"},
             timeout=30,
         )
+        # The same object version again, re-sequenced: the same event id, so no second run.
+        body = bodies["hooked/sentinel.mp4"]
+        body["Records"][0]["s3"]["object"]["sequencer"] = "0062E99A88DC4074FF"
+        resequenced = httpx.post(
+            url, json=body, headers={"Authorization": f"Bearer {WEBHOOK_SECRET}"}, timeout=30
+        )
     finally:
         stop_process(hook)
 
@@ -394,8 +407,12 @@ def test_webhook_without_secret_is_401_and_starts_no_run(stack: Stack, clips: An
     assert missing.headers["www-authenticate"] == "Bearer"
     assert wrong.status_code == 401
     assert sentinel.status_code == 200, sentinel.text
+    assert resequenced.status_code == 200, resequenced.text
+    assert resequenced.json()["event_ids"] == sentinel.json()["event_ids"]
     run = stack.final_run(f"s3://{stack.hook_bucket}/hooked/sentinel.mp4")
     assert run["state"]["type"] == "COMPLETED", (run["state"], stack.tail())
+    assert run["parameters"]["origin"] == "s3-event"
+    assert len(stack.runs_for(f"s3://{stack.hook_bucket}/hooked/sentinel.mp4")) == 1
     assert stack.runs_for(f"s3://{stack.hook_bucket}/hooked/intruder.mp4") == []
     assert stack.events_for(stack.hook_bucket, "hooked/intruder.mp4") == []
 
@@ -406,3 +423,53 @@ def _healthy(url: str, proc: subprocess.Popen[bytes], logs: Path) -> bool:
         return httpx.get(f"{url}healthz", timeout=2).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+# --- (e) an event posted straight to the Prefect API -> the run refuses it -------------------
+
+
+def _forge(stack: Stack, source: str, **payload: Any) -> None:
+    """What anyone who can reach POST /api/events can send: no bridge, any payload."""
+    event = {
+        "id": str(uuid.uuid4()),
+        "occurred": datetime.now(UTC).isoformat(),
+        "event": "reelflow.s3.object.created",
+        "resource": {"prefect.resource.id": f"reelflow.s3.forged.{uuid.uuid4().hex}"},
+        "payload": {
+            **dict.fromkeys(
+                ("account", "caption", "privacy_level", "mode", "publish_at", "options_error")
+            ),
+            "source": source,
+            "origin": "manual",
+            **payload,
+        },
+    }
+    prefect_api("POST", f"{stack.api}/events", json=[event]).raise_for_status()
+
+
+def test_forged_events_start_runs_that_refuse_them(stack: Stack, clips: Any) -> None:
+    """Repro: events posted to the Prefect API naming a worker-local file (a valid clip) or an
+    account the bucket/prefix may not use: the trigger starts the runs (origin s3-event, which
+    the payload cannot change) and each fails validation; nothing is stored or posted."""
+    local = str(clips.valid())
+    foreign = f"s3://{stack.hook_bucket}/hooked/forged.mp4"
+    posts_before = httpx.get(f"{stack.sandbox.base_url}/_sandbox/stats", timeout=10).json()
+    _forge(stack, local)
+    _forge(stack, foreign, account=ACCOUNT, mode="direct", privacy_level="PUBLIC_TO_EVERYONE")
+
+    local_run = stack.final_run(local)
+    foreign_run = stack.final_run(foreign)
+
+    assert local_run["state"]["type"] == "FAILED", local_run["state"]
+    assert "reads only s3:// sources" in (local_run["state"]["message"] or "")
+    assert local_run["parameters"]["origin"] == "s3-event"
+    assert foreign_run["state"]["type"] == "FAILED", foreign_run["state"]
+    assert f"account '{ACCOUNT}' is not allowed" in (foreign_run["state"]["message"] or "")
+    posts_after = httpx.get(f"{stack.sandbox.base_url}/_sandbox/stats", timeout=10).json()
+    assert posts_after["posts"] == posts_before["posts"]
+    for run in (local_run, foreign_run):
+        # Refused at the top of the flow: not one task (validate, upload, ...) ever ran.
+        body = {"flow_runs": {"id": {"any_": [run["id"]]}}}
+        tasks = prefect_api("POST", f"{stack.api}/task_runs/filter", json=body)
+        tasks.raise_for_status()
+        assert tasks.json() == [], tasks.json()

@@ -13,6 +13,7 @@ import ffmpeg
 import pytest
 
 from flows.ingest import ingest_video
+from reelflow.credentials import sealed
 from reelflow.planning import MIB
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
@@ -122,7 +123,10 @@ def test_s3_and_http_sources_are_read_without_download(
     url = s3.generate_presigned_url(
         "get_object", Params={"Bucket": bucket, "Key": "inbox/clip.mp4"}
     )
-    from_http = ingest_video(source=url)
+    # A presigned URL carries credentials: the caller seals them, so the flow parameter holds
+    # only the public form (reelflow.credentials), as the CLI does.
+    with sealed(url) as src:
+        from_http = ingest_video(source=src.public, source_secret=src.ref)
     assert from_http["media_id"] == from_s3["media_id"]
 
 
@@ -212,14 +216,12 @@ def test_structlog_events_reach_the_prefect_run_logs(
 def test_public_base_url_and_presigned_links(
     s3_env: str, s3_server: Any, bucket: str, clips: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Without REELFLOW_PUBLIC_BASE_URL links are presigned S3 URLs that really serve the bytes;
-    with it, they are CDN URLs built from the content key."""
-    import httpx
-
+    """Without REELFLOW_PUBLIC_BASE_URL links are the store URIs (never presigned URLs, whose
+    credentials would be persisted); with it, they are CDN URLs built from the content key."""
     clip = clips.valid()
     summary = ingest_video(source=str(clip))
-    resp = httpx.get(summary["video_url"], timeout=30)
-    assert resp.status_code == 200 and hashlib.sha256(resp.content).hexdigest() == summary["sha256"]
+    assert summary["video_url"] == summary["video_uri"] and "X-Amz" not in str(summary)
+    assert summary["video_uri"].startswith(f"s3://{bucket}/")
     monkeypatch.setenv("REELFLOW_PUBLIC_BASE_URL", "https://cdn.example.com/reels/")
     again = ingest_video(source=str(clip))
     assert again["video_url"] == f"https://cdn.example.com/reels/videos/{summary['sha256']}.mp4"

@@ -194,7 +194,7 @@ def test_s3_store_streams_ranged_chunks(
 def test_inbox_mode_and_public_post_id(
     rt: Runtime, sandbox: RunningSandbox, base_clip: Path, tmp_path: Path
 ) -> None:
-    """Inbox ends at SEND_TO_USER_INBOX; a public Direct Post records TikTok's post id."""
+    """Inbox ends at SEND_TO_USER_INBOX; a public Direct Post (--again) records TikTok's post id."""
     add_account(rt, sandbox)
     media_id = ingest(sized(base_clip, 2 * MIB, tmp_path / "clip.mp4"))
     inbox = publish_media(media_id=media_id, account="creator", mode="inbox")
@@ -205,16 +205,71 @@ def test_inbox_mode_and_public_post_id(
         account="creator",
         privacy="PUBLIC_TO_EVERYONE",
         caption="#cat 🎬",
+        again=True,
         return_state=True,
     )
     public = state.result()
-    assert public["publish_id"] != inbox["publish_id"]  # other options: another publish
+    assert public["publish_id"] != inbox["publish_id"]  # posted again, as asked
+    assert (public["generation"], public["options_differ"]) == (1, False)
     kinds = {a["type"]: a for a in run_artifacts(state.state_details.flow_run_id)}
     assert kinds["progress"]["data"] == 100.0
     assert public["publish_id"] in kinds["markdown"]["data"]
     assert public["post_id"] in kinds["markdown"]["data"]
     assert public["post_id"] and public["post_id"].isdigit() and int(public["post_id"]) > 2**53
     assert received(sandbox, public["publish_id"])["title"] == "#cat 🎬"
+
+
+# ----- a publish is (media, account): edits find it, --again posts once more -------------------
+
+
+def test_edited_caption_finds_the_existing_publish_and_again_posts_once(
+    rt: Runtime, sandbox: RunningSandbox, base_clip: Path, tmp_path: Path
+) -> None:
+    """Another caption returns the existing post; --again posts once more, re-runs post nothing."""
+    add_account(rt, sandbox)
+    media_id = ingest(sized(base_clip, 2 * MIB, tmp_path / "clip.mp4"))
+    first = publish_media(media_id=media_id, account="creator", caption="take one")
+    calls_before = sandbox.state.stats()["calls"]
+    edited = publish_media(media_id=media_id, account="creator", caption="take two")
+    assert edited["publish_id"] == first["publish_id"] and edited["options_differ"] is True
+    assert (edited["status"], edited["chunks_sent_this_run"]) == ("PUBLISH_COMPLETE", 0)
+    assert sandbox.state.stats()["calls"] == calls_before  # not even creator_info
+    second = publish_media(media_id=media_id, account="creator", caption="take two", again=True)
+    assert second["publish_id"] != first["publish_id"] and second["status"] == "PUBLISH_COMPLETE"
+    assert (second["generation"], second["options_differ"]) == (1, False)
+    assert received(sandbox, second["publish_id"])["title"] == "take two"
+    rerun = publish_media(media_id=media_id, account="creator", caption="take two", again=True)
+    assert rerun["publish_id"] == second["publish_id"] and rerun["chunks_sent_this_run"] == 0
+    plain = publish_media(media_id=media_id, account="creator", caption="take three")
+    assert plain["publish_id"] == first["publish_id"]  # the plain publish stays the answer
+    via_cli = run_cli("publish", media_id, "--account", "creator", "--caption", "4", "--json")
+    assert via_cli.exit_code == 0, via_cli.output
+    assert json.loads(via_cli.stdout.splitlines()[-1])["publish_id"] == first["publish_id"]
+    assert "already published" in via_cli.stderr and "--again" in via_cli.stderr
+    again_cli = run_cli(
+        "publish", media_id, "--account", "creator", "--caption", "take two", "--again", "--json"
+    )
+    assert again_cli.exit_code == 0, again_cli.output
+    assert json.loads(again_cli.stdout.splitlines()[-1])["publish_id"] == second["publish_id"]
+    stats = sandbox.state.stats()
+    assert (stats["inits"], stats["posts"]) == (2, 2)
+    assert len(list_publishes(rt.catalog.engine, media_id)) == 2
+
+
+def test_a_publish_refused_before_init_takes_the_next_requests_options(
+    rt: Runtime, sandbox: RunningSandbox, base_clip: Path, tmp_path: Path
+) -> None:
+    """Nothing reached TikTok: a corrected privacy is posted (one row, one post), no --again."""
+    add_account(rt, sandbox, privacy="private")
+    media_id = ingest(sized(base_clip, MIB, tmp_path / "clip.mp4"))
+    with pytest.raises(PublishRefused):
+        publish_media(media_id=media_id, account="creator", privacy="PUBLIC_TO_EVERYONE")
+    fixed = publish_media(media_id=media_id, account="creator", privacy="SELF_ONLY")
+    assert fixed["status"] == "PUBLISH_COMPLETE" and fixed["options_differ"] is False
+    [row] = list_publishes(rt.catalog.engine, media_id)
+    assert json.loads(row.options_json)["privacy_level"] == "SELF_ONLY"
+    stats = sandbox.state.stats()
+    assert (stats["inits"], stats["posts"]) == (1, 1)
 
 
 # ----- refusals, policy errors and FAILED ------------------------------------------------------
@@ -550,14 +605,17 @@ def test_rate_limits_hold_across_concurrent_runs(
         rt = Runtime.from_settings(Settings())
         created = add_account(rt, sb)
         media_id = ingest(sized(base_clip, MIB, tmp_path / "c.mp4"))
-        with ThreadPoolExecutor(runs) as pool:  # one caption each: eight distinct publishes
+        with ThreadPoolExecutor(runs) as pool:  # one caption each, --again: eight publishes
             done = list(
                 pool.map(
-                    lambda i: publish_media(media_id=media_id, account="creator", caption=f"#{i}"),
+                    lambda i: publish_media(
+                        media_id=media_id, account="creator", caption=f"#{i}", again=True
+                    ),
                     range(runs),
                 )
             )
         assert {d["status"] for d in done} == {"PUBLISH_COMPLETE"}
+        assert sorted(d["generation"] for d in done) == list(range(1, runs + 1))
         stats = sb.state.stats()
         assert (stats["inits"], stats["posts"], stats["calls"][INIT]) == (runs, runs, runs)
     from prefect.client.orchestration import get_client
@@ -588,8 +646,8 @@ def test_cli_accounts_and_publish_exit_codes(
     ok = run_cli("publish", media_id, "--account", "viacode", "--json", "--verbose")
     assert ok.exit_code == 0, ok.output
     assert json.loads(ok.stdout.strip().splitlines()[-1])["status"] == "PUBLISH_COMPLETE"
-    refused = run_cli(
-        "publish", media_id, "--account", "viacode", "--privacy", "PUBLIC_TO_EVERYONE", "-v"
+    refused = run_cli(  # --again: without it the existing post is the answer (exit 0)
+        "publish", media_id, "--account", "viacode", "--privacy", "PUBLIC_TO_EVERYONE", "--again"
     )
     assert refused.exit_code == 2
     assert "privacy_level_not_offered" in refused.stderr
@@ -637,12 +695,14 @@ def test_tokens_never_leak(
         secrets.add(box.open(row.upload_url_enc).split("upload_token=")[1])
         sandbox.state.revoke_token(box.open(account.refresh_token_enc))
         sandbox.state.expire_access_token(box.open(account.access_token_enc))
-        failed = publish_media(media_id=media_id, account="leaky", mode="inbox", return_state=True)
+        failed = publish_media(
+            media_id=media_id, account="leaky", mode="inbox", again=True, return_state=True
+        )
         states.append(failed)
         error = failed.result(raise_on_failure=False)
         assert isinstance(error, AuthorizationRevoked)
         outputs += [str(error), repr(error), str(error.__cause__), repr(error.__dict__)]
-        cli = run_cli("publish", media_id, "--account", "leaky", "--mode", "inbox", "-v")
+        cli = run_cli("publish", media_id, "--account", "leaky", "--mode", "inbox", "--again", "-v")
         assert cli.exit_code == 2
         outputs += [cli.output, cli.stderr]
     assert states[0].is_completed()

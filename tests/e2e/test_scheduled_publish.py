@@ -76,3 +76,71 @@ def test_publish_at_queues_and_publish_due_posts_exactly_once(
     assert (stats["inits"], stats["posts"]) == (1, 1)
     (done,) = schedule.list_scheduled(rt.catalog.engine, summary["media_id"])
     assert done.status == schedule.DONE
+
+
+def test_ingest_again_posts_once_more_and_only_once(
+    home: Path,
+    sandbox: Any,
+    clips: Any,
+) -> None:
+    """ingest with another caption posts nothing new; with again it posts once, re-runs never."""
+    from reelflow.settings import Settings
+
+    add_account(Runtime.from_settings(Settings()), sandbox, "creator")
+    source = str(clips.valid())
+    first = ingest_video(source=source, account="creator", caption="one")
+    edited = ingest_video(source=source, account="creator", caption="two")
+    assert edited["publish"]["publish_id"] == first["publish"]["publish_id"]
+    assert edited["publish"]["options_differ"] is True
+    again = ingest_video(source=source, account="creator", caption="two", again=True)
+    assert again["publish"]["publish_id"] != first["publish"]["publish_id"]
+    rerun = ingest_video(source=source, account="creator", caption="two", again=True)
+    assert rerun["publish"]["publish_id"] == again["publish"]["publish_id"]
+    stats = sandbox.state.stats()
+    assert (stats["inits"], stats["posts"]) == (2, 2)
+
+
+def test_scheduled_publishes_keep_exactly_once_with_and_without_again(
+    home: Path,
+    sandbox: Any,
+    clips: Any,
+) -> None:
+    """A due plain publish of posted media posts nothing; a due again one posts once, retried."""
+    from reelflow.settings import Settings
+
+    rt = Runtime.from_settings(Settings())
+    engine = rt.catalog.engine
+    add_account(rt, sandbox, "creator")
+    source = str(clips.valid())
+    posted = ingest_video(source=source, account="creator", caption="now")["publish"]
+    soon = datetime.now(UTC) + timedelta(hours=1)
+    queued = ingest_video(source=source, account="creator", caption="later", publish_at=soon)
+    assert queued["publish"]["status"] == "SCHEDULED"
+    ingest_video(source=source, account="creator", caption="edited", publish_at=soon)
+    (plain,) = schedule.list_scheduled(engine, queued["media_id"])  # the edit moved the one row
+    assert plain.caption == "edited" and not schedule.is_again(plain)
+    ingest_video(source=source, account="creator", caption="encore", publish_at=soon, again=True)
+    past = datetime.now(UTC) - timedelta(seconds=1)
+    for row in schedule.list_scheduled(engine, queued["media_id"]):
+        schedule.queue_publish(
+            engine,
+            media_id=row.media_id,
+            account=row.account,
+            mode=row.mode,
+            privacy=row.privacy,
+            caption=row.caption,
+            due_at=past,
+            again=schedule.is_again(row),
+        )
+    batch = publish_due()
+    assert batch["handled"] == 2
+    ids = {e["publish_id"] for e in batch["batch"]}
+    assert posted["publish_id"] in ids and len(ids) == 2
+    assert (sandbox.state.stats()["inits"], sandbox.state.stats()["posts"]) == (2, 2)
+    # A publish-due run that died after posting: its rows go back to the queue and run again.
+    for row in schedule.list_scheduled(engine, queued["media_id"]):
+        schedule.finish(engine, row.id, status=schedule.QUEUED)
+    again = publish_due()
+    assert again["handled"] == 2 and {e["publish_id"] for e in again["batch"]} == ids
+    stats = sandbox.state.stats()
+    assert (stats["inits"], stats["posts"]) == (2, 2)

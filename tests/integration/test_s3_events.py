@@ -8,6 +8,7 @@ bounded deadline; "nothing was emitted" is checked after a later sentinel event 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import threading
@@ -30,11 +31,12 @@ from deployments.s3_events import (
     make_webhook_app,
 )
 from reelflow.errors import ConfigurationError
+from reelflow.event_policy import EventPolicy
 from storage.s3 import make_s3_client
 
 T = TypeVar("T")
 WAIT_S = 30.0  # the event persister flushes every 5 s; a generous bound, never reached when green
-SECRET = "webhook-secret-for-tests"
+SECRET = "webhook-secret-for-tests-0123456789abcdef"  # the webhook wants >= 32 characters
 
 
 def wait_for(fn: Callable[[], T], what: str, timeout_s: float = WAIT_S) -> T:
@@ -72,6 +74,15 @@ def expected_id(bucket: str, key: str, etag: str) -> str:
 def endpoint(s3_server: Any, monkeypatch: pytest.MonkeyPatch) -> str:
     monkeypatch.setenv("REELFLOW_S3_ENDPOINT_URL", s3_server.endpoint_url)
     return str(s3_server.endpoint_url)
+
+
+@pytest.fixture(autouse=True)
+def event_policy_env(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """REELFLOW_EVENT_BUCKETS names the test's bucket (any account may be named there)."""
+    name = request.getfixturevalue("bucket") if "bucket" in request.fixturenames else "rf-none"
+    monkeypatch.setenv("REELFLOW_EVENT_BUCKETS", name)
+    monkeypatch.setenv("REELFLOW_EVENT_ACCOUNTS", f"{name}=*")
+    return str(name)
 
 
 @pytest.fixture
@@ -366,16 +377,24 @@ class WebhookServer:
 
 
 @pytest.fixture
-def webhook(prefect_api: str, endpoint: str) -> Iterator[str]:
+def webhook(prefect_api: str, endpoint: str, bucket: str) -> Iterator[str]:
+    with serve_webhook(endpoint, EventPolicy.parse(bucket, f"{bucket}=*")) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def serve_webhook(endpoint: str, policy: EventPolicy) -> Iterator[str]:
     # One attempt per S3 call, so an injected 500 reaches the bridge without retry back-off.
     s3 = make_s3_client(endpoint_url=endpoint, max_attempts=1)
     with PrefectEventSink() as sink:
-        bridge = Bridge(s3=s3, sink=sink, key_filter=KeyFilter())
+        bridge = Bridge(s3=s3, sink=sink, key_filter=KeyFilter(), policy=policy)
         with WebhookServer(make_webhook_app(bridge, secret=SECRET)) as server:
             yield server.url
 
 
-def minio_body(bucket: str, key: str, etag: str, size: int = 64) -> bytes:
+def minio_body(
+    bucket: str, key: str, etag: str, size: int = 64, sequencer: str = "1879E4F3A1B2C3D4"
+) -> bytes:
     """What MinIO POSTs to a webhook target: AWS records, s3:-prefixed names, EventName/Key."""
     record = {
         "eventVersion": "2.0",
@@ -390,7 +409,7 @@ def minio_body(bucket: str, key: str, etag: str, size: int = 64) -> bytes:
                 "key": key.replace(" ", "+"),
                 "size": size,
                 "eTag": etag,
-                "sequencer": "1879E4F3A1B2C3D4",
+                "sequencer": sequencer,
             },
         },
     }
@@ -476,3 +495,213 @@ def test_webhook_refuses_to_start_without_secret(monkeypatch: pytest.MonkeyPatch
     result = CliRunner().invoke(events_app, ["webhook", "--port", "0"])
     assert result.exit_code == 2
     assert "REELFLOW_WEBHOOK_SECRET is not set" in result.stderr
+
+
+# --- trust (issue 8 §3) --------------------------------------------------------------------
+
+
+def line_of(record: dict[str, Any]) -> str:
+    return json.dumps(record)
+
+
+def heads_of(s3_server: Any, bucket: str) -> list[str]:
+    """Keys of ``bucket`` the bridge HEADed (it looks at nothing it refuses)."""
+    return [r.key for r in s3_server.requests() if r.op == "HeadObject" and r.bucket == bucket]
+
+
+def test_webhook_refuses_a_bucket_not_listed(
+    prefect_api: str, endpoint: str, s3_server: Any, s3: Any, bucket: str
+) -> None:
+    """Repro: someone-elses-bucket/in/evil.mp4 with a sidecar choosing account studio and
+    PUBLIC_TO_EVERYONE. Not in REELFLOW_EVENT_BUCKETS: 200 (nothing to redeliver), no event,
+    and the bridge never even HEADs it; a listed bucket's object still goes through."""
+    other = f"someone-elses-bucket-{uuid.uuid4().hex[:8]}"
+    s3.create_bucket(Bucket=other)
+    sidecar = {"account": "studio", "privacy_level": "PUBLIC_TO_EVERYONE", "mode": "direct"}
+    put(s3, other, "in/evil.json", json.dumps(sidecar).encode())
+    evil = minio_body(other, "in/evil.mp4", put(s3, other, "in/evil.mp4"))
+    fine = minio_body(bucket, "in/fine.mp4", put(s3, bucket, "in/fine.mp4"))
+    auth = {"Authorization": f"Bearer {SECRET}"}
+
+    with serve_webhook(endpoint, EventPolicy.parse(bucket, f"{bucket}=studio")) as url:
+        refused = httpx.post(url + "/", content=evil, headers=auth, timeout=10)
+        accepted = httpx.post(url + "/", content=fine, headers=auth, timeout=10)
+
+    assert (refused.status_code, refused.json()) == (200, {"event_ids": []})
+    assert accepted.status_code == 200 and len(accepted.json()["event_ids"]) == 1
+    wait_for(lambda: events_for(prefect_api, bucket, "in/fine.mp4"), "the listed bucket's event")
+    assert events_for(prefect_api, other, "in/evil.mp4") == []
+    assert heads_of(s3_server, other) == []
+
+
+def test_sidecar_naming_an_account_not_allowed_fails_the_run_validation(
+    prefect_api: str, endpoint: str, s3: Any, bucket: str
+) -> None:
+    """A listed bucket whose sidecar names studio where only acme is allowed: the event carries
+    options_error, no account, privacy or mode, so its run fails validation and posts nothing."""
+    sidecar = {"account": "studio", "privacy_level": "PUBLIC_TO_EVERYONE", "mode": "direct"}
+    put(s3, bucket, "in/evil.json", json.dumps(sidecar).encode())
+    notification = minio_body(bucket, "in/evil.mp4", put(s3, bucket, "in/evil.mp4"))
+
+    with serve_webhook(endpoint, EventPolicy.parse(f"{bucket}/in", f"{bucket}/in=acme")) as url:
+        reply = httpx.post(url + "/", content=notification, headers={"Authorization": SECRET})
+
+    assert reply.status_code == 200
+    [event] = wait_for(lambda: events_for(prefect_api, bucket, "in/evil.mp4"), "the event")
+    payload = event["payload"]
+    assert "account 'studio' is not allowed" in payload["options_error"]
+    assert [payload[k] for k in ("account", "privacy_level")] == [None, None]
+    assert payload["mode"] == "none"
+
+
+def test_unsafe_keys_are_refused_and_their_messages_deleted(
+    prefect_api: str, s3_server: Any, s3: Any, sqs: Any, bucket: str, queue: str
+) -> None:
+    """Repro: in/../secret/x.mp4 (a real object moto notifies) and in/\\x00x.mp4, in/\\nx.mp4
+    (forged notifications) pass --prefix in/ but are refused: logged, deleted, no event, no HEAD."""
+    put(s3, bucket, "in/../secret/x.mp4")
+    for key in ("in/%00x.mp4", "in/x%0A.mp4"):
+        forged = json.loads(minio_body(bucket, "placeholder", "e"))
+        forged["Records"][0]["s3"]["object"]["key"] = key
+        sqs.send_message(QueueUrl=queue, MessageBody=json.dumps(forged))
+    put(s3, bucket, "in/sentinel.mp4")
+
+    result = CliRunner().invoke(
+        events_app, ["sqs", "--queue-url", queue, "--once", "--prefix", "in/"]
+    )
+
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    # TestEvent, the dot key, two forged, the sentinel: all deleted, one event.
+    assert (summary["received"], summary["deleted"], summary["left"]) == (5, 5, 0)
+    assert len(summary["event_ids"]) == 1
+    assert queue_depth(sqs, queue) == (0, 0)
+    assert heads_of(s3_server, bucket) == ["in/sentinel.mp4"]
+    logged = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
+    refusals = [r for r in logged if "refused" in line_of(r)]
+    assert len([r for r in refusals if r.get("event") == "s3_object_refused"]) == 3
+    assert "\x00" not in result.stderr
+    wait_for(lambda: events_for(prefect_api, bucket, "in/sentinel.mp4"), "the sentinel")
+    assert events_for(prefect_api, bucket, "in/../secret/x.mp4") == []
+
+
+def test_bridge_refuses_to_start_without_event_buckets(
+    prefect_api: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No REELFLOW_EVENT_BUCKETS: both commands exit 2 with one line, before any receive."""
+    monkeypatch.delenv("REELFLOW_EVENT_BUCKETS")
+    monkeypatch.setenv("REELFLOW_WEBHOOK_SECRET", SECRET)
+    for args in (
+        ["sqs", "--queue-url", "http://127.0.0.1:9/1/q", "--once"],
+        ["webhook", "--port", "0"],
+    ):
+        result = CliRunner().invoke(events_app, args)
+        assert result.exit_code == 2, result.output
+        assert "REELFLOW_EVENT_BUCKETS is not set" in result.stderr
+
+
+def test_webhook_refuses_a_short_secret_at_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A secret under 32 characters: exit 2 naming the minimum, the secret itself not shown."""
+    monkeypatch.setenv("REELFLOW_WEBHOOK_SECRET", "hunter2-is-short")
+    result = CliRunner().invoke(events_app, ["webhook", "--port", "0"])
+    assert result.exit_code == 2
+    assert "at least 32" in result.stderr
+    assert "hunter2" not in result.stderr
+
+
+def test_resequenced_notification_is_one_event(
+    prefect_api: str, webhook: str, s3: Any, bucket: str
+) -> None:
+    """Two notifications of one object version differing only in sequencer: one event id, and
+    the server keeps one event (so the trigger starts one run)."""
+    key = "in/resequenced.mp4"
+    etag = put(s3, bucket, key)
+    auth = {"Authorization": f"Bearer {SECRET}"}
+    ids = []
+    for sequencer in ("0062E99A88DC407460", "0062E99A88DC4074FF"):
+        body = minio_body(bucket, key, etag, sequencer=sequencer)
+        reply = httpx.post(webhook + "/", content=body, headers=auth, timeout=10)
+        assert reply.status_code == 200, reply.text
+        ids.extend(reply.json()["event_ids"])
+    assert len(ids) == 2 and ids[0] == ids[1] == expected_id(bucket, key, etag)
+    sentinel = minio_body(bucket, "in/after.mp4", put(s3, bucket, "in/after.mp4"))
+    assert httpx.post(webhook + "/", content=sentinel, headers=auth, timeout=10).status_code == 200
+    wait_for(lambda: events_for(prefect_api, bucket, "in/after.mp4"), "the sentinel")
+    assert len(events_for(prefect_api, bucket, key)) == 1
+
+
+def _chunks(total: int, size: int = 64 * 1024) -> Iterator[bytes]:
+    sent = 0
+    while sent < total:
+        n = min(size, total - sent)
+        yield b" " * n
+        sent += n
+
+
+def test_webhook_chunked_body_past_1_mib_is_413(webhook: str, s3: Any, bucket: str) -> None:
+    """A chunked body (no Content-Length) of 1 MiB + 1 byte is 413; a notification padded to
+    exactly 1 MiB is accepted."""
+    from deployments.s3_events import MAX_WEBHOOK_BODY_BYTES
+
+    auth = {"Authorization": SECRET}
+    over = httpx.post(
+        webhook + "/", content=_chunks(MAX_WEBHOOK_BODY_BYTES + 1), headers=auth, timeout=30
+    )
+    assert over.status_code == 413, over.text
+    assert "content-length" not in over.request.headers
+    body = minio_body(bucket, "in/padded.mp4", put(s3, bucket, "in/padded.mp4"))
+    padded = body + b" " * (MAX_WEBHOOK_BODY_BYTES - len(body))
+
+    def exact() -> Iterator[bytes]:
+        yield padded[: len(padded) // 2]
+        yield padded[len(padded) // 2 :]
+
+    ok = httpx.post(webhook + "/", content=exact(), headers=auth, timeout=30)
+    assert ok.status_code == 200, ok.text
+    assert len(ok.json()["event_ids"]) == 1
+
+
+def test_webhook_stops_reading_at_the_limit() -> None:
+    """An endless chunked body is cut off after the limit plus at most one chunk: the app pulls
+    no more from the connection than that (the ASGI receive counts what it handed over)."""
+    import asyncio
+
+    from deployments.s3_events import MAX_WEBHOOK_BODY_BYTES
+
+    class NoSink:
+        def emit(self, events: Any) -> None:  # pragma: no cover - must not run
+            raise AssertionError(events)
+
+    bridge = Bridge(s3=None, sink=NoSink(), key_filter=KeyFilter(), policy=EventPolicy())
+    app = make_webhook_app(bridge, secret=SECRET)
+    chunk = b" " * 65536
+    handed = 0
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        nonlocal handed
+        handed += len(chunk)
+        assert handed < 64 * MAX_WEBHOOK_BODY_BYTES, "the app kept reading"
+        return {"type": "http.request", "body": chunk, "more_body": True}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/",
+        "raw_path": b"/",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"authorization", SECRET.encode()), (b"transfer-encoding", b"chunked")],
+        "client": ("127.0.0.1", 5000),
+        "server": ("127.0.0.1", 8787),
+    }
+    asyncio.run(app(scope, receive, send))
+
+    assert sent[0]["status"] == 413
+    assert handed <= MAX_WEBHOOK_BODY_BYTES + len(chunk)

@@ -14,13 +14,19 @@ never collide with a bucket because bucket names cannot start with ``_``::
     GET  /_reelflow/faults        the active rules and how often each fired
     POST /_reelflow/faults        {"rules": [{"op": "UploadPart", "part_numbers": [2, 5],
                                              "kind": "500", "times": 1}]}   ([] clears)
+                                  a rule with "rate": 0.1 fires on ~10 % of its requests
+                                  (seeded: {"rules": [...], "seed": 7}), at most ``times``
+    GET  /_reelflow/bytes         {"UploadPart": 15728640, ...} request body bytes per
+                                  operation as they arrived (?bucket=NAME for one bucket)
+    POST /_reelflow/latency       {"seconds": 0.03} before every S3 request (0 turns it off)
     POST /_reelflow/reset         forget all buckets (moto's /moto-api/reset), counts and rules
 
 Fault kinds: ``"500"`` and ``"503"`` answer an S3 XML error without touching moto; ``"reset"``
 reads the body and aborts the connection (RST) without touching moto; ``"reset-after"`` lets moto
 apply the request, then aborts, so the object or part exists although the client saw no reply.
 A rule fires ``times`` times per listed part number (or ``times`` times in all when it lists
-none), then stays quiet.
+none), then stays quiet; with a ``rate`` it fires on that fraction of its requests (seeded dice),
+still at most ``times``. ``"*"`` as ``op`` matches every S3 operation.
 
 moto keeps its state in process-wide globals: every server in one process sees the same buckets.
 Run ``python -m tests.support.s3server --port N`` for a standalone endpoint (benchmarks).
@@ -37,16 +43,18 @@ import io
 import itertools
 import json
 import os
+import random
 import signal
 import socket
 import struct
 import threading
+import time
 import urllib.request
 from collections import Counter, deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlencode
 from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
 from moto.moto_server.werkzeug_app import MotoRequestHandler
@@ -106,22 +114,26 @@ class RequestRecord:
 
 @dataclass(frozen=True)
 class FaultRule:
-    """Fail ``times`` requests of ``op`` per part number in ``part_numbers`` (or in all)."""
+    """Fail ``times`` requests of ``op`` per part number in ``part_numbers`` (or in all); with
+    ``rate``, only that fraction of the matching requests (seeded dice), up to ``times``."""
 
     op: str
     kind: str
     part_numbers: frozenset[int] | None = None
     times: int = 1
+    rate: float | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in FAULT_KINDS:
             raise ValueError(f"kind must be one of {sorted(FAULT_KINDS)}, not {self.kind!r}")
         if self.times < 1:
             raise ValueError("times must be at least 1")
+        if self.rate is not None and not 0.0 < self.rate <= 1.0:
+            raise ValueError("rate must be in (0, 1]")
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> FaultRule:
-        unknown = set(data) - {"op", "kind", "part_numbers", "times"}
+        unknown = set(data) - {"op", "kind", "part_numbers", "times", "rate"}
         if unknown:
             raise ValueError(f"unknown fault rule fields: {sorted(unknown)}")
         numbers = data.get("part_numbers")
@@ -130,14 +142,16 @@ class FaultRule:
             kind=str(data["kind"]),
             part_numbers=None if numbers is None else frozenset(int(n) for n in numbers),
             times=int(data.get("times", 1)),
+            rate=None if data.get("rate") is None else float(data["rate"]),
         )
 
     def to_json(self) -> dict[str, Any]:
         numbers = None if self.part_numbers is None else sorted(self.part_numbers)
-        return {"op": self.op, "kind": self.kind, "part_numbers": numbers, "times": self.times}
+        shown = {"op": self.op, "kind": self.kind, "part_numbers": numbers, "times": self.times}
+        return shown if self.rate is None else {**shown, "rate": self.rate}
 
     def matches(self, request: S3Request) -> bool:
-        if request.op != self.op:
+        if self.op not in ("*", request.op):
             return False
         return self.part_numbers is None or request.part_number in self.part_numbers
 
@@ -151,6 +165,9 @@ class ServerState:
         self._records: deque[RequestRecord] = deque(maxlen=MAX_RECORDS)
         self._rules: list[FaultRule] = []
         self._fired: list[Counter[int | None]] = []
+        self._bytes: Counter[tuple[str, str]] = Counter()
+        self._rng = random.Random()
+        self.latency_s = 0.0
 
     def stats(self) -> dict[str, int]:
         with self._lock:
@@ -160,16 +177,30 @@ class ServerState:
         with self._lock:
             self._counts.clear()
             self._records.clear()
+            self._bytes.clear()
+
+    def bytes_in(self, bucket: str | None = None) -> dict[str, int]:
+        """Request body bytes per operation, counted on arrival (a request cut off by a killed
+        client counts in full: an upper bound on what reached the server)."""
+        with self._lock:
+            totals: Counter[str] = Counter()
+            for (b, op), n in self._bytes.items():
+                if bucket in (None, b):
+                    totals[op] += n
+            return dict(totals)
 
     def requests(self) -> list[RequestRecord]:
         with self._lock:
             return list(self._records)
 
-    def set_faults(self, rules: Iterable[FaultRule | Mapping[str, Any]]) -> None:
+    def set_faults(
+        self, rules: Iterable[FaultRule | Mapping[str, Any]], *, seed: int | None = None
+    ) -> None:
         parsed = [r if isinstance(r, FaultRule) else FaultRule.from_json(r) for r in rules]
         with self._lock:
             self._rules = parsed
             self._fired = [Counter() for _ in parsed]
+            self._rng = random.Random(seed)
 
     def faults(self) -> list[dict[str, Any]]:
         with self._lock:
@@ -181,14 +212,18 @@ class ServerState:
     def count(self, request: S3Request) -> None:
         with self._lock:
             self._counts[request.op] += 1
+            self._bytes[(request.bucket, request.op)] += request.bytes_in
 
     def take_fault(self, request: S3Request) -> FaultRule | None:
         """Return the first rule that still has a fault left for ``request``, and spend it."""
         with self._lock:
             for rule, fired in zip(self._rules, self._fired, strict=True):
-                if rule.matches(request) and fired[request.part_number] < rule.times:
-                    fired[request.part_number] += 1
-                    return rule
+                if not rule.matches(request) or fired[request.part_number] >= rule.times:
+                    continue
+                if rule.rate is not None and self._rng.random() >= rule.rate:
+                    continue
+                fired[request.part_number] += 1
+                return rule
         return None
 
     def record(self, request: S3Request, *, status: int | None, fault: str | None) -> None:
@@ -302,6 +337,8 @@ class S3FaultMiddleware:
             return self._control(environ, start_response)
         request = classify(environ)
         self.state.count(request)
+        if self.state.latency_s > 0:
+            time.sleep(self.state.latency_s)  # a slow link: widens every step for kill tests
         rule = self.state.take_fault(request)
         if rule is None:
             if (
@@ -394,12 +431,20 @@ class S3FaultMiddleware:
                 payload = {"rules": self.state.faults()}
             elif (method, action) == ("POST", "faults"):
                 body = json.loads(_read_body(environ) or b"{}")
-                self.state.set_faults(body.get("rules") or [])
+                self.state.set_faults(body.get("rules") or [], seed=body.get("seed"))
                 payload = {"rules": self.state.faults()}
+            elif (method, action) == ("GET", "bytes"):
+                query = parse_qs(environ.get("QUERY_STRING", ""))
+                payload = self.state.bytes_in(query.get("bucket", [None])[0])
+            elif (method, action) == ("POST", "latency"):
+                body = json.loads(_read_body(environ) or b"{}")
+                self.state.latency_s = max(0.0, float(body.get("seconds", 0.0)))
+                payload = {"seconds": self.state.latency_s}
             elif (method, action) == ("POST", "reset"):
                 self._reset_moto(environ)
                 self.state.reset_stats()
                 self.state.set_faults([])
+                self.state.latency_s = 0.0
                 payload = {}
             else:
                 return _json_reply(start_response, "404 Not Found", {"error": "unknown"})
@@ -512,12 +557,21 @@ class S3Control:
     def requests(self) -> list[RequestRecord]:
         return [RequestRecord(**r) for r in self._call("GET", "requests")["requests"]]
 
-    def set_faults(self, rules: Sequence[FaultRule | Mapping[str, Any]]) -> None:
+    def set_faults(
+        self, rules: Sequence[FaultRule | Mapping[str, Any]], *, seed: int | None = None
+    ) -> None:
         body = [r.to_json() if isinstance(r, FaultRule) else dict(r) for r in rules]
-        self._call("POST", "faults", {"rules": body})
+        self._call("POST", "faults", {"rules": body, "seed": seed})
 
     def faults(self) -> list[dict[str, Any]]:
         return list(self._call("GET", "faults")["rules"])
+
+    def bytes_in(self, bucket: str | None = None) -> dict[str, int]:
+        query = f"?{urlencode({'bucket': bucket})}" if bucket else ""
+        return dict(self._call("GET", f"bytes{query}"))
+
+    def set_latency(self, seconds: float) -> None:
+        self._call("POST", "latency", {"seconds": seconds})
 
     def reset(self) -> None:
         self._call("POST", "reset")
@@ -597,11 +651,19 @@ class S3TestServer(S3Control):
     def requests(self) -> list[RequestRecord]:
         return self.state.requests()
 
-    def set_faults(self, rules: Sequence[FaultRule | Mapping[str, Any]]) -> None:
-        self.state.set_faults(rules)
+    def set_faults(
+        self, rules: Sequence[FaultRule | Mapping[str, Any]], *, seed: int | None = None
+    ) -> None:
+        self.state.set_faults(rules, seed=seed)
 
     def faults(self) -> list[dict[str, Any]]:
         return self.state.faults()
+
+    def bytes_in(self, bucket: str | None = None) -> dict[str, int]:
+        return self.state.bytes_in(bucket)
+
+    def set_latency(self, seconds: float) -> None:
+        self.state.latency_s = max(0.0, seconds)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

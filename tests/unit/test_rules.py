@@ -24,11 +24,18 @@ def probe(**video: Any) -> dict[str, Any]:
     }
 
 
+# An EBML header as ffmpeg writes it for WebM: EBMLVersion, ReadVersion, MaxIDLength,
+# MaxSizeLength, DocType "webm", DocTypeVersion, DocTypeReadVersion.
+WEBM_HEAD = bytes.fromhex(
+    "1a45dfa39f4286810142f7810142f2810442f381084282847765626d42878104428581021853"
+)
+
+
 def test_sniff_recognises_mp4_mov_webm() -> None:
     """ftyp → mp4 (qt brand → mov), EBML → webm."""
     assert sniff_container(b"\x00\x00\x00\x18ftypisom" + b"\0" * 8) == "mp4"
     assert sniff_container(b"\x00\x00\x00\x14ftypqt  " + b"\0" * 8) == "mov"
-    assert sniff_container(b"\x1a\x45\xdf\xa3\x9f") == "webm"
+    assert sniff_container(WEBM_HEAD) == "webm"
 
 
 @pytest.mark.parametrize(

@@ -31,6 +31,7 @@ from deployments.s3_events import (
     sidecar_key,
 )
 from reelflow.errors import ConfigurationError, ValidationError
+from reelflow.event_policy import EventPolicy
 
 NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
 
@@ -327,11 +328,19 @@ OBJ = S3Object(
 
 
 def test_event_id_rule() -> None:
-    """uuid5(URL, s3://bucket/key#version#sequencer-or-etag): deterministic per object version."""
-    expected = uuid.uuid5(uuid.NAMESPACE_URL, "s3://raw-uploads/in/my clip.mp4#v1#seq1")
+    """uuid5(URL, s3://bucket/key#version#etag-when-no-version): one id per object version."""
+    expected = uuid.uuid5(uuid.NAMESPACE_URL, "s3://raw-uploads/in/my clip.mp4#v1#")
     assert event_id(OBJ) == expected
-    no_seq = S3Object(bucket="b", key="k.mp4", etag="e")
-    assert event_id(no_seq) == uuid.uuid5(uuid.NAMESPACE_URL, "s3://b/k.mp4##e")
+    no_version = S3Object(bucket="b", key="k.mp4", etag="e", sequencer="s")
+    assert event_id(no_version) == uuid.uuid5(uuid.NAMESPACE_URL, "s3://b/k.mp4##e")
+
+
+def test_resequenced_notification_has_the_same_event_id() -> None:
+    """Two notifications differing only in sequencer are the same version: the same id."""
+    a = S3Object(bucket="b", key="k.mp4", etag="e", sequencer="0062E99A88DC407460")
+    b = S3Object(bucket="b", key="k.mp4", etag="e", sequencer="0062E99A88DC407461")
+    assert event_id(a) == event_id(b)
+    assert event_id(OBJ) == event_id(S3Object(**{**vars(OBJ), "sequencer": None, "etag": "x"}))
 
 
 @given(
@@ -353,14 +362,13 @@ def test_event_id_rule() -> None:
     ),
 )
 def test_event_ids_equal_exactly_for_the_same_version(a: S3Object, b: S3Object) -> None:
-    """Same bucket, key, version and sequencer (or etag) <=> same event id."""
-    same = (a.bucket, a.key, a.version_id, a.sequencer or a.etag or "") == (
-        b.bucket,
-        b.key,
-        b.version_id,
-        b.sequencer or b.etag or "",
-    )
-    assert (event_id(a) == event_id(b)) == same
+    """Same bucket, key and versionId (or, without one, ETag) <=> same id; the sequencer never
+    counts."""
+
+    def version(o: S3Object) -> tuple[str, str, str]:
+        return (o.bucket, o.key, f"v:{o.version_id}" if o.version_id else f"e:{o.etag or ''}")
+
+    assert (event_id(a) == event_id(b)) == (version(a) == version(b))
 
 
 def test_event_shape() -> None:
@@ -447,33 +455,168 @@ def test_empty_secret_authorizes_nothing() -> None:
     assert not authorized("Bearer ", "")
 
 
+class NoSink:
+    def emit(self, events: list[dict[str, Any]]) -> None:  # pragma: no cover - must not run
+        raise AssertionError(events)
+
+
+class NoS3:
+    """Any S3 call fails the test: refused objects are never looked at."""
+
+    def __getattr__(self, name: str) -> Any:  # pragma: no cover - must not run
+        raise AssertionError(f"S3 {name} called")
+
+
+def record(bucket: str, key: str) -> dict[str, Any]:
+    return {
+        "eventName": "ObjectCreated:Put",
+        "s3": {"bucket": {"name": bucket}, "object": {"key": key, "size": 10, "eTag": "e"}},
+    }
+
+
 def test_bridge_ignores_objects_reelflow_wrote_to_its_own_store() -> None:
     """Stored videos/metadata under the store prefix never trigger another ingest."""
     from deployments.s3_events import Bridge, own_store_of
 
-    class NoSink:
-        def emit(self, events: list[dict[str, Any]]) -> None:  # pragma: no cover - must not run
-            raise AssertionError(events)
-
-    body = json.dumps(
-        {
-            "Records": [
-                {
-                    "eventName": "ObjectCreated:Put",
-                    "s3": {
-                        "bucket": {"name": "media-bucket"},
-                        "object": {"key": "reelflow/videos/abc.mp4", "size": 10, "eTag": "e"},
-                    },
-                }
-            ]
-        }
-    )
     assert own_store_of("s3://media-bucket/reelflow") == ("media-bucket", "reelflow")
     assert own_store_of("file:///tmp/x") is None
     bridge = Bridge(
-        s3=None,
+        s3=NoS3(),
         sink=NoSink(),
-        key_filter=KeyFilter(),  # type: ignore[arg-type]
+        key_filter=KeyFilter(),
+        policy=EventPolicy.parse("media-bucket"),
         own_store=own_store_of("s3://media-bucket/reelflow"),
     )
-    assert bridge.handle(body) == []
+    assert bridge.handle(body(record("media-bucket", "reelflow/videos/abc.mp4"))) == []
+
+
+@pytest.mark.parametrize(
+    ("bucket", "key"),
+    [
+        ("someone-elses-bucket", "in/evil.mp4"),
+        ("raw-uploads", "in/../secret/x.mp4"),
+        ("raw-uploads", "in/%2E%2E/secret/x.mp4"),
+        ("raw-uploads", "in/\x00x.mp4"),
+        ("raw-uploads", "in/%00x.mp4"),
+        ("raw-uploads", "in/x%0A.mp4"),
+        ("raw-uploads", "inbox/x.mp4"),
+    ],
+)
+def test_bridge_refuses_foreign_buckets_and_unsafe_keys(bucket: str, key: str) -> None:
+    """Not in REELFLOW_EVENT_BUCKETS, or a '..'/NUL/control key: logged as refused, no S3
+    call, no event (the message is then deleted like any handled one)."""
+    from structlog.testing import capture_logs
+
+    from deployments.s3_events import Bridge
+
+    bridge = Bridge(
+        s3=NoS3(),
+        sink=NoSink(),
+        key_filter=KeyFilter(prefix="in/"),
+        policy=EventPolicy.parse("raw-uploads/in"),
+    )
+    with capture_logs() as logs:
+        assert bridge.handle(body(record(bucket, key))) == []
+    [refused] = [e for e in logs if e["event"] == "s3_object_refused"]
+    assert "\x00" not in refused["key"] and "\n" not in refused["key"]
+
+
+def test_bridge_without_buckets_refuses_everything() -> None:
+    """An empty policy lets no notification through."""
+    from deployments.s3_events import Bridge
+
+    bridge = Bridge(s3=NoS3(), sink=NoSink(), key_filter=KeyFilter(), policy=EventPolicy())
+    assert bridge.handle(body(record("raw-uploads", "in/a.mp4"))) == []
+
+
+class FakeS3:
+    """HEAD and a sidecar, as S3 answers them (an in-memory stand-in for the pure bridge)."""
+
+    def __init__(self, sidecar: bytes | None, etag: str = '"e"') -> None:
+        self.sidecar = sidecar
+        self.etag = etag
+
+    def head_object(self, **kwargs: Any) -> dict[str, Any]:
+        return {"ContentLength": 10, "ETag": self.etag, "Metadata": {}}
+
+    def get_object(self, **kwargs: Any) -> dict[str, Any]:
+        import io
+
+        from botocore.exceptions import ClientError
+
+        if self.sidecar is None:
+            raise ClientError({"Error": {"Code": "NoSuchKey"}}, "GetObject")
+        return {"Body": io.BytesIO(self.sidecar)}
+
+
+class ListSink:
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+
+    def emit(self, events: list[dict[str, Any]]) -> None:
+        self.events.extend(events)
+
+
+def test_sidecar_naming_an_account_the_prefix_may_not_use_sets_options_error() -> None:
+    """A sidecar choosing 'studio' and PUBLIC_TO_EVERYONE where only 'acme' is allowed: the
+    event carries options_error and no options, so the run fails validation, posting nothing."""
+    from deployments.s3_events import Bridge
+
+    sidecar = json.dumps({"account": "studio", "privacy_level": "PUBLIC_TO_EVERYONE"}).encode()
+    sink = ListSink()
+    bridge = Bridge(
+        s3=FakeS3(sidecar),
+        sink=sink,
+        key_filter=KeyFilter(),
+        policy=EventPolicy.parse("raw-uploads/in", "raw-uploads/in=acme"),
+    )
+    assert len(bridge.handle(body(record("raw-uploads", "in/evil.mp4")))) == 1
+    [payload] = [e["payload"] for e in sink.events]
+    assert "account 'studio' is not allowed under raw-uploads/in/" in payload["options_error"]
+    assert (payload["account"], payload["privacy_level"], payload["mode"]) == (None, None, "none")
+
+    allowed = ListSink()
+    bridge = Bridge(
+        s3=FakeS3(json.dumps({"account": "acme"}).encode()),
+        sink=allowed,
+        key_filter=KeyFilter(),
+        policy=EventPolicy.parse("raw-uploads/in", "raw-uploads/in=acme"),
+    )
+    bridge.handle(body(record("raw-uploads", "in/fine.mp4")))
+    assert (
+        allowed.events[0]["payload"]["account"],
+        allowed.events[0]["payload"]["options_error"],
+    ) == (
+        "acme",
+        None,
+    )
+
+
+def test_record_without_etag_takes_the_version_from_head() -> None:
+    """A record that carries no ETag gets HEAD's, so its id still names the object version."""
+    from deployments.s3_events import Bridge
+
+    sink = ListSink()
+    bridge = Bridge(
+        s3=FakeS3(None, etag='"from-head"'),
+        sink=sink,
+        key_filter=KeyFilter(),
+        policy=EventPolicy.parse("raw-uploads"),
+    )
+    rec = record("raw-uploads", "in/a.mp4")
+    del rec["s3"]["object"]["eTag"]
+    [ident] = bridge.handle(body(rec))
+    assert ident == str(event_id(S3Object(bucket="raw-uploads", key="in/a.mp4", etag="from-head")))
+
+
+@pytest.mark.parametrize("secret", ["", "   ", "x" * 31, " " + "x" * 31 + " "])
+def test_short_webhook_secrets_are_refused(secret: str) -> None:
+    """A webhook secret under 32 characters is a ConfigurationError before anything listens."""
+    from deployments.s3_events import Bridge, check_webhook_secret, make_webhook_app
+
+    with pytest.raises(ConfigurationError, match="REELFLOW_WEBHOOK_SECRET"):
+        check_webhook_secret(secret)
+    bridge = Bridge(s3=NoS3(), sink=NoSink(), key_filter=KeyFilter(), policy=EventPolicy())
+    with pytest.raises(ConfigurationError):
+        make_webhook_app(bridge, secret=secret)
+    check_webhook_secret("x" * 32)

@@ -1,0 +1,78 @@
+"""One error line for the whole ``reelflow`` CLI, typer's own usage errors included.
+
+Typer reports a bad option value (``--chunk-size abc``), a missing argument or an unknown option
+in a boxed, multi-line panel; reelflow's own refusals are one line. :class:`OneLineErrors` (the
+click group class of every reelflow typer app) prints typer's the same way, with the same exit
+code (2):
+
+    error: <reason>: <message>
+
+Must not: import prefect or anything that starts a server (it runs before every command).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import typer
+from typer.core import TyperGroup
+
+# Typer (0.29) carries its own copy of click; its exception classes are matched by name, which
+# also holds for a typer built on the click package.
+REASONS = (
+    ("MissingParameter", "missing_parameter"),
+    ("BadParameter", "bad_parameter"),
+    ("NoSuchOption", "no_such_option"),
+    ("BadOptionUsage", "bad_usage"),
+    ("BadArgumentUsage", "bad_usage"),
+    ("UsageError", "usage"),
+)
+
+
+def usage_reason(exc: BaseException) -> str:
+    """A snake_case reason for a typer/click usage error."""
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    return next((reason for name, reason in REASONS if name in names), "cli_error")
+
+
+def error_line(reason: str, message: str) -> str:
+    """``error: <reason>: <message>`` on one line, secrets scrubbed."""
+    from reelflow.logging import redact_text
+
+    text = " ".join(redact_text(message).split()) or reason
+    return f"error: {reason}: {text}"
+
+
+class OneLineErrors(TyperGroup):
+    """A typer group whose usage errors are one line on stderr (exit 2), like reelflow's."""
+
+    def main(  # type: ignore[override]
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            # Not standalone: usage errors come back raised instead of printed as a panel, and
+            # an Exit's code is returned instead of exiting.
+            result = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except typer.TyperException as exc:
+            ctx = getattr(exc, "ctx", None)
+            if type(exc).__name__ == "NoArgsIsHelpError" and ctx is not None:
+                typer.echo(ctx.get_help(), err=True)  # a bare command: its help, as before
+                sys.exit(exc.exit_code)
+            message = exc.format_message()
+            if ctx is not None and usage_reason(exc) != "cli_error":
+                message += f" (see `{ctx.command_path} --help`)"
+            typer.echo(error_line(usage_reason(exc), message), err=True)
+            sys.exit(exc.exit_code)
+        except typer.Abort:
+            typer.echo(error_line("aborted", "aborted"), err=True)
+            sys.exit(1)
+        sys.exit(result if isinstance(result, int) else 0)

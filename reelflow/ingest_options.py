@@ -1,0 +1,236 @@
+"""Pure checks of what a caller asks for: upload sizing, publish options, account names, times.
+
+Every entry point (the CLI, ``ingest_video`` / ``publish_media`` called from Python, the Prefect
+UI form, an S3 event) runs these same rules *before* anything starts: no Prefect run, no read of
+the source, no TikTok call. A refusal is a :class:`~reelflow.errors.ValidationError` whose
+``reason`` names the rule and whose message says the numbers (exit 2, one line, no retries).
+
+Must not: do I/O, read settings or the clock (defaults, the budget and ``now`` are arguments),
+or import prefect, boto3, requests or sqlmodel.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from reelflow.errors import ValidationError
+from reelflow.planning import S3_MAX_PART_BYTES, upload_buffer_bytes
+
+MAX_UPLOAD_CONCURRENCY = 64  # the flow's task-runner threads; more buys nothing but memory
+MAX_CHUNK_BYTES = S3_MAX_PART_BYTES  # 5 GiB: S3's largest part (and more than any source)
+MODES = ("direct", "inbox")  # how a publish reaches TikTok
+INGEST_MODES = (*MODES, "none")  # ingest may also only store
+PRIVACY_LEVELS = ("PUBLIC_TO_EVERYONE", "MUTUAL_FOLLOW_FRIENDS", "FOLLOWER_OF_CREATOR", "SELF_ONLY")
+DEFAULT_PRIVACY = "SELF_ONLY"  # the only level an unaudited TikTok client may post
+MAX_CAPTION_UTF16_UNITS = 2200  # TikTok's title limit, counted in UTF-16 code units
+# A publish_at this far in the past still means "now": the clock of whoever filled the form and
+# the time from the CLI to the flow's start; anything older is refused, not posted at once.
+PUBLISH_AT_PAST_GRACE = timedelta(minutes=5)
+# Local names given with `reelflow accounts add`: they appear in tags, logs and file names.
+ACCOUNT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,63}")
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if abs(n) >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} B"
+
+
+def check_chunk_size(chunk_size_bytes: int) -> int:
+    """A part size in bytes: 1 byte to 5 GiB (small sizes are raised to S3's 5 MiB later)."""
+    if isinstance(chunk_size_bytes, bool) or not isinstance(chunk_size_bytes, int):
+        raise ValidationError(
+            f"chunk size must be a whole number of bytes, not {chunk_size_bytes!r}",
+            reason="invalid_chunk_size",
+        )
+    if not 1 <= chunk_size_bytes <= MAX_CHUNK_BYTES:
+        raise ValidationError(
+            f"chunk size {chunk_size_bytes} bytes is outside 1..{MAX_CHUNK_BYTES} "
+            f"(at most {_size(MAX_CHUNK_BYTES)}, S3's largest part)",
+            reason="invalid_chunk_size",
+        )
+    return chunk_size_bytes
+
+
+def check_concurrency(concurrency: int) -> int:
+    """UploadPart requests at once: 1 to :data:`MAX_UPLOAD_CONCURRENCY`."""
+    if isinstance(concurrency, bool) or not isinstance(concurrency, int):
+        raise ValidationError(
+            f"concurrency must be a whole number, not {concurrency!r}",
+            reason="invalid_concurrency",
+        )
+    if not 1 <= concurrency <= MAX_UPLOAD_CONCURRENCY:
+        raise ValidationError(
+            f"concurrency {concurrency} is outside 1..{MAX_UPLOAD_CONCURRENCY}",
+            reason="invalid_concurrency",
+        )
+    return concurrency
+
+
+def check_memory_budget(chunk_size_bytes: int, concurrency: int, budget_bytes: int) -> int:
+    """The run's upload buffers (chunk × (concurrency + 1)) must fit ``budget_bytes``.
+
+    Returns the bytes the buffers take.
+    """
+    need = upload_buffer_bytes(chunk_size_bytes, concurrency)
+    if need > budget_bytes:
+        raise ValidationError(
+            f"chunk size {_size(chunk_size_bytes)} x (concurrency {concurrency} + 1) needs "
+            f"{_size(need)} ({need} bytes) of upload buffers, over the memory budget of "
+            f"{_size(budget_bytes)} ({budget_bytes} bytes, REELFLOW_MEMORY_BUDGET_BYTES); "
+            "use a smaller chunk size or concurrency",
+            reason="over_memory_budget",
+            needed_bytes=need,
+            budget_bytes=budget_bytes,
+        )
+    return need
+
+
+def check_account_name(name: str) -> str:
+    """A local account name: a letter or digit, then letters, digits, ``. _ @ + -``; ≤ 64."""
+    if not isinstance(name, str) or ACCOUNT_NAME.fullmatch(name) is None:
+        shown = name if isinstance(name, str) and name.isprintable() else ascii(name)
+        raise ValidationError(
+            f"account name {shown!r} is not valid: 1-64 characters, letters, digits and "
+            "'._@+-', starting with a letter or digit",
+            reason="invalid_account_name",
+        )
+    return name
+
+
+def utf16_units(text: str) -> int:
+    """Length as TikTok counts it (an emoji outside the BMP is two units)."""
+    return len(text.encode("utf-16-le")) // 2
+
+
+def check_caption(caption: str | None) -> str | None:
+    if caption is not None and utf16_units(caption) > MAX_CAPTION_UTF16_UNITS:
+        raise ValidationError(
+            f"the caption is {utf16_units(caption)} UTF-16 units; TikTok allows "
+            f"{MAX_CAPTION_UTF16_UNITS}",
+            reason="caption_too_long",
+        )
+    return caption
+
+
+def check_privacy(privacy: str | None) -> str | None:
+    if privacy is not None and privacy not in PRIVACY_LEVELS:
+        raise ValidationError(
+            f"privacy {privacy!r} is not one of {', '.join(PRIVACY_LEVELS)}",
+            reason="invalid_privacy",
+        )
+    return privacy
+
+
+def check_mode(mode: str, allowed: tuple[str, ...] = MODES) -> str:
+    if mode not in allowed:
+        raise ValidationError(
+            f"mode {mode!r} is not one of {', '.join(allowed)}", reason="invalid_mode"
+        )
+    return mode
+
+
+def check_publish_at(publish_at: datetime | None, now: datetime) -> datetime | None:
+    """A time with a timezone, not in the past (beyond :data:`PUBLISH_AT_PAST_GRACE`)."""
+    if publish_at is None:
+        return None
+    if publish_at.tzinfo is None or publish_at.utcoffset() is None:
+        raise ValidationError(
+            f"publish_at {publish_at.isoformat()} needs a timezone "
+            "(e.g. 2026-12-01T18:00:00+00:00)",
+            reason="naive_publish_at",
+        )
+    if publish_at < now - PUBLISH_AT_PAST_GRACE:
+        raise ValidationError(
+            f"publish_at {publish_at.isoformat()} is in the past (now "
+            f"{now.isoformat(timespec='seconds')}); leave it out to publish now",
+            reason="publish_at_in_past",
+        )
+    return publish_at
+
+
+@dataclass(frozen=True)
+class PublishRequest:
+    """Checked publish options: ``privacy`` is filled in for Direct Post, None for inbox."""
+
+    account: str
+    mode: str
+    privacy: str | None
+    caption: str | None
+
+
+def check_publish_request(
+    account: str, mode: str, privacy: str | None, caption: str | None
+) -> PublishRequest:
+    """What `reelflow publish` / ``publish_media`` accept (``mode`` direct or inbox)."""
+    check_account_name(account)
+    check_mode(mode)
+    check_privacy(privacy)
+    check_caption(caption)
+    return PublishRequest(
+        account=account,
+        mode=mode,
+        privacy=(privacy or DEFAULT_PRIVACY) if mode == "direct" else None,
+        caption=caption,
+    )
+
+
+@dataclass(frozen=True)
+class IngestOptions:
+    """Checked ingest options, defaults applied; ``publish`` is None when nothing is posted."""
+
+    chunk_size_bytes: int
+    concurrency: int
+    buffer_bytes: int
+    mode: str  # direct | inbox | none
+    publish: PublishRequest | None
+    publish_at: datetime | None
+
+
+def check_ingest_options(
+    *,
+    chunk_size_bytes: int | None,
+    concurrency: int | None,
+    account: str | None,
+    caption: str | None,
+    privacy: str | None,
+    mode: str | None,
+    publish_at: datetime | None,
+    default_chunk_size_bytes: int,
+    default_concurrency: int,
+    memory_budget_bytes: int,
+    now: datetime,
+) -> IngestOptions:
+    """Every rule an ingest request must pass before anything starts (all callers)."""
+    chunk = check_chunk_size(
+        default_chunk_size_bytes if chunk_size_bytes is None else chunk_size_bytes
+    )
+    parallel = check_concurrency(default_concurrency if concurrency is None else concurrency)
+    buffers = check_memory_budget(chunk, parallel, memory_budget_bytes)
+    check_privacy(privacy)
+    check_caption(caption)
+    if account is not None:
+        check_account_name(account)
+    publish_mode = check_mode(mode or ("direct" if account else "none"), INGEST_MODES)
+    if publish_mode != "none" and not account:
+        raise ValidationError(
+            f"mode {publish_mode!r} needs an account (--account)", reason="no_account"
+        )
+    if publish_at is not None and publish_mode == "none":
+        raise ValidationError(
+            "publish_at needs an account to publish to (--account)", reason="no_account"
+        )
+    request = None
+    if publish_mode != "none" and account:
+        request = check_publish_request(account, publish_mode, privacy, caption)
+    return IngestOptions(
+        chunk_size_bytes=chunk,
+        concurrency=parallel,
+        buffer_bytes=buffers,
+        mode=publish_mode,
+        publish=request,
+        publish_at=check_publish_at(publish_at, now),
+    )
