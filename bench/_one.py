@@ -58,7 +58,7 @@ def reelflow_run(args: argparse.Namespace) -> dict[str, float]:
     os.environ["REELFLOW_STORE_URL"] = f"s3://{args.bucket}/reelflow"
     os.environ["REELFLOW_S3_ENDPOINT_URL"] = args.endpoint
     from flows.ingest import ingest_video
-    from reelflow.cli import _quiet_prefect_console
+    from reelflow.cli_errors import quiet_prefect_console as _quiet_prefect_console
 
     _quiet_prefect_console()  # as `reelflow ingest` runs it (the API still gets every log)
     cold = rss_mib()

@@ -80,7 +80,7 @@ def run_raw(args: argparse.Namespace) -> dict[str, float]:
 
 def run_reelflow(args: argparse.Namespace) -> dict[str, Any]:
     from flows.publish import publish_media
-    from reelflow.cli import _quiet_prefect_console
+    from reelflow.cli_errors import quiet_prefect_console as _quiet_prefect_console
     from reelflow.tiktok.client import TikTokClient
 
     _quiet_prefect_console()  # as `reelflow publish` runs it (the API still gets every log)
@@ -235,7 +235,7 @@ def _rounds(
 ) -> int:
     from reelflow.settings import Settings
     from reelflow.tiktok.client import TikTokClient
-    from reelflow.tiktok.sandbox_app import start_sandbox
+    from reelflow.tiktok.sandbox import start_sandbox
 
     size = file.stat().st_size
     with start_sandbox(config, data_dir=sandbox_dir(work)) as sb:
@@ -248,7 +248,8 @@ def _rounds(
             raise RuntimeError(ingest.stderr[-3000:])
         media_id = json.loads(ingest.stdout.strip().splitlines()[-1])["media_id"]
         os.environ.update({"REELFLOW_HOME": env["REELFLOW_HOME"]})
-        from storage.publishing import save_account, secret_box
+        from storage.accounts import save_account
+        from storage.crypto import secret_box
         from storage.runtime import Runtime
 
         rt = Runtime.from_settings(Settings())

@@ -1,8 +1,9 @@
 """``reelflow s3-events``: run the S3 bucket-event bridge from SQS or as a webhook.
 
-Wiring only: settings, clients and the Prefect sink are built here, once, and handed to
-:mod:`deployments.s3_events`. Mounted by ``reelflow/cli.py`` as ``app.add_typer(events_app,
-name="s3-events")``; ``python -m deployments.events_cli`` runs it alone.
+Wiring only: settings, clients and the Prefect sink are built here, once, and handed to the
+:mod:`deployments.s3_events` package. Mounted by ``reelflow/cli.py`` as
+``app.add_typer(events_app, name="s3-events")``; ``python -m deployments.events_cli`` runs it
+alone.
 
 Both commands need ``PREFECT_API_URL`` (the server whose ``ingest-video`` trigger turns the
 events into runs) and S3 read access to the bucket (HEAD the video, GET its sidecar).
@@ -27,11 +28,20 @@ from typing import Any
 
 import typer
 
+from reelflow.errors import ConfigurationError, ValidationError
+from reelflow.event_policy import BUCKETS_ENV, EventPolicy
+from reelflow.logging import configure_logging, redact_text
+from reelflow.settings import Settings
+from storage.s3 import make_s3_client
+
 # Prefect reads these at import time, so they are set before anything imports prefect.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
 
 WEBHOOK_SECRET_ENV = "REELFLOW_WEBHOOK_SECRET"
+# deployments.s3_events (boto3, httpx, starlette: about 0.3 s) and uvicorn are imported inside
+# the commands: `reelflow` mounts this app at start, and `--help` or any other command must not
+# wait for the bridge's clients.
 
 events_app = typer.Typer(
     help="Bridge S3 bucket notifications into Prefect events (ingest-video triggers).",
@@ -43,9 +53,6 @@ _SUFFIX_HELP = "Video name suffix, case-insensitive; repeat for several (default
 
 
 def _fail(exc: BaseException) -> None:
-    from reelflow.errors import ConfigurationError, ValidationError
-    from reelflow.logging import redact_text
-
     terminal = isinstance(exc, ConfigurationError | ValidationError)
     kind = getattr(exc, "reason", None) or type(exc).__name__
     message = redact_text(str(exc)).replace("\n", " ").strip() or type(exc).__name__
@@ -55,9 +62,6 @@ def _fail(exc: BaseException) -> None:
 
 def _policy(settings: Any) -> Any:
     """The bucket/account policy; refused at start when it would let nothing through."""
-    from reelflow.errors import ConfigurationError
-    from reelflow.event_policy import BUCKETS_ENV, EventPolicy
-
     policy = EventPolicy.parse(settings.event_buckets, settings.event_accounts)
     if not policy.buckets:
         raise ConfigurationError(
@@ -68,14 +72,12 @@ def _policy(settings: Any) -> Any:
 
 
 def _key_filter(prefix: str, suffixes: list[str] | None) -> Any:
-    from deployments.s3_events import DEFAULT_SUFFIXES, KeyFilter
+    from deployments.s3_events import DEFAULT_SUFFIXES, KeyFilter  # slow, see the note at the top
 
     return KeyFilter(prefix=prefix, suffixes=tuple(suffixes) if suffixes else DEFAULT_SUFFIXES)
 
 
 def _s3_client(settings: Any) -> Any:
-    from storage.s3 import make_s3_client
-
     return make_s3_client(
         endpoint_url=settings.s3_endpoint_url, max_attempts=settings.s3_max_attempts
     )
@@ -113,15 +115,13 @@ def sqs(
     ),
 ) -> None:
     """Long-poll an SQS queue; delete each message once its events are in Prefect."""
-    from deployments.s3_events import (
+    from deployments.s3_events import (  # slow, see the note at the top
         Bridge,
         PrefectEventSink,
         make_sqs_client,
         own_store_of,
         poll_sqs,
     )
-    from reelflow.logging import configure_logging
-    from reelflow.settings import Settings
 
     configure_logging()
     try:
@@ -161,16 +161,13 @@ def webhook(
     suffix: list[str] | None = typer.Option(None, "--suffix", help=_SUFFIX_HELP),
 ) -> None:
     """Serve POST / for S3-format notification bodies (MinIO, Ceph); needs REELFLOW_WEBHOOK_SECRET."""
-    from deployments.s3_events import (
+    from deployments.s3_events import (  # slow, see the note at the top
         Bridge,
         PrefectEventSink,
         check_webhook_secret,
         make_webhook_app,
         own_store_of,
     )
-    from reelflow.errors import ConfigurationError
-    from reelflow.logging import configure_logging
-    from reelflow.settings import Settings
 
     configure_logging()
     try:
@@ -192,7 +189,7 @@ def webhook(
                 own_store=own_store_of(settings.resolved_store_url),
             )
             app = make_webhook_app(bridge, secret=secret)
-            import uvicorn
+            import uvicorn  # slow, see the note at the top
 
             # uvicorn's own SIGINT/SIGTERM handling drains in-flight requests before exiting.
             uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -11,6 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from prefect import serve
+from prefect.events.schemas.deployment_triggers import DeploymentEventTrigger
+from prefect.flows import load_flow_from_entrypoint
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 PREFECT_YAML = PROJECT_DIR / "prefect.yaml"
@@ -24,15 +27,11 @@ def load_spec(path: Path = PREFECT_YAML) -> list[dict[str, Any]]:
 
 
 def load_flow(entrypoint: str) -> Any:
-    from prefect.flows import load_flow_from_entrypoint
-
     return load_flow_from_entrypoint(str(PROJECT_DIR / entrypoint))
 
 
 def runner_deployment(spec: dict[str, Any]) -> Any:
     """One prefect.yaml deployment as a RunnerDeployment (served by this process)."""
-    from prefect.events.schemas.deployment_triggers import DeploymentEventTrigger
-
     flow = load_flow(spec["entrypoint"])
     schedules = spec.get("schedules") or []
     intervals = [s["interval"] for s in schedules if "interval" in s and s.get("active", True)]
@@ -56,7 +55,5 @@ def runner_deployment(spec: dict[str, Any]) -> Any:
 
 def serve_all(*, limit: int | None = None, only: list[str] | None = None) -> None:
     """Serve every deployment (or those named in ``only``) until interrupted."""
-    from prefect import serve
-
     specs = [s for s in load_spec() if not only or s["name"] in only]
     serve(*[runner_deployment(s) for s in specs], limit=limit)

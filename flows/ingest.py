@@ -13,14 +13,24 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Literal, cast
+from uuid import UUID
 
 from prefect import flow
 from prefect.artifacts import (
     create_markdown_artifact,
     create_progress_artifact,
 )
+from prefect.client.orchestration import get_client
+from prefect.runtime import flow_run as current_flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from flows.publish import (
+    DEFAULT_PRIVACY,
+    check_creator_before_upload,
+    check_duration_for_creator,
+    post_options,
+    publish_stored_media,
+)
 from reelflow.credentials import reveal
 from reelflow.errors import LeaseLostError, ReelflowError, ValidationError
 from reelflow.event_policy import check_event_run
@@ -30,6 +40,7 @@ from reelflow.progress import ProgressReporter
 from reelflow.rules import VideoMeta
 from reelflow.settings import Settings
 from reelflow.sources import SourceRef
+from storage.accounts import get_account
 from storage.catalog import Media
 from storage.leases import Fence, Leases, lease_name
 from storage.runtime import Runtime
@@ -247,9 +258,7 @@ def _stage_and_store(
 
 def _run_owner() -> str:
     """The lease owner: this flow run's id (the cancellation hook finds its leases by it)."""
-    from prefect.runtime import flow_run
-
-    return str(flow_run.get_id() or f"pid-{os.getpid()}")
+    return str(current_flow_run.get_id() or f"pid-{os.getpid()}")
 
 
 def record_interruption(flow: Any, flow_run: Any, state: Any) -> None:
@@ -276,19 +285,12 @@ def _basename(source: str) -> str:
 
 def _run_name() -> str:
     """Flow runs are named after the file, so the UI's run list reads like an upload log."""
-    from prefect.runtime import flow_run
-
-    return f"ingest-{_basename(str(flow_run.parameters.get('source', '')))}"
+    return f"ingest-{_basename(str(current_flow_run.parameters.get('source', '')))}"
 
 
 def _tag_run(account: str | None, mode: str) -> None:
     """Tag this run with its account and mode (a deployment run cannot be tagged per event)."""
-    from uuid import UUID
-
-    from prefect.client.orchestration import get_client
-    from prefect.runtime import flow_run
-
-    run_id = flow_run.get_id()
+    run_id = current_flow_run.get_id()
     if not run_id:
         return
     wanted = {f"mode:{mode}"} | ({f"account:{account}"} if account else set())
@@ -412,9 +414,6 @@ def _check_publish_request(
     """Refuse a publish TikTok would refuse before a single byte is uploaded: an unknown
     account, a privacy level the creator does not offer (creator_info, asked now). Returns the
     creator's limits for the duration check once the video is validated."""
-    from flows.publish import DEFAULT_PRIVACY, check_creator_before_upload, post_options
-    from storage.publishing import get_account
-
     post_options(mode, privacy or DEFAULT_PRIVACY, caption)
     if get_account(rt.catalog.engine, account) is None:
         raise ValidationError(
@@ -425,8 +424,6 @@ def _check_publish_request(
 
 
 def _duration_check(creator: dict[str, Any], account: str) -> Callable[[VideoMeta], None]:
-    from flows.publish import check_duration_for_creator
-
     return lambda meta: check_duration_for_creator(creator, account, meta.duration_s)
 
 
@@ -440,8 +437,6 @@ def _publish_or_queue(
     publish_at: datetime | None,
     again: bool = False,
 ) -> dict[str, Any]:
-    from flows.publish import DEFAULT_PRIVACY, publish_stored_media
-
     if publish_at is not None and publish_at > datetime.now(UTC):
         row = queue_publish(
             rt.catalog.engine,

@@ -11,6 +11,7 @@ from typing import Any
 from prefect import flow, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.settings import PREFECT_RESULTS_LOCAL_STORAGE_PATH
 
 from reelflow.logging import configure_logging, get_logger
 from reelflow.settings import Settings
@@ -20,8 +21,6 @@ from tasks.chunk_upload import CHUNK_RESULTS_PREFIX
 
 
 def chunk_results_dir() -> Any:
-    from prefect.settings import PREFECT_RESULTS_LOCAL_STORAGE_PATH
-
     return PREFECT_RESULTS_LOCAL_STORAGE_PATH.value() / CHUNK_RESULTS_PREFIX
 
 

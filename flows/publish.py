@@ -33,6 +33,7 @@ from prefect.artifacts import (
     create_markdown_artifact,
     create_progress_artifact,
 )
+from prefect.runtime import flow_run as current_flow_run
 
 from reelflow.errors import ReelflowError, TransientStorageError, ValidationError
 from reelflow.ingest_options import DEFAULT_PRIVACY as DEFAULT_PRIVACY
@@ -55,8 +56,11 @@ from reelflow.tiktok.errors import (
 )
 from reelflow.tiktok.plan import DEFAULT_PREFERRED_CHUNK_BYTES
 from reelflow.tiktok.tokens import TokenManager
+from storage.accounts import AccountTokenStore
 from storage.catalog import Media
-from storage.leases import Leases
+from storage.clock import aware, utcnow
+from storage.crypto import secret_box
+from storage.leases import Fence, Leases
 from storage.publishing import (
     DONE_STATES,
     FAILED,
@@ -74,7 +78,6 @@ from storage.publishing import (
     publish_row_id,
     publishes_for,
     replace_pending_options,
-    secret_box,
     stored_options,
     update_publish,
 )
@@ -182,8 +185,6 @@ def select_publish(rows: list[Publish], options: dict[str, Any], *, again: bool)
 
 def aware_ts(value: Any) -> float:
     """Sort key of a stored timestamp (SQLite hands them back naive)."""
-    from storage.clock import aware
-
     return float(aware(value).timestamp())
 
 
@@ -236,7 +237,9 @@ def check_creator_before_upload(
         client_key=settings.tiktok_client_key,
         client_secret=settings.tiktok_client_secret.get_secret_value(),
     ) as client:
-        tokens = TokenManager(client, rt.catalog.engine, box, account)
+        tokens = TokenManager(
+            client, AccountTokenStore(rt.catalog.engine, box), account, clock=utcnow
+        )
         if mode != "direct" and SCOPE_PUBLISH not in tokens.scopes:
             return {}  # the inbox flow never asks creator_info without the publish scope
         ctx = PublishContext(rt, client, tokens, box)
@@ -252,9 +255,7 @@ def check_duration_for_creator(creator: dict[str, Any], account: str, duration_s
 
 def _lease_owner() -> str:
     """This flow run (the ingest flow's crash hook frees its leases), or this thread."""
-    from prefect.runtime import flow_run
-
-    run_id = flow_run.get_id()
+    run_id = current_flow_run.get_id()
     return str(run_id) if run_id else f"pid-{os.getpid()}-{threading.get_ident()}"
 
 
@@ -447,7 +448,9 @@ def publish_stored_media(
         client_secret=settings.tiktok_client_secret.get_secret_value(),
         session=upload_session(),
     ) as client:
-        tokens = TokenManager(client, rt.catalog.engine, box, account)
+        tokens = TokenManager(
+            client, AccountTokenStore(rt.catalog.engine, box), account, clock=utcnow
+        )
         ctx = PublishContext(rt, client, tokens, box, preferred_chunk_bytes=preferred_chunk_bytes)
         if row_id is not None:
             given = get_publish(rt.catalog.engine, row_id)
@@ -473,7 +476,7 @@ def publish_stored_media(
         # then find the outcome. A killed holder on this host frees the lease at once.
         with Leases(engine).hold(
             row.id, _lease_owner(), wait_s=settings.lease_wait_s, on_wait=settled
-        ):
+        ) as held:
             error: ReelflowError | None = None
             latest = get_publish(engine, row.id)
             assert latest is not None
@@ -487,7 +490,13 @@ def publish_stored_media(
             if differ:
                 log.info("tiktok_publish_exists", publish_id=latest.publish_id, again=again)
             try:
-                _drive(run, *_row_post_options(latest), poll_deadline_s, poll_interval_s)
+                _drive(
+                    run,
+                    *_row_post_options(latest),
+                    poll_deadline_s,
+                    poll_interval_s,
+                    fence=held.fence,
+                )
             except ReelflowError as exc:
                 error = exc
                 code = getattr(exc, "code", None) or getattr(exc, "reason", None)
@@ -528,7 +537,17 @@ def _drive(
     caption: str | None,
     poll_deadline_s: float,
     poll_interval_s: float,
+    *,
+    fence: Fence | None = None,
 ) -> None:
+    """One publish from wherever its ledger row stands. Between steps the lease is checked: a
+    run whose heartbeat lost the publish to another run stops (LeaseLostError, retryable)
+    instead of sending beside it."""
+
+    def still_ours() -> None:
+        if fence is not None:
+            fence.check()
+
     ctx, engine = run.ctx, run.ctx.rt.catalog.engine
     row = get_publish(engine, run.row_id)
     assert row is not None
@@ -545,8 +564,10 @@ def _drive(
     if step.action == "failed":
         raise publish_failed(row.fail_reason or "", row.publish_id or "", row.log_id)
     if step.action == "init":
+        still_ours()
         _init(run, mode, privacy, caption, step.reason)
     if step.action in ("init", "upload"):
+        still_ours()
         _upload(run, step, mode, privacy, caption)
     elif row.status == UPLOADING:  # TikTok holds every byte: record it, then only poll
         update_publish(engine, run.row_id, status=UPLOADED, bytes_acknowledged=row.video_size)
@@ -557,6 +578,7 @@ def _drive(
         return
     if row.status == FAILED:
         raise publish_failed(row.fail_reason or "", publish_id, row.log_id)
+    still_ours()
     with run.timed("poll"):
         outcome = poll_publish_status(
             ctx,

@@ -19,6 +19,7 @@ from typing import Any
 
 from prefect import flow
 from prefect.artifacts import create_table_artifact
+from prefect.runtime import flow_run as current_flow_run
 
 from flows.publish import DEFAULT_PRIVACY, publish_stored_media
 from reelflow.errors import ReelflowError
@@ -32,9 +33,7 @@ STALE_CLAIM_AFTER = timedelta(hours=1)
 
 
 def _owner() -> str:
-    from prefect.runtime import flow_run
-
-    return str(flow_run.get_id() or f"pid-{os.getpid()}")
+    return str(current_flow_run.get_id() or f"pid-{os.getpid()}")
 
 
 @flow(name="publish-due", log_prints=True)

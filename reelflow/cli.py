@@ -7,7 +7,6 @@ on stderr. With ``--json`` the last stdout line is the run's summary as one JSON
 from __future__ import annotations
 
 import json
-import logging
 import os
 import sys
 from datetime import datetime
@@ -15,13 +14,24 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.console import Console
+from rich.table import Table
 
 # Prefect reads these at import time, so they are set before anything imports prefect.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
 
-from reelflow.cli_errors import OneLineErrors  # noqa: E402  (imports only typer and click)
+# flows/, storage/ and deployments.serve are imported inside the commands that use them: they load
+# prefect and SQLAlchemy (seconds), which `--help` and a refused option must not wait for.
+from deployments.events_cli import events_app  # noqa: E402  (imports only typer; the rest is lazy)
+from reelflow.cli_errors import OneLineErrors, fail, quiet_prefect_console  # noqa: E402
+from reelflow.cli_tiktok import check_ingest_request, note_existing_publish  # noqa: E402
+from reelflow.cli_tiktok import register as _register_tiktok  # noqa: E402
+from reelflow.credentials import sealed  # noqa: E402
+from reelflow.logging import install_log_redaction, redact_text, redact_value  # noqa: E402
+from reelflow.samples import make_clip  # noqa: E402
+from reelflow.settings import Settings  # noqa: E402
 
 app = typer.Typer(
     help="reelflow: resumable video ingest and TikTok publishing on Prefect.",
@@ -29,57 +39,15 @@ app = typer.Typer(
     cls=OneLineErrors,  # typer's usage errors as one `error: <reason>: <message>` line, exit 2
 )
 
-from deployments.events_cli import events_app  # noqa: E402  (imports only typer; the rest is lazy)
-
 app.add_typer(events_app, name="s3-events", help="Bridge S3 bucket events into Prefect events")
-
-from reelflow.cli_tiktok import register as _register_tiktok  # noqa: E402
-
 _register_tiktok(app)  # accounts, publish, sandbox
 
 
-def exit_code_for(exc: BaseException) -> int:
-    """2 for terminal errors a re-run cannot fix (bad input, TikTok refusals, bad settings);
-    1 for everything else."""
-    from reelflow.errors import ConfigurationError, PublishError, ReelflowError, ValidationError
-
-    terminal_kinds = (ValidationError, PublishError, ConfigurationError)
-    if isinstance(exc, ReelflowError) and not exc.retryable and isinstance(exc, terminal_kinds):
-        return 2
-    return 1
-
-
-def _fail(exc: BaseException) -> None:
-    """One line on stderr (reason or TikTok's error code, secrets scrubbed), then exit."""
-    from reelflow.logging import redact_text, remember_environment_secrets
-
-    remember_environment_secrets()
-    kind = getattr(exc, "code", None) or getattr(exc, "reason", None) or type(exc).__name__
-    message = redact_text(str(exc)).replace("\n", " ").strip() or type(exc).__name__
-    typer.echo(f"error: {kind}: {message}", err=True)
-    raise typer.Exit(exit_code_for(exc))
-
-
-def _quiet_prefect_console() -> None:
-    """Keep Prefect's per-run console chatter out of the CLI (it still reaches the API/UI)."""
-    from prefect.logging.handlers import PrefectConsoleHandler
-
-    for name in ("", "prefect"):
-        for handler in logging.getLogger(name).handlers:
-            if isinstance(handler, PrefectConsoleHandler):
-                handler.setLevel(logging.CRITICAL + 1)
-
-
 def _print_summary(summary: dict[str, Any], as_json: bool) -> None:
-    from reelflow.logging import redact_value
-
     summary = redact_value(summary)  # nothing printed carries a credential, whatever its source
     if as_json:
         typer.echo(json.dumps(summary, default=str))
         return
-    from rich.console import Console
-    from rich.table import Table
-
     table = Table(title=f"ingested {summary['media_id']}", show_header=False)
     for key, value in summary.items():
         table.add_row(key, str(value))
@@ -112,17 +80,13 @@ def ingest(
 ) -> None:
     """Run the ingest-video flow in this process (and publish when --account is given)."""
     try:
-        from reelflow.cli_tiktok import check_ingest_request
-
         # The flow checks the same rules; checked here first, before anything (Prefect) starts.
         check_ingest_request(chunk_size, concurrency, account, caption, privacy, mode, publish_at)
-        from flows.ingest import ingest_video
-        from reelflow.credentials import sealed
-        from reelflow.logging import install_log_redaction
+        from flows.ingest import ingest_video  # lazy: loads prefect (see the imports above)
 
         install_log_redaction()
         if not verbose:
-            _quiet_prefect_console()
+            quiet_prefect_console()
         # Credentials in the URL stay in this process: the run's parameter is the public form.
         with sealed(source) as src:
             summary = ingest_video(  # type: ignore[misc]  # mypy gives up on the Literal unions
@@ -140,10 +104,8 @@ def ingest(
     except typer.Exit:
         raise
     except Exception as exc:
-        _fail(exc)
+        fail(exc)
         return
-    from reelflow.cli_tiktok import note_existing_publish
-
     note_existing_publish(summary.get("publish"))
     _print_summary(summary, as_json)
 
@@ -154,7 +116,7 @@ def status(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """List stored media (or one) with their publishes and scheduled posts."""
-    from reelflow.settings import Settings
+    # Lazy: storage loads SQLAlchemy (see the imports above).
     from storage.catalog import Catalog, make_engine
     from storage.publishing import list_publishes
     from storage.schedule import list_scheduled
@@ -167,8 +129,6 @@ def status(
     publishes = list_publishes(catalog.engine, media_id)
     scheduled = list_scheduled(catalog.engine, media_id)
     if as_json:
-        from reelflow.logging import redact_text
-
         # The catalog keeps public URLs only; the redactor guards rows written before that.
         typer.echo(
             redact_text(
@@ -189,9 +149,6 @@ def status(
             )
         )
         return
-    from rich.console import Console
-    from rich.table import Table
-
     console = Console()
     media_table = Table(
         "media_id", "status", "size", "duration", "resolution", "video_key", title="media"
@@ -245,7 +202,7 @@ def serve(
     only: list[str] | None = typer.Option(None, "--only", help="Serve only these deployments"),
 ) -> None:
     """Serve every deployment in prefect.yaml (schedules and triggers) from this process."""
-    from deployments.serve import serve_all
+    from deployments.serve import serve_all  # lazy: loads prefect (see the imports above)
 
     serve_all(limit=limit, only=only)
 
@@ -258,8 +215,6 @@ def sample(
     height: int = typer.Option(1280, "--height"),
 ) -> None:
     """Generate a vertical H.264 + AAC sample clip with ffmpeg."""
-    from reelflow.samples import make_clip
-
     make_clip(out, width=width, height=height, duration_s=duration)
     typer.echo(str(out))
 

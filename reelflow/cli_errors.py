@@ -7,17 +7,25 @@ code (2):
 
     error: <reason>: <message>
 
+It also holds what every command shares when it fails: :func:`exit_code_for` (2 for terminal
+errors, 1 for the rest) and :func:`fail` (that line, then the exit), and
+:func:`quiet_prefect_console`.
+
 Must not: import prefect or anything that starts a server (it runs before every command).
 """
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 import typer
 from typer.core import TyperGroup
+
+from reelflow.errors import ConfigurationError, PublishError, ReelflowError, ValidationError
+from reelflow.logging import redact_text, remember_environment_secrets
 
 # Typer (0.29) carries its own copy of click; its exception classes are matched by name, which
 # also holds for a typer built on the click package.
@@ -39,10 +47,37 @@ def usage_reason(exc: BaseException) -> str:
 
 def error_line(reason: str, message: str) -> str:
     """``error: <reason>: <message>`` on one line, secrets scrubbed."""
-    from reelflow.logging import redact_text
-
     text = " ".join(redact_text(message).split()) or reason
     return f"error: {reason}: {text}"
+
+
+def exit_code_for(exc: BaseException) -> int:
+    """2 for terminal errors a re-run cannot fix (bad input, TikTok refusals, bad settings);
+    1 for everything else."""
+    terminal_kinds = (ValidationError, PublishError, ConfigurationError)
+    if isinstance(exc, ReelflowError) and not exc.retryable and isinstance(exc, terminal_kinds):
+        return 2
+    return 1
+
+
+def fail(exc: BaseException) -> None:
+    """One line on stderr (reason or TikTok's error code, secrets scrubbed), then exit."""
+    remember_environment_secrets()
+    kind = getattr(exc, "code", None) or getattr(exc, "reason", None) or type(exc).__name__
+    message = redact_text(str(exc)).replace("\n", " ").strip() or type(exc).__name__
+    typer.echo(f"error: {kind}: {message}", err=True)
+    raise typer.Exit(exit_code_for(exc))
+
+
+def quiet_prefect_console() -> None:
+    """Keep Prefect's per-run console chatter out of the CLI (it still reaches the API/UI)."""
+    # Lazy: prefect is slow to import, and this module loads before every command.
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    for name in ("", "prefect"):
+        for handler in logging.getLogger(name).handlers:
+            if isinstance(handler, PrefectConsoleHandler):
+                handler.setLevel(logging.CRITICAL + 1)
 
 
 class OneLineErrors(TyperGroup):

@@ -22,13 +22,27 @@ from pathlib import Path
 from typing import Any
 
 import typer
-
-from reelflow.cli_errors import OneLineErrors
+from rich.console import Console
+from rich.table import Table
 
 # Prefect reads these at import time, so they are set before anything imports prefect.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
+
+# flows/, tasks/, storage/ and the sandbox are imported inside the commands that use them: they
+# load prefect, SQLAlchemy or the sandbox's web server (seconds), which `--help` and a refused
+# option must not wait for.
+from reelflow.cli_errors import OneLineErrors, fail, quiet_prefect_console  # noqa: E402
+from reelflow.errors import ValidationError  # noqa: E402
+from reelflow.ingest_options import (  # noqa: E402
+    check_account_name,
+    check_ingest_options,
+    check_publish_request,
+)
+from reelflow.logging import configure_logging  # noqa: E402
+from reelflow.settings import Settings  # noqa: E402
+from reelflow.tiktok.client import TikTokClient  # noqa: E402
 
 SANDBOX_REDIRECT_URI = "https://localhost/callback"  # what the sandbox registers by default
 
@@ -46,8 +60,6 @@ def check_ingest_request(
 ) -> None:
     """`reelflow ingest`'s option values, against the rules the flow applies (settings give the
     defaults and the memory budget); raises ValidationError."""
-    from reelflow.ingest_options import check_ingest_options
-
     settings = _settings()
     check_ingest_options(
         chunk_size_bytes=chunk_size,
@@ -76,21 +88,12 @@ def note_existing_publish(publish: dict[str, Any] | None) -> None:
         )
 
 
-def _fail(exc: BaseException) -> None:
-    from reelflow.cli import _fail as fail  # one error line and exit-code rule for the whole CLI
-
-    fail(exc)
-
-
-def _settings() -> Any:
-    from reelflow.settings import Settings
-
+def _settings() -> Settings:
     return Settings()
 
 
-def _engine(settings: Any) -> Any:
-    import storage.publishing  # noqa: F401  # registers the tables before create_all
-    from storage.catalog import make_engine
+def _engine(settings: Settings) -> Any:
+    from storage.catalog import make_engine  # lazy: loads SQLAlchemy (see the imports above)
 
     settings.home.mkdir(parents=True, exist_ok=True)
     return make_engine(settings.resolved_database_url)
@@ -135,11 +138,8 @@ def accounts_add(
 ) -> None:
     """Store an account's tokens (given, or exchanged from an authorization --code)."""
     try:
-        from reelflow.errors import ValidationError
-        from reelflow.ingest_options import check_account_name
-        from reelflow.logging import configure_logging
-        from reelflow.tiktok.client import TikTokClient
-        from storage.publishing import save_account, secret_box
+        from storage.accounts import save_account  # lazy: loads SQLAlchemy
+        from storage.crypto import secret_box
 
         configure_logging()  # the client's log lines go to stderr: stdout is the --json line
         check_account_name(name)
@@ -174,7 +174,7 @@ def accounts_add(
     except typer.Exit:
         raise
     except Exception as exc:
-        _fail(exc)
+        fail(exc)
         return
     view = _account_view(row)
     if as_json:
@@ -186,15 +186,12 @@ def accounts_add(
 @accounts_app.command("list")
 def accounts_list(as_json: bool = typer.Option(False, "--json")) -> None:
     """List stored accounts (names, open ids, scopes, expiries; never tokens)."""
-    from storage.publishing import list_accounts
+    from storage.accounts import list_accounts  # lazy: loads SQLAlchemy
 
     rows = [_account_view(r) for r in list_accounts(_engine(_settings()))]
     if as_json:
         typer.echo(json.dumps(rows))
         return
-    from rich.console import Console
-    from rich.table import Table
-
     table = Table("name", "open_id", "scopes", "access expires", "refresh expires")
     for r in rows:
         table.add_row(
@@ -225,22 +222,17 @@ def publish(
     """Publish stored media to TikTok, once per account (a re-run resumes or only polls;
     another caption finds the existing post unless --again)."""
     try:
-        from reelflow.errors import ValidationError
-        from reelflow.ingest_options import check_publish_request
-
         check_publish_request(account, mode, privacy, caption)  # before anything starts
         if poll_deadline_s is not None and not poll_deadline_s >= 0:
             raise ValidationError(
                 f"--poll-deadline {poll_deadline_s} must be 0 or more seconds",
                 reason="invalid_poll_deadline",
             )
-        from flows.publish import publish_media
+        from flows.publish import publish_media  # lazy: loads prefect
         from tasks.status_poll import DEFAULT_POLL_DEADLINE_S
 
         if not verbose:
-            from reelflow.cli import _quiet_prefect_console
-
-            _quiet_prefect_console()
+            quiet_prefect_console()
         summary = publish_media(
             media_id=media_id,
             account=account,
@@ -253,15 +245,12 @@ def publish(
     except typer.Exit:
         raise
     except Exception as exc:
-        _fail(exc)
+        fail(exc)
         return
     note_existing_publish(summary)
     if as_json:
         typer.echo(json.dumps(summary, default=str))
         return
-    from rich.console import Console
-    from rich.table import Table
-
     table = Table(title=f"TikTok publish of {media_id}", show_header=False)
     for key, value in summary.items():
         table.add_row(key, str(value))
@@ -274,8 +263,7 @@ def sandbox(
     data_dir: Path | None = typer.Option(None, "--data-dir", help="Default: HOME/sandbox"),
 ) -> None:
     """Serve the local TikTok Content Posting API sandbox (admin routes under /_sandbox/)."""
-    from reelflow.logging import configure_logging
-    from reelflow.tiktok.sandbox_app import run_sandbox
+    from reelflow.tiktok.sandbox import run_sandbox  # lazy: loads uvicorn and ffmpeg-python
 
     configure_logging()
     run_sandbox(host, port, data_dir or _settings().home / "sandbox")

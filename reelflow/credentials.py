@@ -129,6 +129,7 @@ def sealed(source: str) -> Iterator[SealedSource]:
 
 
 def _load_secret_block(name: str) -> str:
+    # Lazy: prefect is slow to import, and the CLI loads this module before every command.
     from prefect.blocks.system import Secret
 
     try:

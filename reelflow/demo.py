@@ -16,16 +16,20 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
 
+# After the environment above: these load prefect, which reads it at import time.
+import requests  # noqa: E402
+
+from flows.ingest import ingest_video  # noqa: E402
+from reelflow.settings import Settings  # noqa: E402
+from reelflow.tiktok.sandbox import SandboxConfig, start_sandbox  # noqa: E402
+from storage.accounts import save_account  # noqa: E402
+from storage.catalog import make_engine  # noqa: E402
+from storage.crypto import secret_box  # noqa: E402
+
 DEMO_ACCOUNT = "demo-creator"
 
 
 def main(argv: list[str]) -> int:
-    import requests
-
-    from reelflow.settings import Settings
-    from reelflow.tiktok.sandbox import SandboxConfig
-    from reelflow.tiktok.sandbox_app import start_sandbox
-
     clip = Path(argv[0] if argv else ".reelflow/sample.mp4").resolve()
     settings = Settings()
     sandbox_dir = settings.home / "sandbox"
@@ -37,8 +41,6 @@ def main(argv: list[str]) -> int:
             timeout=10,
         ).json()
         _add_account(settings, creator)
-
-        from flows.ingest import ingest_video
 
         print(f"reelflow demo: ingesting {clip} ({clip.stat().st_size} bytes)")
         print(f"  store:   {settings.resolved_store_url}")
@@ -67,12 +69,7 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-def _add_account(settings: object, creator: dict[str, object]) -> None:
-    from reelflow.settings import Settings
-    from storage.catalog import make_engine
-    from storage.publishing import save_account, secret_box
-
-    assert isinstance(settings, Settings)
+def _add_account(settings: Settings, creator: dict[str, object]) -> None:
     save_account(
         make_engine(settings.resolved_database_url),
         secret_box(settings),

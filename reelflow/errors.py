@@ -28,6 +28,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from reelflow.logging import redact_text  # the one redactor: messages reach Prefect
+
 
 class ReelflowError(Exception):
     """Root of all reelflow errors."""
@@ -36,8 +38,6 @@ class ReelflowError(Exception):
     exit_code: int = 1
 
     def __init__(self, message: str, **context: Any) -> None:
-        from reelflow.logging import redact_text  # the one redactor: messages reach Prefect
-
         message = redact_text(message)
         super().__init__(message)
         self.message = message

@@ -2,7 +2,7 @@
 to name, which TikTok accounts a bucket/prefix's sidecars may choose, and the check a run
 started by an event applies to its own parameters.
 
-Two callers, the same rules: the bridge (``deployments/s3_events.py``) refuses notifications
+Two callers, the same rules: the bridge (``deployments/s3_events/bridge.py``) refuses notifications
 before it emits anything, and the ``ingest-video`` flow checks again when its ``origin`` says an
 event started it, because anyone who can ``POST /api/events`` to the Prefect server can make
 the trigger start a run with any payload. The flow trusts the event only as far as this policy

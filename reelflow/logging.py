@@ -215,6 +215,7 @@ def install_log_redaction(extra_loggers: Iterable[str] = ()) -> None:
     handlers of ``prefect`` and the root without passing their loggers' filters.
     """
     remember_environment_secrets()
+    # Lazy (here and below): prefect is slow to import, and the CLI loads this module first.
     try:  # Prefect configures its loggers lazily; their handlers must exist to be filtered
         from prefect.logging.configuration import ensure_logging_setup
     except ImportError:  # pragma: no cover - prefect is a hard dependency

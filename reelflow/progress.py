@@ -15,6 +15,8 @@ import time
 from typing import Any
 from uuid import UUID
 
+from prefect.artifacts import update_progress_artifact
+
 from reelflow.logging import get_logger
 
 CLOSE_TIMEOUT_S = 30.0
@@ -75,8 +77,6 @@ class ProgressReporter:
             last_post = time.monotonic()
 
     def _post(self, value: float) -> None:
-        from prefect.artifacts import update_progress_artifact
-
         try:
             update_progress_artifact(artifact_id=self._artifact_id, progress=value)
         except Exception as exc:  # progress is cosmetic: never fail an upload over it

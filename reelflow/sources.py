@@ -47,6 +47,7 @@ from typing import Any
 
 import requests
 import urllib3
+from botocore.exceptions import BotoCoreError, ClientError
 
 from reelflow import netguard
 from reelflow.errors import (
@@ -62,6 +63,7 @@ from reelflow.planning import Chunk
 from reelflow.relay import ByteRelay
 from reelflow.rules import MAGIC_BYTES_NEEDED
 from reelflow.safehttp import CONNECT_TIMEOUT_S, READ_TIMEOUT_S, GuardedHTTP, public_url
+from reelflow.settings import Settings
 
 HTTP_TIMEOUT_S = (CONNECT_TIMEOUT_S, READ_TIMEOUT_S)
 READ_BLOCK_BYTES = 1024 * 1024
@@ -177,8 +179,6 @@ class SourceReader:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if allowed_hosts is None or read_deadline_s is None:
-            from reelflow.settings import Settings
-
             settings = Settings()
             allowed_hosts = (
                 settings.source_allowed_hosts if allowed_hosts is None else allowed_hosts
@@ -264,8 +264,6 @@ class SourceReader:
         return ref
 
     def _resolve_s3(self, source: str) -> SourceRef:
-        from botocore.exceptions import BotoCoreError, ClientError
-
         bucket, key = _split_s3(source)
         try:
             head = self.s3.head_object(Bucket=bucket, Key=key)
@@ -516,8 +514,6 @@ class SourceReader:
 
     # --- S3 -----------------------------------------------------------------------------------
     def _iter_s3(self, ref: SourceRef, start: int, length: int) -> Iterator[bytes]:
-        from botocore.exceptions import BotoCoreError, ClientError
-
         bucket, key = _split_s3(ref.uri)
         pin: dict[str, str] = (
             {"VersionId": ref.version_id}

@@ -1,4 +1,9 @@
-"""The catalog: SQLModel tables (upload ledger, media) and the engine factory.
+"""The catalog: SQLModel tables (upload ledger, media), the engine factory and the schema.
+
+:func:`make_engine` creates every table of the catalog: this module's, the leases'
+(:mod:`storage.leases`), the accounts' (:mod:`storage.accounts`), the publish ledger's
+(:mod:`storage.publishing`) and the scheduled publishes' (:mod:`storage.schedule`); none of
+those imports this one.
 
 The ledger is written before the next step relies on it: a part row exists only after the
 store acknowledged the part. It is a record, not the truth: on resume the upload code
@@ -13,21 +18,23 @@ from __future__ import annotations
 
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-from sqlalchemy import DateTime, UniqueConstraint, event, inspect, text
+from sqlalchemy import UniqueConstraint, event, inspect, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
 from sqlmodel import Field, Session, SQLModel, create_engine, delete, select
 
-from storage import leases as _leases  # registers the lease table
+# Imported for their tables too: make_engine creates every table SQLModel knows.
+from storage import accounts as _accounts  # noqa: F401
+from storage import leases as _leases
+from storage import publishing as _publishing  # noqa: F401
+from storage import schedule as _schedule  # noqa: F401
 from storage.base import PartReceipt
 from storage.clock import utcnow
-
-
-def _ts() -> Any:
-    return Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
+from storage.rows import timestamp_field as _ts
+from storage.rows import update_row
 
 
 class UploadSession(SQLModel, table=True):
@@ -113,10 +120,7 @@ def make_engine(url: str) -> Engine:
 
     else:
         engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
-    # Every table of the catalog, whichever module defines it, is created here.
-    import storage.publishing  # noqa: F401
-    import storage.schedule  # noqa: F401
-
+    # Every table of the catalog, whichever module defines it (see the imports), is created here.
     SQLModel.metadata.create_all(engine)
     _add_lease_columns(engine)
     return engine
@@ -131,24 +135,6 @@ def _add_lease_columns(engine: Engine) -> None:
     with engine.begin() as conn:
         for name, ddl in missing.items():
             conn.execute(text(f"ALTER TABLE lease ADD COLUMN {name} {ddl}"))
-
-
-RowT = TypeVar("RowT", bound=SQLModel)
-
-
-def update_row(engine: Engine, model: type[RowT], row_id: str, **fields: Any) -> RowT:
-    """Set ``fields`` (and ``updated_at``) on one row by primary key, in one transaction."""
-    with Session(engine, expire_on_commit=False) as s:
-        row = s.get(model, row_id)
-        if row is None:
-            raise KeyError(row_id)
-        for key, value in fields.items():
-            setattr(row, key, value)
-        row.updated_at = utcnow()  # type: ignore[attr-defined]  # every catalog table has it
-        s.add(row)
-        s.commit()
-        s.refresh(row)
-        return row
 
 
 class Catalog:
@@ -179,6 +165,15 @@ class Catalog:
     def get_session(self, session_id: str) -> UploadSession | None:
         with Session(self.engine) as s:
             return s.get(UploadSession, session_id)
+
+    def list_sessions(self) -> list[UploadSession]:
+        """Every upload session, whatever its status."""
+        with Session(self.engine) as s:
+            return list(s.exec(select(UploadSession)).all())
+
+    def live_session_ids(self, now: datetime) -> set[str]:
+        """Sessions a live run holds: their lease has an owner and has not expired at ``now``."""
+        return _leases.live_session_ids(self.engine, now)
 
     def save_session(self, row: UploadSession) -> UploadSession:
         row.updated_at = utcnow()

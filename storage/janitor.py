@@ -13,11 +13,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from sqlmodel import Session, select
-
-from storage.catalog import UploadSession
 from storage.clock import aware
-from storage.leases import Lease
 from storage.runtime import Runtime
 
 ABANDONED = "abandoned"
@@ -38,16 +34,6 @@ def _age_h(dt: datetime, now: datetime) -> float:
     return round((now - aware(dt)).total_seconds() / 3600, 2)
 
 
-def _live_sessions(rt: Runtime, now: datetime) -> set[str]:
-    with Session(rt.catalog.engine) as s:
-        leases = s.exec(select(Lease).where(Lease.owner.is_not(None))).all()  # type: ignore[union-attr]
-    return {
-        lease.session_id
-        for lease in leases
-        if lease.session_id and lease.expires_at and aware(lease.expires_at) > now
-    }
-
-
 def sweep(
     rt: Runtime,
     *,
@@ -58,11 +44,10 @@ def sweep(
 ) -> list[Finding]:
     now = now or datetime.now(UTC)
     cutoff = now - upload_ttl
-    live = _live_sessions(rt, now)
+    live = rt.catalog.live_session_ids(now)
     verb = "would remove" if dry_run else "removed"
     found: list[Finding] = []
-    with Session(rt.catalog.engine) as s:
-        sessions = list(s.exec(select(UploadSession)).all())
+    sessions = rt.catalog.list_sessions()
     by_upload = {row.upload_id: row for row in sessions if row.upload_id}
     by_staging = {row.staging_key: row for row in sessions}
 

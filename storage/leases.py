@@ -38,6 +38,7 @@ from sqlalchemy import BigInteger, Column, Integer, or_, select, update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError as DbIntegrityError
 from sqlmodel import Field, Session, SQLModel, col
+from sqlmodel import select as sm_select
 
 from reelflow.errors import LeaseLostError, TransientStorageError
 from reelflow.logging import get_logger
@@ -68,6 +69,17 @@ ADDED_COLUMNS = {
     "pid_start": "BIGINT",
     "token": "INTEGER NOT NULL DEFAULT 0",
 }
+
+
+def live_session_ids(engine: Engine, now: datetime) -> set[str]:
+    """The upload sessions a live run holds: owned leases that have not expired at ``now``."""
+    with Session(engine) as s:
+        leases = s.exec(sm_select(Lease).where(col(Lease.owner).is_not(None))).all()
+    return {
+        lease.session_id
+        for lease in leases
+        if lease.session_id and lease.expires_at and aware(lease.expires_at) > now
+    }
 
 
 def lease_name(source_fingerprint: str, store_url: str) -> str:
@@ -326,8 +338,6 @@ class Leases:
             s.commit()
 
     def held_by(self, owner: str) -> list[Lease]:
-        from sqlmodel import select as sm_select
-
         with Session(self.engine) as s:
             return list(s.exec(sm_select(Lease).where(Lease.owner == owner)).all())
 

@@ -1,55 +1,38 @@
-"""The publishing ledger: TikTok accounts (tokens encrypted at rest) and one row per publish.
+"""The publish ledger: the ``tiktok_publish`` table, one row per publish, and its repository.
 
-Owns:
+A row is written before TikTok's init is called; ``publish_id`` is stored the moment init
+returns, the upload URL encrypted (it carries an upload token; :mod:`storage.crypto`), and every
+re-init is appended to ``init_history``. A publish is identified by (media, account,
+generation): generation 0 is *the* publish of a media to an account (a second request with
+another caption finds it, and posts nothing); generations 1, 2, ... are explicit re-posts
+(``--again``). The generation is kept in the row's canonical options (``options_json`` /
+``options_hash``, key ``generation``, absent for 0), so catalogs written before it existed need
+no migration: their rows are generation 0. Each repository function is one short transaction.
 
-* ``Account`` (``tiktok_account``): a named TikTok login, its ``open_id`` and scopes, the access
-  and refresh tokens *encrypted* with Fernet, and their absolute expiry times (computed from the
-  ``expires_in`` TikTok sent, never assumed).
-* ``Publish`` (``tiktok_publish``): one row per publish of a media to an account, written before
-  TikTok's init is called; ``publish_id`` is stored the moment init returns, the upload URL
-  encrypted (it carries an upload token), and every re-init is appended to ``init_history``.
-  A publish is identified by (media, account, generation): generation 0 is *the* publish of a
-  media to an account (a second request with another caption finds it, and posts nothing);
-  generations 1, 2, ... are explicit re-posts (``--again``). The generation is kept in the
-  row's canonical options (``options_json`` / ``options_hash``, key ``generation``, absent for
-  0), so catalogs written before it existed need no migration: their rows are generation 0.
-* The Fernet key: ``settings.secret_key`` or else ``$REELFLOW_HOME/secret.key``, created 0600 on
-  first use (linked into place atomically, so concurrent first runs agree on one key).
-* Small repository functions, each one short transaction.
+Accounts and their tokens are :mod:`storage.accounts`.
 
-Must not: call TikTok, decide what to do next (that is ``tasks/``), or hand out a decrypted
-secret except through :class:`SecretBox` (whose ``repr`` shows nothing). Rows' ``repr`` hides the
+Must not: call TikTok, decide what to do next (that is ``tasks/`` and ``flows/``), or hand out
+a decrypted secret except through :class:`~storage.crypto.SecretBox`. Rows' ``repr`` hides the
 encrypted columns too, so a logged row leaks neither plaintext nor ciphertext.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import contextlib
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Mapping
-from datetime import datetime, timedelta
-from pathlib import Path
+from datetime import datetime
 from typing import Any
 
-from cryptography.fernet import Fernet, InvalidToken
-from sqlalchemy import DateTime, UniqueConstraint
+from sqlalchemy import UniqueConstraint
 from sqlalchemy import update as sa_update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError as SAIntegrityError
 from sqlmodel import Field, Session, SQLModel, select
 
-from reelflow.errors import ConfigurationError
-from reelflow.settings import Settings
-from storage.catalog import update_row
 from storage.clock import utcnow
-
-KEY_FILE_NAME = "secret.key"
-KEY_FILE_MODE = 0o600
+from storage.crypto import SecretBox
+from storage.rows import optional_timestamp_field, timestamp_field, update_row
 
 # Local publish states (TikTok's own status is kept beside them in ``tiktok_status``).
 PENDING = "pending"  # row written; no live publish_id (never inited, or refused before init)
@@ -63,100 +46,7 @@ DONE_STATES = frozenset({PUBLISHED, SENT_TO_INBOX})
 POLL_ONLY_STATES = frozenset({UPLOADED, PROCESSING})
 
 
-def _ts() -> Any:
-    return Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
-
-
-def _opt_ts() -> Any:
-    return Field(default=None, sa_type=DateTime(timezone=True))
-
-
-# ----- encryption at rest ----------------------------------------------------------------------
-
-
-class SecretBox:
-    """Fernet encryption of tokens and upload URLs; shows nothing in ``repr``."""
-
-    def __init__(self, key: bytes) -> None:
-        self._fernet = Fernet(key)
-
-    def __repr__(self) -> str:
-        return "SecretBox(<key hidden>)"
-
-    def seal(self, plaintext: str) -> str:
-        return self._fernet.encrypt(plaintext.encode()).decode()
-
-    def open(self, ciphertext: str) -> str:
-        try:
-            return self._fernet.decrypt(ciphertext.encode()).decode()
-        except InvalidToken:
-            raise ConfigurationError(
-                "a stored TikTok secret cannot be decrypted: REELFLOW_SECRET_KEY or "
-                "HOME/secret.key changed since it was written; re-add the account"
-            ) from None
-
-
-def secret_box(settings: Settings) -> SecretBox:
-    """The box for this installation: ``settings.secret_key``, else the home's key file."""
-    if settings.secret_key is not None:
-        return SecretBox(_fernet_key(settings.secret_key.get_secret_value()))
-    return SecretBox(_key_file(settings.home / KEY_FILE_NAME))
-
-
-def _fernet_key(value: str) -> bytes:
-    raw = value.strip().encode()
-    try:
-        if len(base64.urlsafe_b64decode(raw)) == 32:
-            return raw  # already a Fernet key (Fernet.generate_key())
-    except (binascii.Error, ValueError):
-        pass
-    if len(raw) < 16:
-        raise ConfigurationError("REELFLOW_SECRET_KEY is too short (use Fernet.generate_key())")
-    # Any other string of decent length: a SHA-256 of it is a valid 32-byte key.
-    return base64.urlsafe_b64encode(hashlib.sha256(raw).digest())
-
-
-def _key_file(path: Path) -> bytes:
-    try:
-        return path.read_bytes().strip()
-    except FileNotFoundError:
-        pass
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # mkstemp: mode 0600
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(Fernet.generate_key())
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, KEY_FILE_MODE)
-        # link() never replaces: of two first runs racing, one key wins and both read it.
-        with contextlib.suppress(FileExistsError):
-            os.link(tmp, path)
-    finally:
-        os.unlink(tmp)
-    return path.read_bytes().strip()
-
-
-# ----- tables ----------------------------------------------------------------------------------
-
-
-class Account(SQLModel, table=True):
-    """A TikTok login. Token columns hold Fernet ciphertext; expiries are absolute UTC times."""
-
-    __tablename__ = "tiktok_account"
-
-    id: int | None = Field(default=None, primary_key=True)
-    name: str = Field(unique=True, index=True)
-    open_id: str | None = None
-    scopes: str = ""  # comma-separated, as TikTok sends it
-    access_token_enc: str = Field(repr=False)
-    refresh_token_enc: str = Field(repr=False)
-    access_expires_at: datetime = Field(sa_type=DateTime(timezone=True))
-    access_lifetime_s: int  # the expires_in received, to refresh a fraction ahead of expiry
-    refresh_expires_at: datetime | None = _opt_ts()
-    token_version: int = 0  # bumped by every token write, so a reader sees a rotation happened
-    created_at: datetime = _ts()
-    updated_at: datetime = _ts()
+# ----- table --------------------------------------------------------------------------------------
 
 
 class Publish(SQLModel, table=True):
@@ -175,7 +65,7 @@ class Publish(SQLModel, table=True):
     tiktok_status: str | None = None
     publish_id: str | None = Field(default=None, index=True)
     upload_url_enc: str | None = Field(default=None, repr=False)
-    upload_url_issued_at: datetime | None = _opt_ts()
+    upload_url_issued_at: datetime | None = optional_timestamp_field()
     video_size: int
     chunk_size: int | None = None
     chunks_total: int | None = None
@@ -186,9 +76,9 @@ class Publish(SQLModel, table=True):
     error_code: str | None = None
     log_id: str | None = None
     post_id: str | None = None
-    created_at: datetime = _ts()
-    updated_at: datetime = _ts()
-    completed_at: datetime | None = _opt_ts()
+    created_at: datetime = timestamp_field()
+    updated_at: datetime = timestamp_field()
+    completed_at: datetime | None = optional_timestamp_field()
 
     def history(self) -> list[dict[str, Any]]:
         loaded: list[dict[str, Any]] = json.loads(self.init_history or "[]")
@@ -234,103 +124,6 @@ def stored_options(row: Publish) -> dict[str, Any]:
 
 def publish_generation(row: Publish) -> int:
     return int(json.loads(row.options_json or "{}").get(GENERATION_KEY, 0))
-
-
-# ----- accounts --------------------------------------------------------------------------------
-
-
-def save_account(
-    engine: Engine,
-    box: SecretBox,
-    name: str,
-    *,
-    access_token: str,
-    refresh_token: str,
-    expires_in: int,
-    refresh_expires_in: int | None,
-    open_id: str | None = None,
-    scopes: str = "",
-    now: datetime | None = None,
-) -> Account:
-    """Add an account or re-authorize an existing one (replaces both tokens)."""
-    if not access_token or not refresh_token:
-        raise ConfigurationError("an account needs both an access token and a refresh token")
-    now = now or utcnow()
-    with Session(engine, expire_on_commit=False) as s:
-        row = s.exec(select(Account).where(Account.name == name)).first()
-        if row is None:
-            row = Account(
-                name=name,
-                access_token_enc="",
-                refresh_token_enc="",
-                access_expires_at=now,
-                access_lifetime_s=0,
-            )
-        row.access_token_enc = box.seal(access_token)
-        row.refresh_token_enc = box.seal(refresh_token)
-        row.access_expires_at = now + timedelta(seconds=expires_in)
-        row.access_lifetime_s = expires_in
-        row.refresh_expires_at = (
-            now + timedelta(seconds=refresh_expires_in) if refresh_expires_in else None
-        )
-        row.open_id = open_id or row.open_id
-        row.scopes = scopes or row.scopes
-        row.token_version += 1
-        row.updated_at = now
-        s.add(row)
-        s.commit()
-        s.refresh(row)
-        return row
-
-
-def store_refreshed_tokens(
-    engine: Engine,
-    box: SecretBox,
-    name: str,
-    *,
-    access_token: str,
-    refresh_token: str | None,
-    expires_in: int,
-    refresh_expires_in: int | None,
-    open_id: str | None = None,
-    scopes: str | None = None,
-    now: datetime | None = None,
-) -> Account:
-    """Persist a refresh's result in one transaction (access + rotated refresh token together).
-
-    An empty ``refresh_token`` keeps the stored one: a good refresh token is never overwritten
-    with nothing. The refresh expiry only moves when TikTok sent a new one.
-    """
-    now = now or utcnow()
-    with Session(engine, expire_on_commit=False) as s:
-        row = s.exec(select(Account).where(Account.name == name)).first()
-        if row is None:
-            raise ConfigurationError(f"no TikTok account named {name!r}")
-        row.access_token_enc = box.seal(access_token)
-        row.access_expires_at = now + timedelta(seconds=expires_in)
-        row.access_lifetime_s = expires_in
-        if refresh_token:
-            row.refresh_token_enc = box.seal(refresh_token)
-        if refresh_expires_in:
-            row.refresh_expires_at = now + timedelta(seconds=refresh_expires_in)
-        row.open_id = open_id or row.open_id
-        row.scopes = scopes or row.scopes
-        row.token_version += 1
-        row.updated_at = now
-        s.add(row)
-        s.commit()
-        s.refresh(row)
-        return row
-
-
-def get_account(engine: Engine, name: str) -> Account | None:
-    with Session(engine, expire_on_commit=False) as s:
-        return s.exec(select(Account).where(Account.name == name)).first()
-
-
-def list_accounts(engine: Engine) -> list[Account]:
-    with Session(engine) as s:
-        return list(s.exec(select(Account).order_by(Account.name)).all())  # type: ignore[arg-type]
 
 
 # ----- publishes -------------------------------------------------------------------------------

@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from botocore.exceptions import BotoCoreError, ClientError
+
 from reelflow.errors import (
     ConfigurationError,
     IntegrityError,
@@ -43,6 +45,7 @@ def make_s3_client(
     *, endpoint_url: str | None, max_pool_connections: int = 16, max_attempts: int = 5
 ) -> Any:
     """One boto3 client per run: standard retry mode (5xx, throttling, resets), pooled connections."""
+    # Lazy: boto3 takes ~0.2 s to import and only an s3:// store or source needs a client.
     import boto3
     from botocore.config import Config
 
@@ -68,8 +71,6 @@ def make_s3_client(
 
 def map_s3_error(exc: Exception, what: str, **context: Any) -> ReelflowError:
     """Turn any botocore failure into a reelflow StorageError leaf."""
-    from botocore.exceptions import BotoCoreError, ClientError
-
     if isinstance(exc, ClientError):
         err = exc.response.get("Error", {})
         code = str(err.get("Code", ""))
@@ -102,8 +103,6 @@ class S3Store:
         return f"{self.prefix}/{key}" if self.prefix else key
 
     def _call(self, what: str, fn: Any, **kwargs: Any) -> Any:
-        from botocore.exceptions import BotoCoreError, ClientError
-
         try:
             return fn(**kwargs)
         except (ClientError, BotoCoreError) as exc:
@@ -124,8 +123,6 @@ class S3Store:
     def upload_part(
         self, key: str, upload_id: str, chunk: Chunk, data: bytes | bytearray, sha256_b64: str
     ) -> PartReceipt:
-        from botocore.exceptions import BotoCoreError, ClientError
-
         try:
             resp = self.client.upload_part(
                 Bucket=self.bucket,
@@ -234,8 +231,6 @@ class S3Store:
         return out
 
     def size(self, key: str) -> int | None:
-        from botocore.exceptions import BotoCoreError, ClientError
-
         try:
             head = self.client.head_object(Bucket=self.bucket, Key=self._key(key))
         except ClientError as exc:

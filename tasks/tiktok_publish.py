@@ -35,6 +35,10 @@ from typing import IO, Any
 import requests
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+from prefect.concurrency.sync import rate_limit
+from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect.futures import PrefectFuture
 from prefect.runtime import task_run as current_task_run
 from prefect.tasks import exponential_backoff
@@ -57,10 +61,10 @@ from reelflow.tiktok.plan import (
 )
 from reelflow.tiktok.tokens import TokenManager
 from storage.base import ObjectStore
+from storage.crypto import SecretBox
 from storage.publishing import (
     UPLOADED,
     UPLOADING,
-    SecretBox,
     get_publish,
     record_init,
     record_progress,
@@ -175,10 +179,6 @@ def rate_limit_shape(per_window: int, window_s: float) -> tuple[int, float]:
 def _ensure_limit(ctx: PublishContext, name: str, per_window: int) -> None:
     if name in ctx.limits_ready:
         return
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
-    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
-
     slots, decay = rate_limit_shape(per_window, ctx.rt.settings.tiktok_rate_window_s)
     with get_client(sync_client=True) as client:
         try:
@@ -195,8 +195,6 @@ def _ensure_limit(ctx: PublishContext, name: str, per_window: int) -> None:
 
 def take_rate_slot(ctx: PublishContext, kind: str) -> None:
     """Block until TikTok's ``kind`` limit for this account has room (shared by all runs)."""
-    from prefect.concurrency.sync import rate_limit
-
     name = rate_limit_name(kind, ctx.tokens.rate_key)
     _ensure_limit(ctx, name, RATE_LIMITS_PER_MIN[kind])
     try:

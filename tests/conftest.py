@@ -134,7 +134,7 @@ def clips(clip_dir: Path) -> object:
 @pytest.fixture
 def sandbox(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
     """reelflow's TikTok sandbox over HTTP on 127.0.0.1; REELFLOW_TIKTOK_API_BASE points at it."""
-    from reelflow.tiktok.sandbox_app import start_sandbox
+    from reelflow.tiktok.sandbox import start_sandbox
     from tests.support.tiktok import SANDBOX_CONFIG
 
     with start_sandbox(SANDBOX_CONFIG, data_dir=tmp_path / "sandbox") as sb:

@@ -33,6 +33,7 @@ from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any
 
 from reelflow.errors import PublishError
+from reelflow.logging import redact_text
 from reelflow.tiktok.plan import ContentRange, parse_content_range
 
 if TYPE_CHECKING:
@@ -320,8 +321,6 @@ def malformed_response(resp: requests.Response, *, endpoint: str, detail: str) -
 
 def redact(text: str) -> str:
     """Mask token-like values in ``text`` with reelflow's one redactor (reelflow.logging)."""
-    from reelflow.logging import redact_text
-
     return redact_text(text)
 
 

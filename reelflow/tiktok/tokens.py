@@ -1,7 +1,9 @@
 """Access tokens for one stored TikTok account: refreshed ahead of expiry, rotation persisted.
 
-:class:`TokenManager` hands out a live access token for an account kept in the catalog
-(``storage.publishing.Account``, tokens encrypted at rest) and owns the refresh rules:
+:class:`TokenManager` hands out a live access token for a stored account and owns the refresh
+rules. The account lives behind :class:`AccountStore` (the catalog implements it:
+``storage.accounts.AccountTokenStore``, tokens encrypted at rest) and the time comes from the
+clock it is given, so this module knows no database:
 
 * refresh *ahead* of expiry, using the ``expires_in`` TikTok sent when the token was issued (the
   pages disagree on lifetimes, 24 h vs 2 h, so none is assumed);
@@ -14,24 +16,21 @@
   re-read of the row tells apart.
 
 Must not: log, return in a message, or keep in ``repr`` any token; retry anything itself (errors
-keep their ``retryable`` flag and the calling Prefect task retries).
+keep their ``retryable`` flag and the calling Prefect task retries); import the storage layer.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TypeVar
-
-from sqlalchemy.engine import Engine
+from typing import Protocol, TypeVar
 
 from reelflow.errors import ConfigurationError
 from reelflow.logging import get_logger
 from reelflow.tiktok.client import TOKEN_PATH, TikTokClient
 from reelflow.tiktok.errors import AccessTokenInvalid, TikTokAuthError
-from storage.clock import aware, utcnow
-from storage.publishing import Account, SecretBox, get_account, store_refreshed_tokens
 
 T = TypeVar("T")
 
@@ -43,10 +42,54 @@ class AuthorizationRevoked(TikTokAuthError):
     """The account's refresh token was refused or has expired: a person must re-authorize."""
 
 
-def refresh_due(account: Account, now: datetime) -> bool:
+class SealedSecret(Protocol):
+    """A stored secret, decrypted only when it is used (its ``repr`` shows nothing)."""
+
+    def reveal(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class StoredTokens:
+    """One account as its store holds it: both tokens sealed, expiries as aware UTC times, and
+    a version that every token write bumps."""
+
+    open_id: str | None
+    scopes: str  # comma-separated, as TikTok sends it
+    access_token: SealedSecret = field(repr=False)
+    refresh_token: SealedSecret = field(repr=False)
+    access_expires_at: datetime
+    access_lifetime_s: int  # the expires_in received with the access token
+    refresh_expires_at: datetime | None
+    token_version: int
+
+
+class AccountStore(Protocol):
+    """Where accounts' tokens are kept (the catalog, encrypted: ``storage.accounts``)."""
+
+    def load(self, name: str) -> StoredTokens | None:
+        """The account ``name`` as stored now, or None when there is none."""
+        ...
+
+    def save_refreshed(
+        self,
+        name: str,
+        *,
+        access_token: str,
+        refresh_token: str | None,
+        expires_in: int,
+        refresh_expires_in: int | None,
+        open_id: str | None,
+        scopes: str | None,
+        now: datetime,
+    ) -> None:
+        """Persist a refresh's result in one transaction; an empty refresh token keeps the
+        stored one, and None for the other optional values keeps what is stored."""
+        ...
+
+
+def refresh_due(account: StoredTokens, now: datetime) -> bool:
     """True when the stored access token is expired or inside its refresh-ahead margin."""
-    expires_at = aware(account.access_expires_at)
-    assert expires_at is not None
+    expires_at = account.access_expires_at
     ahead = min(REFRESH_AHEAD_MAX_S, max(0, account.access_lifetime_s) * REFRESH_AHEAD_FRACTION)
     return expires_at - timedelta(seconds=ahead) <= now
 
@@ -57,19 +100,17 @@ class TokenManager:
     def __init__(
         self,
         client: TikTokClient,
-        engine: Engine,
-        box: SecretBox,
+        accounts: AccountStore,
         name: str,
         *,
-        clock: Callable[[], datetime] = utcnow,
+        clock: Callable[[], datetime],
     ) -> None:
         self._client = client
-        self._engine = engine
-        self._box = box
+        self._accounts = accounts
         self.name = name
-        self._clock = clock
+        self._clock = clock  # aware UTC now
         self._lock = threading.Lock()
-        account = get_account(engine, name)
+        account = accounts.load(name)
         if account is None:
             raise ConfigurationError(
                 f"no TikTok account named {name!r}; add it with `reelflow accounts add {name}`"
@@ -91,7 +132,7 @@ class TokenManager:
         account = self._account()
         if refresh_due(account, self._clock()):
             return self.refresh()
-        return self._box.open(account.access_token_enc)
+        return account.access_token.reveal()
 
     def call(self, fn: Callable[[str], T]) -> T:
         """``fn(access_token)``; on ``access_token_invalid`` refresh once and call again."""
@@ -112,12 +153,12 @@ class TokenManager:
         with self._lock:
             account = self._account()
             now = self._clock()
-            current = self._box.open(account.access_token_enc)
+            current = account.access_token.reveal()
             if rejected is not None and current != rejected and not refresh_due(account, now):
                 return current
             if rejected is None and not refresh_due(account, now):
                 return current  # someone refreshed while we waited for the lock
-            refresh_expires = aware(account.refresh_expires_at)
+            refresh_expires = account.refresh_expires_at
             if refresh_expires is not None and refresh_expires <= now:
                 raise AuthorizationRevoked(
                     f"TikTok account {self.name!r}: the refresh token expired at "
@@ -127,13 +168,13 @@ class TokenManager:
                     endpoint=TOKEN_PATH,
                 )
             try:
-                tokens = self._client.refresh(self._box.open(account.refresh_token_enc))
+                tokens = self._client.refresh(account.refresh_token.reveal())
             except TikTokAuthError as exc:
                 latest = self._account()
                 if latest.token_version != account.token_version:
                     # Another run rotated the refresh token between our read and our call.
                     self._log.info("access_token_refreshed_elsewhere")
-                    return self._box.open(latest.access_token_enc)
+                    return latest.access_token.reveal()
                 raise AuthorizationRevoked(
                     f"TikTok account {self.name!r}: refresh refused ({exc.code}); the "
                     "authorization was revoked or expired; re-authorize with "
@@ -143,10 +184,8 @@ class TokenManager:
                     log_id=exc.log_id,
                     endpoint=TOKEN_PATH,
                 ) from exc
-            rotated = self._box.open(account.refresh_token_enc) != tokens.refresh_token
-            store_refreshed_tokens(
-                self._engine,
-                self._box,
+            rotated = account.refresh_token.reveal() != tokens.refresh_token
+            self._accounts.save_refreshed(
                 self.name,
                 access_token=tokens.access_token,
                 refresh_token=tokens.refresh_token,
@@ -166,8 +205,8 @@ class TokenManager:
             )
             return tokens.access_token
 
-    def _account(self) -> Account:
-        account = get_account(self._engine, self.name)
+    def _account(self) -> StoredTokens:
+        account = self._accounts.load(self.name)
         if account is None:
             raise ConfigurationError(f"TikTok account {self.name!r} was removed")
         return account

@@ -12,9 +12,18 @@ import pytest
 from typer.testing import CliRunner
 
 from reelflow.cli import app
+from tests.support import refusals
 from tests.support.clips import BAD_KINDS
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
+
+
+@pytest.fixture(autouse=True)
+def _no_retry_spent(prefect_api: str) -> Any:
+    """Every case here is a refusal: none may spend a task retry."""
+    since = refusals.now()
+    yield
+    refusals.assert_no_retry_spent(prefect_api, since)
 
 
 def assert_nothing_stored(home: Path) -> None:

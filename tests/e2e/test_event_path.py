@@ -27,8 +27,7 @@ import boto3
 import httpx
 import pytest
 
-from reelflow.tiktok.sandbox import SandboxConfig
-from reelflow.tiktok.sandbox_app import RunningSandbox, start_sandbox
+from reelflow.tiktok.sandbox import RunningSandbox, SandboxConfig, start_sandbox
 from tests.support.prefect_server import (
     PrefectServer,
     free_port,

@@ -85,7 +85,7 @@ def hops(request: pytest.FixtureRequest) -> Iterator[HopTally]:
 
 @pytest.fixture(scope="module")
 def sandbox_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    from reelflow.tiktok.sandbox_app import start_sandbox
+    from reelflow.tiktok.sandbox import start_sandbox
 
     with start_sandbox(SANDBOX_CONFIG, data_dir=tmp_path_factory.mktemp("sandbox")) as sb:
         yield sb

@@ -15,6 +15,7 @@ import pytest
 from flows.ingest import ingest_video
 from reelflow.credentials import sealed
 from reelflow.planning import MIB
+from tests.support import refusals
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
@@ -131,11 +132,12 @@ def test_s3_and_http_sources_are_read_without_download(
 
 
 def test_transient_s3_faults_are_retried(
-    s3_env: str, s3_server: Any, bucket: str, clips: Any
+    s3_env: str, s3_server: Any, bucket: str, clips: Any, prefect_api: str
 ) -> None:
     """5xx and connection resets on some parts, one outlasting botocore's own retries: still done."""
     clip = clips.medium(12 * MIB)
     s3_server.reset_stats()
+    since = refusals.now()
     s3_server.set_faults(
         [
             {"op": "UploadPart", "part_numbers": [1], "kind": "500", "times": 2},
@@ -150,6 +152,9 @@ def test_transient_s3_faults_are_retried(
         s3_server.set_faults([])
     assert summary["sha256"] == sha256_file(clip)
     assert s3_server.stats()["UploadPart"] >= 3 + 2 + 1 + 6
+    # The detector the refusal tests rely on sees this retry (so theirs can fail).
+    with pytest.raises(AssertionError):
+        refusals.assert_no_retry_spent(prefect_api, since)
     assert s3_server.client().list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
 
 

@@ -139,7 +139,7 @@ def tally(request: pytest.FixtureRequest) -> Iterator[Tally]:
 
 @contextmanager
 def make_world(chaos: Chaos, name: str) -> Iterator[World]:
-    from reelflow.tiktok.sandbox_app import start_sandbox
+    from reelflow.tiktok.sandbox import start_sandbox
 
     where = chaos.root / name
     where.mkdir()

@@ -32,10 +32,11 @@ from reelflow.settings import Settings
 from reelflow.tiktok.client import TikTokClient
 from reelflow.tiktok.errors import TikTokAuthError, TikTokPolicyError, TikTokPublishFailed
 from reelflow.tiktok.plan import plan_tiktok_upload
-from reelflow.tiktok.sandbox import SandboxConfig
-from reelflow.tiktok.sandbox_app import RunningSandbox, start_sandbox
+from reelflow.tiktok.sandbox import RunningSandbox, SandboxConfig, start_sandbox
 from reelflow.tiktok.tokens import AuthorizationRevoked
-from storage.publishing import get_account, list_publishes, secret_box
+from storage.accounts import get_account
+from storage.crypto import secret_box
+from storage.publishing import list_publishes
 from storage.runtime import Runtime
 from tasks.tiktok_publish import PublishRefused
 from tests.support.tiktok import SANDBOX_CONFIG, add_account

@@ -24,9 +24,10 @@ import pytest
 from flows.ingest import ingest_video
 from reelflow.samples import make_clip
 from reelflow.settings import Settings
-from reelflow.tiktok.sandbox import SandboxConfig
-from reelflow.tiktok.sandbox_app import RunningSandbox, start_sandbox
-from storage.publishing import list_publishes, save_account, secret_box
+from reelflow.tiktok.sandbox import RunningSandbox, SandboxConfig, start_sandbox
+from storage.accounts import save_account
+from storage.crypto import secret_box
+from storage.publishing import list_publishes
 from storage.runtime import Runtime
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_api")]

@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 
-from reelflow.tiktok.sandbox_app import RunningSandbox, start_sandbox
+from reelflow.tiktok.sandbox import RunningSandbox, start_sandbox
 from storage.catalog import Catalog, make_engine
 from storage.publishing import list_publishes
 from tasks.tiktok_publish import rate_limit_name

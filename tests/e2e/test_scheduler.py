@@ -32,21 +32,26 @@ BIN = Path(sys.executable).parent
 FIRST_RUN_WAIT_S = 240
 
 
-def _publish_due_runs(api: str) -> list[dict[str, Any]]:
-    reply = prefect_api(
-        "POST",
-        f"{api}/flow_runs/filter",
-        json={"flow_runs": {"name": {"like_": ""}}, "limit": 50},
-    )
-    reply.raise_for_status()
-    runs: list[dict[str, Any]] = reply.json()
+def _publish_due_runs(api: str, *states: str) -> list[dict[str, Any]]:
+    """Runs of the publish-due deployment (in ``states``, if given), asked of the API itself:
+    the scheduler keeps an hour of future runs, so an unfiltered page would hold only those."""
     deployments = prefect_api(
         "POST",
         f"{api}/deployments/filter",
         json={"deployments": {"name": {"any_": ["publish-due"]}}},
     ).json()
-    ids = {d["id"] for d in deployments}
-    return [r for r in runs if r.get("deployment_id") in ids]
+    if not deployments:
+        return []
+    body: dict[str, Any] = {
+        "deployments": {"id": {"any_": [d["id"] for d in deployments]}},
+        "limit": 200,
+    }
+    if states:
+        body["flow_runs"] = {"state": {"type": {"any_": list(states)}}}
+    reply = prefect_api("POST", f"{api}/flow_runs/filter", json=body)
+    reply.raise_for_status()
+    runs: list[dict[str, Any]] = reply.json()
+    return runs
 
 
 def test_scheduler_creates_publish_due_runs_that_complete(tmp_path: Path) -> None:
@@ -75,10 +80,10 @@ def test_scheduler_creates_publish_due_runs_that_complete(tmp_path: Path) -> Non
 
             def completed() -> list[dict[str, Any]]:
                 assert serve.poll() is None, (logs / "serve.log").read_text()[-4000:]
+                ended = _publish_due_runs(server.api_url, "FAILED", "CRASHED", "CANCELLED")
+                assert ended == [], [(r["name"], r["state_name"]) for r in ended]
                 return [
-                    r
-                    for r in _publish_due_runs(server.api_url)
-                    if r["auto_scheduled"] and r["state_type"] == "COMPLETED"
+                    r for r in _publish_due_runs(server.api_url, "COMPLETED") if r["auto_scheduled"]
                 ]
 
             done = wait_for(

@@ -136,8 +136,7 @@ def test_no_canary_survives_anywhere(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Every secret reelflow handles is planted with a canary; none is found after the runs."""
-    from reelflow.tiktok.sandbox import SandboxConfig
-    from reelflow.tiktok.sandbox_app import start_sandbox
+    from reelflow.tiktok.sandbox import SandboxConfig, start_sandbox
     from storage.runtime import Runtime
     from tests.support.tiktok import add_account
 

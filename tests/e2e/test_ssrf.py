@@ -13,6 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from reelflow.cli import app
+from tests.support import refusals
 from tests.support.range_server import Obj, RangeServer, range_server
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
@@ -50,15 +51,16 @@ def run_cli(*args: str) -> Any:
     return CliRunner().invoke(app, ["ingest", *args, "--json"])
 
 
+@pytest.fixture(autouse=True)
+def _no_retry_spent(prefect_api: str) -> Any:
+    """Every case here is a refusal: none may spend a task retry."""
+    since = refusals.now()
+    yield
+    refusals.assert_no_retry_spent(prefect_api, since)
+
+
 def assert_refused(result: Any, home: Path, reason: str) -> str:
-    assert result.exit_code == 2, result.output
-    lines = [ln for ln in result.stderr.splitlines() if ln.startswith("error:")]
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith(f"error: {reason}:"), lines[0]
-    objects = home / "objects"
-    stored = [p for p in objects.rglob("*") if p.is_file()] if objects.exists() else []
-    assert stored == [], stored
-    return lines[0]
+    return refusals.assert_refused(result, home, reason)
 
 
 @pytest.fixture

@@ -43,8 +43,7 @@ os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 import httpx  # noqa: E402
 
 from reelflow.samples import make_clip  # noqa: E402
-from reelflow.tiktok.sandbox import SandboxConfig  # noqa: E402
-from reelflow.tiktok.sandbox_app import start_sandbox  # noqa: E402
+from reelflow.tiktok.sandbox import SandboxConfig, start_sandbox  # noqa: E402
 from tests.support.prefect_server import PrefectServer, start_process, stop_process  # noqa: E402
 from tests.support.s3server import S3TestServer  # noqa: E402
 

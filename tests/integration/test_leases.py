@@ -91,28 +91,29 @@ def test_each_acquisition_raises_the_token_and_stale_writes_are_refused(catalog:
     """A takeover gets token+1; the old holder's part, session and media writes roll back."""
     leases = Leases(catalog.engine, ttl_s=600)
     name, sid = _name("fence"), f"u_{time.monotonic_ns()}"
+    up = f"up_{time.monotonic_ns()}"  # the session database is shared by other test files
     first = leases.acquire(name, "run-a")
     assert first is not None
     _session(catalog, sid)
-    catalog.fenced(first).record_part(sid, "up1", 0, PartReceipt(1, 10, '"e1"', "s1"))
+    catalog.fenced(first).record_part(sid, up, 0, PartReceipt(1, 10, '"e1"', "s1"))
     _expire(catalog, name)
     second = leases.acquire(name, "run-b")
     assert second is not None and second.token == first.token + 1
     stale = catalog.fenced(first)
     with pytest.raises(LeaseLostError) as err:
-        stale.record_part(sid, "up1", 10, PartReceipt(2, 10, '"e2"', "s2"))
+        stale.record_part(sid, up, 10, PartReceipt(2, 10, '"e2"', "s2"))
     assert err.value.retryable and first.lost
     with pytest.raises(LeaseLostError):
         stale.update_session(sid, status="assembled")
     with pytest.raises(LeaseLostError):
-        stale.forget_parts("up1")
+        stale.forget_parts(up)
     with pytest.raises(LeaseLostError):
         stale.verify_fence()
-    assert sorted(catalog.ledger_parts("up1")) == [1]  # refused writes left nothing behind
+    assert sorted(catalog.ledger_parts(up)) == [1]  # refused writes left nothing behind
     assert catalog.get_session(sid).status == "open"  # type: ignore[union-attr]
-    catalog.fenced(second).record_part(sid, "up1", 10, PartReceipt(2, 10, '"e2"', "s2"))
+    catalog.fenced(second).record_part(sid, up, 10, PartReceipt(2, 10, '"e2"', "s2"))
     catalog.fenced(second).verify_fence()
-    assert sorted(catalog.ledger_parts("up1")) == [1, 2]
+    assert sorted(catalog.ledger_parts(up)) == [1, 2]
 
 
 def test_a_release_with_a_stale_token_leaves_the_new_holder_alone(catalog: Catalog) -> None:

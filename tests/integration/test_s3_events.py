@@ -25,6 +25,7 @@ from typer.testing import CliRunner
 from deployments.events_cli import events_app
 from deployments.s3_events import (
     EVENT_CREATED,
+    MAX_WEBHOOK_BODY_BYTES,
     Bridge,
     KeyFilter,
     PrefectEventSink,
@@ -641,8 +642,6 @@ def _chunks(total: int, size: int = 64 * 1024) -> Iterator[bytes]:
 def test_webhook_chunked_body_past_1_mib_is_413(webhook: str, s3: Any, bucket: str) -> None:
     """A chunked body (no Content-Length) of 1 MiB + 1 byte is 413; a notification padded to
     exactly 1 MiB is accepted."""
-    from deployments.s3_events import MAX_WEBHOOK_BODY_BYTES
-
     auth = {"Authorization": SECRET}
     over = httpx.post(
         webhook + "/", content=_chunks(MAX_WEBHOOK_BODY_BYTES + 1), headers=auth, timeout=30
@@ -665,8 +664,6 @@ def test_webhook_stops_reading_at_the_limit() -> None:
     """An endless chunked body is cut off after the limit plus at most one chunk: the app pulls
     no more from the connection than that (the ASGI receive counts what it handed over)."""
     import asyncio
-
-    from deployments.s3_events import MAX_WEBHOOK_BODY_BYTES
 
     class NoSink:
         def emit(self, events: Any) -> None:  # pragma: no cover - must not run

@@ -46,8 +46,7 @@ from reelflow.tiktok.plan import (
     first_unacknowledged_chunk,
     plan_tiktok_upload,
 )
-from reelflow.tiktok.sandbox import SandboxConfig
-from reelflow.tiktok.sandbox_app import start_sandbox
+from reelflow.tiktok.sandbox import SandboxConfig, start_sandbox
 
 pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs ffmpeg")
 

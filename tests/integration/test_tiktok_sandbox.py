@@ -20,8 +20,7 @@ from typing import Any
 import pytest
 import requests
 
-from reelflow.tiktok.sandbox import SandboxConfig
-from reelflow.tiktok.sandbox_app import RunningSandbox, start_sandbox
+from reelflow.tiktok.sandbox import RunningSandbox, SandboxConfig, start_sandbox
 
 MIB = 1024 * 1024
 HTTP_TIMEOUT_S = 30

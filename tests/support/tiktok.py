@@ -8,9 +8,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from reelflow.tiktok.sandbox import SandboxConfig
-from reelflow.tiktok.sandbox_app import RunningSandbox
-from storage.publishing import save_account, secret_box
+from reelflow.tiktok.sandbox import RunningSandbox, SandboxConfig
+from storage.accounts import save_account
+from storage.crypto import secret_box
 from storage.runtime import Runtime
 
 SANDBOX_CONFIG = SandboxConfig(processing_delay_s=0.0, seed=1234)

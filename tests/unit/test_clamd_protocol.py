@@ -16,7 +16,7 @@ from reelflow.clamd import (
     parse_clamd_url,
     parse_scan_reply,
 )
-from reelflow.cli import exit_code_for
+from reelflow.cli_errors import exit_code_for
 from reelflow.errors import (
     ConfigurationError,
     Infected,

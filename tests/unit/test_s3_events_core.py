@@ -12,10 +12,13 @@ from urllib.parse import quote_plus
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from pydantic import ValidationError as PydanticValidationError
+from structlog.testing import capture_logs
 
 from deployments.s3_events import (
     DEFAULT_SUFFIXES,
     EVENT_CREATED,
+    Bridge,
     KeyFilter,
     MalformedNotification,
     ObjectOptions,
@@ -23,15 +26,26 @@ from deployments.s3_events import (
     S3Object,
     authorized,
     build_event,
+    check_webhook_secret,
     event_id,
+    make_webhook_app,
     options_from_metadata,
     options_from_sidecar,
+    own_store_of,
     parse_notification,
     resolve_options,
     sidecar_key,
 )
 from reelflow.errors import ConfigurationError, ValidationError
 from reelflow.event_policy import EventPolicy
+from reelflow.ingest_options import (
+    INGEST_MODES,
+    check_account_name,
+    check_caption,
+    check_mode,
+    check_privacy,
+    check_publish_at,
+)
 
 NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
 
@@ -248,12 +262,12 @@ def test_valid_sidecar() -> None:
         (json.dumps({"acount": "x"}).encode(), "acount: Extra inputs are not permitted"),
         (json.dumps({"account": 5}).encode(), "account: Input should be a valid string"),
         (json.dumps({"account": ""}).encode(), "account"),
-        (json.dumps({"mode": "publish"}).encode(), "mode: Input should be 'direct'"),
+        (json.dumps({"mode": "publish"}).encode(), "mode: mode 'publish' is not one of direct,"),
         (json.dumps({"privacy_level": "public"}).encode(), "privacy_level"),
         (json.dumps({"publish_at": "2026-12-01T10:00:00"}).encode(), "timezone"),
         (json.dumps({"publish_at": 1795000000}).encode(), "ISO 8601"),
-        (json.dumps({"caption": "é" * 2201}).encode(), "2200 UTF-16"),
-        (json.dumps({"caption": "👋" * 1101}).encode(), "2200 UTF-16"),
+        (json.dumps({"caption": "é" * 2201}).encode(), "UTF-16 units; TikTok allows 2200"),
+        (json.dumps({"caption": "👋" * 1101}).encode(), "UTF-16 units; TikTok allows 2200"),
         (b" " * (64 * 1024 + 1), "larger than"),
     ],
 )
@@ -265,6 +279,61 @@ def test_bad_sidecar_is_a_clear_validation_error(raw: bytes, needle: str) -> Non
     assert "sidecar b/in/c.json" in str(info.value)
     assert needle in str(info.value)
     assert info.value.reason == "bad_sidecar"
+
+
+@pytest.mark.parametrize(
+    ("fields", "check"),
+    [
+        ({"account": ""}, lambda: check_account_name("")),
+        ({"account": "two words"}, lambda: check_account_name("two words")),
+        ({"mode": "publish"}, lambda: check_mode("publish", INGEST_MODES)),
+        ({"privacy_level": "public"}, lambda: check_privacy("public")),
+        ({"caption": "é" * 2201}, lambda: check_caption("é" * 2201)),
+        (
+            {"publish_at": "2026-12-01T10:00:00"},
+            lambda: check_publish_at(datetime(2026, 12, 1, 10), NOW),
+        ),
+    ],
+)
+def test_sidecar_options_are_refused_by_the_publish_rules(
+    fields: dict[str, Any], check: Any
+) -> None:
+    """Each option is refused by the reelflow.ingest_options rule every entry point runs: the
+    rule's reason code in ``rules`` and its own message after the sidecar and field names."""
+    with pytest.raises(ValidationError) as own:
+        check()
+    with pytest.raises(ValidationError) as info:
+        resolve_options(metadata={}, sidecar=fields, sidecar_name="b/in/c.json")
+    [name] = fields
+    assert info.value.reason == "bad_sidecar"
+    assert info.value.context["rules"] == (own.value.reason,)
+    assert str(info.value) == f"sidecar b/in/c.json: {name}: {own.value}"
+
+
+def test_past_publish_at_and_mode_none_pass_the_bridge() -> None:
+    """'Not in the past' is the run's check when it starts (an event may wait in a queue), so
+    the bridge passes a past publish_at on; mode 'none' (only store) is a valid ingest mode."""
+    opts = resolve_options(
+        metadata={"mode": "none"}, sidecar={"publish_at": "2020-01-01T00:00:00+00:00"}
+    )
+    assert (opts.mode, opts.publish_at) == ("none", datetime(2020, 1, 1, tzinfo=UTC))
+
+
+@given(st.integers(0, 2300), st.integers(0, 1200))
+def test_caption_passes_exactly_when_the_publish_rule_passes(bmp: int, emoji: int) -> None:
+    """The bridge's caption limit is ingest_options' (2200 UTF-16 units), not a copy of it."""
+    caption = "é" * bmp + "👋" * emoji
+    try:
+        check_caption(caption)
+        allowed = True
+    except ValidationError:
+        allowed = False
+    try:
+        PublishOptions(caption=caption)
+        accepted = True
+    except PydanticValidationError:
+        accepted = False
+    assert accepted == allowed
 
 
 def test_caption_limit_counts_utf16_units() -> None:
@@ -476,8 +545,6 @@ def record(bucket: str, key: str) -> dict[str, Any]:
 
 def test_bridge_ignores_objects_reelflow_wrote_to_its_own_store() -> None:
     """Stored videos/metadata under the store prefix never trigger another ingest."""
-    from deployments.s3_events import Bridge, own_store_of
-
     assert own_store_of("s3://media-bucket/reelflow") == ("media-bucket", "reelflow")
     assert own_store_of("file:///tmp/x") is None
     bridge = Bridge(
@@ -505,10 +572,6 @@ def test_bridge_ignores_objects_reelflow_wrote_to_its_own_store() -> None:
 def test_bridge_refuses_foreign_buckets_and_unsafe_keys(bucket: str, key: str) -> None:
     """Not in REELFLOW_EVENT_BUCKETS, or a '..'/NUL/control key: logged as refused, no S3
     call, no event (the message is then deleted like any handled one)."""
-    from structlog.testing import capture_logs
-
-    from deployments.s3_events import Bridge
-
     bridge = Bridge(
         s3=NoS3(),
         sink=NoSink(),
@@ -523,8 +586,6 @@ def test_bridge_refuses_foreign_buckets_and_unsafe_keys(bucket: str, key: str) -
 
 def test_bridge_without_buckets_refuses_everything() -> None:
     """An empty policy lets no notification through."""
-    from deployments.s3_events import Bridge
-
     bridge = Bridge(s3=NoS3(), sink=NoSink(), key_filter=KeyFilter(), policy=EventPolicy())
     assert bridge.handle(body(record("raw-uploads", "in/a.mp4"))) == []
 
@@ -560,8 +621,6 @@ class ListSink:
 def test_sidecar_naming_an_account_the_prefix_may_not_use_sets_options_error() -> None:
     """A sidecar choosing 'studio' and PUBLIC_TO_EVERYONE where only 'acme' is allowed: the
     event carries options_error and no options, so the run fails validation, posting nothing."""
-    from deployments.s3_events import Bridge
-
     sidecar = json.dumps({"account": "studio", "privacy_level": "PUBLIC_TO_EVERYONE"}).encode()
     sink = ListSink()
     bridge = Bridge(
@@ -594,8 +653,6 @@ def test_sidecar_naming_an_account_the_prefix_may_not_use_sets_options_error() -
 
 def test_record_without_etag_takes_the_version_from_head() -> None:
     """A record that carries no ETag gets HEAD's, so its id still names the object version."""
-    from deployments.s3_events import Bridge
-
     sink = ListSink()
     bridge = Bridge(
         s3=FakeS3(None, etag='"from-head"'),
@@ -612,8 +669,6 @@ def test_record_without_etag_takes_the_version_from_head() -> None:
 @pytest.mark.parametrize("secret", ["", "   ", "x" * 31, " " + "x" * 31 + " "])
 def test_short_webhook_secrets_are_refused(secret: str) -> None:
     """A webhook secret under 32 characters is a ConfigurationError before anything listens."""
-    from deployments.s3_events import Bridge, check_webhook_secret, make_webhook_app
-
     with pytest.raises(ConfigurationError, match="REELFLOW_WEBHOOK_SECRET"):
         check_webhook_secret(secret)
     bridge = Bridge(s3=NoS3(), sink=NoSink(), key_filter=KeyFilter(), policy=EventPolicy())

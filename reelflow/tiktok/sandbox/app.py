@@ -2,8 +2,9 @@
 
 This module owns the wire: routes, the JSON envelope ``{data, error:{code, message, log_id}}``,
 the flat OAuth error shape, Retry-After/Content-Range/X-Tt-Logid headers, streaming chunk PUTs
-to disk, and where injected faults strike (never on ``/_sandbox/`` admin routes). Every decision
-about tokens, limits, chunk maths or statuses is delegated to ``reelflow.tiktok.sandbox``.
+to disk, and where injected faults strike (never on ``/_sandbox/`` admin routes). It must not
+decide anything about tokens, limits, chunk maths or statuses: every such call goes to
+:class:`SandboxState` (looked up on the state at call time, so tests can spy on it).
 
 ``start_sandbox`` runs uvicorn in a daemon thread for tests; ``run_sandbox`` blocks (CLI).
 """
@@ -30,17 +31,12 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from reelflow.tiktok.sandbox import (
-    SCOPE_PUBLISH,
-    SCOPE_UPLOAD,
-    AccessToken,
-    InjectedFault,
-    OAuthError,
-    SandboxConfig,
-    SandboxError,
-    SandboxState,
-    new_log_id,
-)
+from reelflow.tiktok.sandbox.accounts import SCOPE_PUBLISH, SCOPE_UPLOAD
+from reelflow.tiktok.sandbox.config import SandboxConfig
+from reelflow.tiktok.sandbox.errors import OAuthError, SandboxError, new_log_id
+from reelflow.tiktok.sandbox.faults import InjectedFault
+from reelflow.tiktok.sandbox.oauth import AccessToken
+from reelflow.tiktok.sandbox.state import SandboxState
 
 log = structlog.get_logger(__name__)
 
