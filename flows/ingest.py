@@ -354,20 +354,19 @@ def ingest_video(
             "Secrets"). A source with credentials but no source_secret is refused.
     """
     configure_logging()
+    settings = Settings()
     if origin:
         # Anyone who can post an event to the Prefect API can start this run: trust no field.
-        event_settings = Settings()
         check_event_run(
             origin=origin,
             source=source,
             account=account,
-            event_buckets=event_settings.event_buckets,
-            event_accounts=event_settings.event_accounts,
+            event_buckets=settings.event_buckets,
+            event_accounts=settings.event_accounts,
             source_secret=source_secret,
         )
     if options_error:
         raise ValidationError(options_error, reason="bad_publish_options")
-    settings = Settings()
     remember_settings_secrets(settings)
     # The real URL (credentials and all) exists only in this process, never as a parameter.
     real_source = reveal(source, source_secret)
