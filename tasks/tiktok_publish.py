@@ -45,9 +45,8 @@ from prefect.tasks import exponential_backoff
 from requests.adapters import HTTPAdapter
 
 from reelflow.errors import IntegrityError, PublishError, retry_if_retryable
-from reelflow.ingest_options import MAX_CAPTION_UTF16_UNITS, check_caption
-from reelflow.ingest_options import utf16_units as utf16_units
 from reelflow.logging import get_logger, install_log_redaction
+from reelflow.publish_rules import UPLOADED, UPLOADING, PublishRequest, check_caption
 from reelflow.tiktok.client import PublishStatus, TikTokClient, build_session
 from reelflow.tiktok.cursor import UploadCursor
 from reelflow.tiktok.errors import TikTokApiError, TikTokRateLimited, UploadOutOfSync
@@ -63,8 +62,6 @@ from reelflow.tiktok.tokens import TokenManager
 from storage.base import ObjectStore
 from storage.crypto import SecretBox
 from storage.publishing import (
-    UPLOADED,
-    UPLOADING,
     get_publish,
     record_init,
     record_progress,
@@ -75,7 +72,6 @@ from storage.runtime import Runtime
 RATE_LIMITS_PER_MIN = {"init": 6, "creator_info": 20, "status": 30}
 RATE_WAIT_TIMEOUT_S = 600.0  # a slot not free after this long fails the attempt (retryable)
 MAX_RETRY_AFTER_S = 120.0  # honour Retry-After up to this; beyond it Prefect's backoff decides
-MAX_TITLE_UTF16_UNITS = MAX_CAPTION_UTF16_UNITS
 STREAM_BLOCK_BYTES = 1024 * 1024
 
 
@@ -242,19 +238,20 @@ def check_post_duration(limit_s: float | None, duration_s: float, account: str) 
     retry_condition_fn=retry_if_retryable,
 )
 def check_creator(
-    ctx: PublishContext, *, mode: str, privacy: str, duration_s: float | None, caption: str | None
+    ctx: PublishContext, request: PublishRequest, *, duration_s: float | None
 ) -> dict[str, Any]:
     """creator_info, then refuse what this creator cannot post (privacy level, duration).
 
     ``duration_s`` None skips the duration check (asked before the video is validated: the
     caller checks it with :func:`check_post_duration` once it is known).
     """
-    check_caption(caption)  # before the rate-limited call: a refusal costs nothing
+    check_caption(request.caption)  # before the rate-limited call: a refusal costs nothing
     take_rate_slot(ctx, "creator_info")
     with honouring_retry_after():
         info = ctx.tokens.call(ctx.client.creator_info)
     log = get_logger(account=ctx.tokens.name)
-    if mode == "direct" and privacy not in info.privacy_level_options:
+    privacy = request.privacy_level
+    if request.mode == "direct" and privacy not in info.privacy_level_options:
         raise PublishRefused(
             f"TikTok account {ctx.tokens.name!r} does not offer privacy level {privacy!r} "
             f"(it offers {', '.join(info.privacy_level_options)})",
