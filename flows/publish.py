@@ -91,11 +91,13 @@ from tasks.status_poll import (
 from tasks.tiktok_publish import (
     PublishContext,
     Tally,
+    UploadSession,
     check_creator,
     check_post_duration,
     fetch_upload_status,
     init_upload,
     send_chunks,
+    session_of,
     upload_session,
 )
 
@@ -212,6 +214,7 @@ class _Run:
         self.timings: dict[str, float] = {}
         self.progress: ProgressReporter | None = None
         self.chunks_total = row.chunks_total
+        self.session: UploadSession | None = None  # the session this run sends to
         size = max(1, media.size_bytes)
         self.progress_id = create_progress_artifact(
             progress=100.0 * row.bytes_acknowledged / size,
@@ -257,8 +260,8 @@ def _init(run: _Run, request: PublishRequest, reason: str) -> None:
             creator = check_creator(ctx, request, duration_s=media.duration_s)
     post_info = direct_post_info(request, creator, media.thumbnail_time_ms)
     with run.timed("init"):
-        result = init_upload(ctx, run.row_id, post_info=post_info, reason=reason)
-    run.chunks_total = result["chunks_total"]
+        run.session = init_upload(ctx, run.row_id, post_info=post_info, reason=reason)
+    run.chunks_total = run.session.plan.total_chunk_count
 
 
 def _upload(run: _Run, step: Step, request: PublishRequest) -> None:
@@ -266,11 +269,13 @@ def _upload(run: _Run, step: Step, request: PublishRequest) -> None:
     ctx, engine = run.ctx, run.ctx.rt.catalog.engine
     start = step.from_byte
     for attempt in range(MAX_REINITS_PER_RUN + 1):
+        assert run.session is not None  # inited this run, or the row's (see _drive)
         try:
             with run.timed("upload"):
                 send_chunks(
                     ctx,
                     run.row_id,
+                    run.session,
                     video_key=run.media.video_key,
                     content_type=run.media.content_type,
                     start_byte=start,
@@ -489,6 +494,8 @@ def _drive(
     if step.action == "init":
         still_ours()
         _init(run, request, step.reason)
+    if step.action == "upload":
+        run.session = session_of(row)  # the session the row records, with its chunk plan
     if step.action in ("init", "upload"):
         still_ours()
         _upload(run, step, request)
