@@ -25,10 +25,8 @@ from prefect.runtime import flow_run as current_flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.publish import (
-    DEFAULT_PRIVACY,
     check_creator_before_upload,
     check_duration_for_creator,
-    post_options,
     publish_stored_media,
 )
 from reelflow.credentials import reveal
@@ -37,6 +35,7 @@ from reelflow.event_policy import check_event_run
 from reelflow.ingest_options import check_ingest_options
 from reelflow.logging import configure_logging, get_logger, remember_settings_secrets
 from reelflow.progress import ProgressReporter
+from reelflow.publish_rules import PublishRequest
 from reelflow.rules import VideoMeta
 from reelflow.settings import Settings
 from reelflow.sources import SourceRef
@@ -388,16 +387,16 @@ def ingest_video(
     _tag_run(account, publish_mode)
     rt = Runtime.from_settings(settings)
     on_validated: Callable[[VideoMeta], None] | None = None
-    if publish_mode != "none" and account:
-        creator = _check_publish_request(rt, account, caption, privacy_level, publish_mode)
+    if opts.publish is not None and account:
+        creator = _check_publish_request(rt, opts.publish)
         on_validated = _duration_check(creator, account)
     summary = _ingest(
         real_source, rt, opts.chunk_size_bytes, opts.concurrency, on_validated=on_validated
     )
     summary["publish"] = None
-    if publish_mode != "none" and account:
+    if opts.publish is not None:
         summary["publish"] = _publish_or_queue(
-            rt, summary, account, caption, privacy_level, publish_mode, publish_at, again
+            rt, summary, dataclasses.replace(opts.publish, again=again), publish_at
         )
     create_markdown_artifact(
         markdown=_summary_markdown(summary),
@@ -407,19 +406,16 @@ def ingest_video(
     return summary
 
 
-def _check_publish_request(
-    rt: Runtime, account: str, caption: str | None, privacy: str | None, mode: str
-) -> dict[str, Any]:
+def _check_publish_request(rt: Runtime, request: PublishRequest) -> dict[str, Any]:
     """Refuse a publish TikTok would refuse before a single byte is uploaded: an unknown
     account, a privacy level the creator does not offer (creator_info, asked now). Returns the
     creator's limits for the duration check once the video is validated."""
-    post_options(mode, privacy or DEFAULT_PRIVACY, caption)
-    if get_account(rt.catalog.engine, account) is None:
+    if get_account(rt.catalog.engine, request.account) is None:
         raise ValidationError(
-            f"no TikTok account {account!r} (add it with `reelflow accounts add`)",
+            f"no TikTok account {request.account!r} (add it with `reelflow accounts add`)",
             reason="unknown_account",
         )
-    return check_creator_before_upload(rt, account, mode=mode, privacy=privacy, caption=caption)
+    return check_creator_before_upload(rt, request)
 
 
 def _duration_check(creator: dict[str, Any], account: str) -> Callable[[VideoMeta], None]:
@@ -427,25 +423,18 @@ def _duration_check(creator: dict[str, Any], account: str) -> Callable[[VideoMet
 
 
 def _publish_or_queue(
-    rt: Runtime,
-    summary: dict[str, Any],
-    account: str,
-    caption: str | None,
-    privacy: str | None,
-    mode: str,
-    publish_at: datetime | None,
-    again: bool = False,
+    rt: Runtime, summary: dict[str, Any], request: PublishRequest, publish_at: datetime | None
 ) -> dict[str, Any]:
     if publish_at is not None and publish_at > datetime.now(UTC):
         row = queue_publish(
             rt.catalog.engine,
             media_id=summary["media_id"],
-            account=account,
-            mode=mode,
-            privacy=privacy,
-            caption=caption,
+            account=request.account,
+            mode=request.mode,
+            privacy=request.privacy,
+            caption=request.caption,
             due_at=publish_at,
-            again=again,
+            again=request.again,
         )
         get_logger(media_id=summary["media_id"]).info("publish_scheduled", due_at=str(publish_at))
         done = json.loads(row.result_json) if row.result_json else {}
@@ -458,9 +447,7 @@ def _publish_or_queue(
             "chunks_total": None,
             "chunks_sent_this_run": 0,
         }
-    return publish_stored_media(
-        rt, summary["media_id"], account, caption, privacy or DEFAULT_PRIVACY, mode, again=again
-    )
+    return publish_stored_media(rt, summary["media_id"], request)
 
 
 def _ingest(

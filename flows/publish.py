@@ -25,7 +25,6 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 
 from prefect import flow
@@ -36,17 +35,24 @@ from prefect.artifacts import (
 from prefect.runtime import flow_run as current_flow_run
 
 from reelflow.errors import ReelflowError, TransientStorageError, ValidationError
-from reelflow.ingest_options import DEFAULT_PRIVACY as DEFAULT_PRIVACY
-from reelflow.ingest_options import MODES as MODES
-from reelflow.ingest_options import PRIVACY_LEVELS as PRIVACY_LEVELS
-from reelflow.ingest_options import (
-    check_caption,
-    check_mode,
-    check_privacy,
-    check_publish_request,
-)
+from reelflow.ingest_options import check_publish_request
 from reelflow.logging import configure_logging, get_logger
 from reelflow.progress import ProgressReporter
+from reelflow.publish_rules import (
+    DEFAULT_PRIVACY,
+    DONE_STATES,
+    FAILED,
+    SETTLED_STATES,
+    UPLOADED,
+    UPLOADING,
+    PublishRequest,
+    Step,
+    direct_post_info,
+    needs_remote_status,
+    next_step,
+    post_options,
+    request_from_options,
+)
 from reelflow.settings import Settings
 from reelflow.tiktok.client import PublishStatus, TikTokClient
 from reelflow.tiktok.errors import (
@@ -62,13 +68,6 @@ from storage.clock import aware, utcnow
 from storage.crypto import secret_box
 from storage.leases import Fence, Leases
 from storage.publishing import (
-    DONE_STATES,
-    FAILED,
-    PENDING,
-    POLL_ONLY_STATES,
-    PROCESSING,
-    UPLOADED,
-    UPLOADING,
     Publish,
     ensure_publish,
     get_publish,
@@ -92,72 +91,20 @@ from tasks.status_poll import (
 from tasks.tiktok_publish import (
     PublishContext,
     Tally,
+    UploadSession,
     check_creator,
     check_post_duration,
     fetch_upload_status,
     init_upload,
     send_chunks,
+    session_of,
     upload_session,
 )
 
 MAX_REINITS_PER_RUN = 2  # an expired URL twice in one run means the upload cannot finish in 1 h
 SCOPE_PUBLISH = "video.publish"
-SETTLED_STATES = DONE_STATES | {FAILED, PROCESSING}
 PROGRESS_INTERVAL_S = 2.0
 MAX_GENERATION_RACES = 16  # concurrent --again runs of other options taking the same generation
-
-
-@dataclass(frozen=True)
-class Step:
-    """What a run does next: ``init``, ``upload`` (from ``from_byte``), ``poll``, ``done`` or
-    ``failed``; ``reason`` is recorded with an init."""
-
-    action: str
-    from_byte: int = 0
-    reason: str = ""
-
-
-def next_step(row: Publish, remote: PublishStatus | None) -> Step:
-    """Pure: the one way forward for a ledger row and (for a live session) TikTok's status.
-
-    ``remote`` is None when the row has no session, or TikTok does not know its publish_id.
-    """
-    if row.status in DONE_STATES:
-        return Step("done")
-    if row.status == FAILED:
-        if row.fail_reason == "internal":  # TikTok documents it retryable: a fresh publish
-            return Step("init", reason="retry_after_internal_failure")
-        return Step("failed")
-    if row.status in POLL_ONLY_STATES:
-        return Step("poll")
-    if row.publish_id is None or row.status == PENDING:
-        return Step("init", reason="first_init" if row.inits == 0 else "init_after_refusal")
-    if remote is None:
-        return Step("init", reason="publish_id_unknown_to_tiktok")
-    if remote.status == "FAILED":
-        return Step("failed")
-    if remote.status != "PROCESSING_UPLOAD":
-        return Step("poll")
-    uploaded = remote.uploaded_bytes or 0
-    if uploaded >= row.video_size:
-        return Step("poll")
-    return Step("upload", from_byte=uploaded)
-
-
-def post_options(mode: str, privacy: str, caption: str | None) -> dict[str, Any]:
-    """The canonical post options a publish row records (what TikTok is sent)."""
-    check_mode(mode)  # the rules every caller shares (reelflow.ingest_options)
-    check_privacy(privacy)
-    check_caption(caption)
-    if mode == "inbox":  # the user picks caption and privacy in the app (UP)
-        return {"mode": mode}
-    return {"mode": mode, "privacy_level": privacy, "caption": caption or ""}
-
-
-def _row_post_options(row: Publish) -> tuple[str, str, str | None]:
-    """(mode, privacy, caption) of a row: a publish is driven with the options it was made with."""
-    opts = stored_options(row)
-    return opts["mode"], opts.get("privacy_level", DEFAULT_PRIVACY), opts.get("caption") or None
 
 
 def select_publish(rows: list[Publish], options: dict[str, Any], *, again: bool) -> Publish | None:
@@ -188,11 +135,10 @@ def aware_ts(value: Any) -> float:
     return float(aware(value).timestamp())
 
 
-def _find_or_make_publish(
-    engine: Any, media: Media, account: str, options: dict[str, Any], mode: str, again: bool
-) -> Publish:
+def _find_or_make_publish(engine: Any, media: Media, request: PublishRequest) -> Publish:
     """The ledger row for this request: an existing publish, or a new one (generation 0, or the
     next generation for ``again``), inserted before TikTok hears of it."""
+    account, again, options = request.account, request.again, post_options(request)
     for _ in range(MAX_GENERATION_RACES):
         rows = publishes_for(engine, media.media_id, account)
         found = select_publish(rows, options, again=again)
@@ -208,7 +154,7 @@ def _find_or_make_publish(
                 account=account,
                 options_hash=options_hash(stored),
                 options_json=json.dumps(stored, sort_keys=True),
-                mode=mode,
+                mode=request.mode,
                 video_size=media.size_bytes,
             ),
         )
@@ -221,9 +167,7 @@ def _find_or_make_publish(
     )
 
 
-def check_creator_before_upload(
-    rt: Runtime, account: str, *, mode: str, privacy: str | None, caption: str | None
-) -> dict[str, Any]:
+def check_creator_before_upload(rt: Runtime, request: PublishRequest) -> dict[str, Any]:
     """creator_info for a publish that will follow an ingest, asked before any byte is sent.
 
     Refuses (``PublishRefused``, terminal) a privacy level the creator does not offer; returns
@@ -238,14 +182,12 @@ def check_creator_before_upload(
         client_secret=settings.tiktok_client_secret.get_secret_value(),
     ) as client:
         tokens = TokenManager(
-            client, AccountTokenStore(rt.catalog.engine, box), account, clock=utcnow
+            client, AccountTokenStore(rt.catalog.engine, box), request.account, clock=utcnow
         )
-        if mode != "direct" and SCOPE_PUBLISH not in tokens.scopes:
+        if request.mode != "direct" and SCOPE_PUBLISH not in tokens.scopes:
             return {}  # the inbox flow never asks creator_info without the publish scope
         ctx = PublishContext(rt, client, tokens, box)
-        return check_creator(
-            ctx, mode=mode, privacy=privacy or DEFAULT_PRIVACY, duration_s=None, caption=caption
-        )
+        return check_creator(ctx, request, duration_s=None)
 
 
 def check_duration_for_creator(creator: dict[str, Any], account: str, duration_s: float) -> None:
@@ -272,6 +214,7 @@ class _Run:
         self.timings: dict[str, float] = {}
         self.progress: ProgressReporter | None = None
         self.chunks_total = row.chunks_total
+        self.session: UploadSession | None = None  # the session this run sends to
         size = max(1, media.size_bytes)
         self.progress_id = create_progress_artifact(
             progress=100.0 * row.bytes_acknowledged / size,
@@ -308,41 +251,31 @@ def _remote_status(ctx: PublishContext, publish_id: str) -> PublishStatus | None
         raise
 
 
-def _init(run: _Run, mode: str, privacy: str, caption: str | None, reason: str) -> None:
+def _init(run: _Run, request: PublishRequest, reason: str) -> None:
     """Check the creator, then open a new upload session (recorded before this returns)."""
     ctx, media = run.ctx, run.media
     creator: dict[str, Any] = {}
-    if mode == "direct" or SCOPE_PUBLISH in ctx.tokens.scopes:
+    if request.mode == "direct" or SCOPE_PUBLISH in ctx.tokens.scopes:
         with run.timed("creator_info"):
-            creator = check_creator(
-                ctx, mode=mode, privacy=privacy, duration_s=media.duration_s, caption=caption
-            )
-    post_info: dict[str, Any] | None = None
-    if mode == "direct":
-        post_info = {
-            "privacy_level": privacy,
-            "disable_comment": bool(creator.get("comment_disabled")),
-            "disable_duet": bool(creator.get("duet_disabled")),
-            "disable_stitch": bool(creator.get("stitch_disabled")),
-            "video_cover_timestamp_ms": int(media.thumbnail_time_ms),
-        }
-        if caption:
-            post_info["title"] = caption
+            creator = check_creator(ctx, request, duration_s=media.duration_s)
+    post_info = direct_post_info(request, creator, media.thumbnail_time_ms)
     with run.timed("init"):
-        result = init_upload(ctx, run.row_id, post_info=post_info, reason=reason)
-    run.chunks_total = result["chunks_total"]
+        run.session = init_upload(ctx, run.row_id, post_info=post_info, reason=reason)
+    run.chunks_total = run.session.plan.total_chunk_count
 
 
-def _upload(run: _Run, step: Step, mode: str, privacy: str, caption: str | None) -> None:
+def _upload(run: _Run, step: Step, request: PublishRequest) -> None:
     """Send the chunks; on an expired or unknown upload URL re-init and start over (bounded)."""
     ctx, engine = run.ctx, run.ctx.rt.catalog.engine
     start = step.from_byte
     for attempt in range(MAX_REINITS_PER_RUN + 1):
+        assert run.session is not None  # inited this run, or the row's (see _drive)
         try:
             with run.timed("upload"):
                 send_chunks(
                     ctx,
                     run.row_id,
+                    run.session,
                     video_key=run.media.video_key,
                     content_type=run.media.content_type,
                     start_byte=start,
@@ -368,7 +301,7 @@ def _upload(run: _Run, step: Step, mode: str, privacy: str, caption: str | None)
                 publish_id=row.publish_id,
                 bytes_acknowledged=row.bytes_acknowledged,
             )
-            _init(run, mode, privacy, caption, reason)
+            _init(run, request, reason)
             start = 0
 
 
@@ -411,32 +344,28 @@ def _markdown(summary: dict[str, Any], error: ReelflowError | None) -> str:
 def publish_stored_media(
     rt: Runtime,
     media_id: str,
-    account: str,
-    caption: str | None = None,
-    privacy: str = DEFAULT_PRIVACY,
-    mode: str = "direct",
+    request: PublishRequest,
     *,
     poll_deadline_s: float = DEFAULT_POLL_DEADLINE_S,
     poll_interval_s: float = FIRST_POLL_INTERVAL_S,
     preferred_chunk_bytes: int = DEFAULT_PREFERRED_CHUNK_BYTES,
-    again: bool = False,
     row_id: str | None = None,
 ) -> dict[str, Any]:
-    """Publish ``media_id`` (already in the catalog and store) to ``account``; safe to re-run.
+    """Publish ``media_id`` (already in the catalog and store) as ``request`` asks; safe to re-run.
 
     A media is published to an account once: when it already was (whatever the caption), the
     existing publish is returned (``options_differ`` says the request's options were not the
-    ones posted), and resumed or polled if unfinished. ``again=True`` posts once more with these
-    options (a new generation); the same request again finds that one. ``row_id`` drives one
-    given ledger row (reconciliation) instead of choosing.
+    ones posted), and resumed or polled if unfinished. ``request.again`` posts once more with
+    these options (a new generation); the same request again finds that one. ``row_id`` drives
+    one given ledger row (:func:`resume_publish`) instead of choosing.
 
     Returns ``{publish_id, status, post_id, fail_reason, chunks_total, chunks_sent_this_run,
     ...}``; ``status`` is TikTok's. Raises typed errors: ``PublishRefused`` and TikTok policy or
     validation errors (terminal), ``TikTokPublishFailed`` (FAILED, with fail_reason and log_id),
     ``AuthorizationRevoked``. A poll deadline is not an error: the row stays ``processing``.
     """
-    check_publish_request(account, mode, privacy, caption)
-    options = post_options(mode, privacy, caption)
+    account = request.account
+    options = post_options(request)  # the rules again: a caller may have built it by hand
     media = rt.catalog.get_media(media_id)
     if media is None:
         raise ValidationError(f"no stored media {media_id!r}", reason="media_not_found")
@@ -461,7 +390,7 @@ def publish_stored_media(
                 )
             row = given
         else:
-            row = _find_or_make_publish(rt.catalog.engine, media, account, options, mode, again)
+            row = _find_or_make_publish(rt.catalog.engine, media, request)
         log = get_logger(account=account, media_id=media_id, publish_row=row.id)
         log.info("tiktok_publish_started", ledger_status=row.status, publish_id=row.publish_id)
         run = _Run(ctx, row, media)
@@ -483,16 +412,16 @@ def publish_stored_media(
             if stored_options(latest) != options and row_id is None:
                 # Nothing reached TikTok yet (refused before init): the new request's options
                 # replace the old ones. Anything TikTok has keeps the options it was sent.
-                replace_pending_options(engine, row.id, options, mode)
+                replace_pending_options(engine, row.id, options, request.mode)
                 latest = get_publish(engine, row.id)
                 assert latest is not None
             differ = stored_options(latest) != options
             if differ:
-                log.info("tiktok_publish_exists", publish_id=latest.publish_id, again=again)
+                log.info("tiktok_publish_exists", publish_id=latest.publish_id, again=request.again)
             try:
                 _drive(
                     run,
-                    *_row_post_options(latest),
+                    request_from_options(stored_options(latest), account, again=request.again),
                     poll_deadline_s,
                     poll_interval_s,
                     fence=held.fence,
@@ -532,9 +461,7 @@ def publish_stored_media(
 
 def _drive(
     run: _Run,
-    mode: str,
-    privacy: str,
-    caption: str | None,
+    request: PublishRequest,
     poll_deadline_s: float,
     poll_interval_s: float,
     *,
@@ -552,7 +479,8 @@ def _drive(
     row = get_publish(engine, run.row_id)
     assert row is not None
     remote = None
-    if row.status not in DONE_STATES | POLL_ONLY_STATES | {FAILED, PENDING} and row.publish_id:
+    if needs_remote_status(row):
+        assert row.publish_id is not None
         remote = _remote_status(ctx, row.publish_id)  # the remote truth, before anything else
         if remote is not None:
             record_status(ctx, run.row_id, remote, size=row.video_size)
@@ -565,10 +493,12 @@ def _drive(
         raise publish_failed(row.fail_reason or "", row.publish_id or "", row.log_id)
     if step.action == "init":
         still_ours()
-        _init(run, mode, privacy, caption, step.reason)
+        _init(run, request, step.reason)
+    if step.action == "upload":
+        run.session = session_of(row)  # the session the row records, with its chunk plan
     if step.action in ("init", "upload"):
         still_ours()
-        _upload(run, step, mode, privacy, caption)
+        _upload(run, step, request)
     elif row.status == UPLOADING:  # TikTok holds every byte: record it, then only poll
         update_publish(engine, run.row_id, status=UPLOADED, bytes_acknowledged=row.video_size)
     row = get_publish(engine, run.row_id)
@@ -620,15 +550,21 @@ def publish_media(
             Running the same request again does not post a third time.
     """
     configure_logging()
+    request = check_publish_request(account, mode, privacy, caption, again=again)
     rt = Runtime.from_settings(Settings())
     return publish_stored_media(
         rt,
         media_id,
-        account,
-        caption,
-        privacy,
-        mode,
+        request,
         poll_deadline_s=poll_deadline_s,
         preferred_chunk_bytes=chunk_size_bytes or DEFAULT_PREFERRED_CHUNK_BYTES,
-        again=again,
     )
+
+
+def resume_publish(rt: Runtime, row_id: str) -> dict[str, Any]:
+    """Drive one ledger row on with the options it was made with (reconciliation)."""
+    row = get_publish(rt.catalog.engine, row_id)
+    if row is None:
+        raise ValidationError(f"no publish {row_id!r}", reason="publish_not_found")
+    request = request_from_options(stored_options(row), row.account)
+    return publish_stored_media(rt, row.media_id, request, row_id=row.id)

@@ -12,7 +12,6 @@ Orchestration only; the queue lives in storage/schedule.py, TikTok I/O in tasks/
 
 from __future__ import annotations
 
-import json
 import os
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -21,12 +20,14 @@ from prefect import flow
 from prefect.artifacts import create_table_artifact
 from prefect.runtime import flow_run as current_flow_run
 
-from flows.publish import DEFAULT_PRIVACY, publish_stored_media
+from flows.publish import publish_stored_media, resume_publish
 from reelflow.errors import ReelflowError
+from reelflow.ingest_options import check_publish_request
 from reelflow.logging import configure_logging, get_logger
+from reelflow.publish_rules import PROCESSING
 from reelflow.settings import Settings
 from storage import schedule
-from storage.publishing import PROCESSING, list_publishes
+from storage.publishing import list_publishes
 from storage.runtime import Runtime
 
 STALE_CLAIM_AFTER = timedelta(hours=1)
@@ -60,15 +61,10 @@ def publish_due(limit: int = 50) -> dict[str, Any]:
             "due_at": row.due_at.isoformat(),
         }
         try:
-            result = publish_stored_media(
-                rt,
-                row.media_id,
-                row.account,
-                row.caption,
-                row.privacy or DEFAULT_PRIVACY,
-                row.mode,
-                again=schedule.is_again(row),
+            request = check_publish_request(
+                row.account, row.mode, row.privacy, row.caption, again=schedule.is_again(row)
             )
+            result = publish_stored_media(rt, row.media_id, request)
         except ReelflowError as exc:
             # Retryable: back in the queue for the next run; terminal: reported, not retried.
             status = schedule.QUEUED if exc.retryable else schedule.FAILED
@@ -104,17 +100,8 @@ def reconcile_publishes(limit: int = 50) -> dict[str, Any]:
     rows = [p for p in list_publishes(rt.catalog.engine) if p.status == PROCESSING][:limit]
     done: list[dict[str, Any]] = []
     for row in rows:
-        opts = json.loads(row.options_json)
         try:
-            result = publish_stored_media(
-                rt,
-                row.media_id,
-                row.account,
-                opts.get("caption") or None,
-                opts.get("privacy_level", DEFAULT_PRIVACY),
-                opts["mode"],
-                row_id=row.id,  # this row, not whichever publish of the media is latest
-            )
+            result = resume_publish(rt, row.id)  # this row, not whichever publish is latest
             done.append(
                 {
                     "media_id": row.media_id,

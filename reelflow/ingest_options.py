@@ -18,13 +18,21 @@ from datetime import datetime, timedelta
 from reelflow.errors import ValidationError
 from reelflow.planning import S3_MAX_PART_BYTES, upload_buffer_bytes
 
+# The post options' rules have one home, reelflow.publish_rules; they are part of every
+# request checked here, so they stay importable from this module too.
+from reelflow.publish_rules import DEFAULT_PRIVACY as DEFAULT_PRIVACY
+from reelflow.publish_rules import MAX_CAPTION_UTF16_UNITS as MAX_CAPTION_UTF16_UNITS
+from reelflow.publish_rules import MODES as MODES
+from reelflow.publish_rules import PRIVACY_LEVELS as PRIVACY_LEVELS
+from reelflow.publish_rules import PublishRequest as PublishRequest
+from reelflow.publish_rules import check_caption as check_caption
+from reelflow.publish_rules import check_mode as check_mode
+from reelflow.publish_rules import check_privacy as check_privacy
+from reelflow.publish_rules import utf16_units as utf16_units
+
 MAX_UPLOAD_CONCURRENCY = 64  # the flow's task-runner threads; more buys nothing but memory
 MAX_CHUNK_BYTES = S3_MAX_PART_BYTES  # 5 GiB: S3's largest part (and more than any source)
-MODES = ("direct", "inbox")  # how a publish reaches TikTok
 INGEST_MODES = (*MODES, "none")  # ingest may also only store
-PRIVACY_LEVELS = ("PUBLIC_TO_EVERYONE", "MUTUAL_FOLLOW_FRIENDS", "FOLLOWER_OF_CREATOR", "SELF_ONLY")
-DEFAULT_PRIVACY = "SELF_ONLY"  # the only level an unaudited TikTok client may post
-MAX_CAPTION_UTF16_UNITS = 2200  # TikTok's title limit, counted in UTF-16 code units
 # A publish_at this far in the past still means "now": the clock of whoever filled the form and
 # the time from the CLI to the flow's start; anything older is refused, not posted at once.
 PUBLISH_AT_PAST_GRACE = timedelta(minutes=5)
@@ -101,38 +109,6 @@ def check_account_name(name: str) -> str:
     return name
 
 
-def utf16_units(text: str) -> int:
-    """Length as TikTok counts it (an emoji outside the BMP is two units)."""
-    return len(text.encode("utf-16-le")) // 2
-
-
-def check_caption(caption: str | None) -> str | None:
-    if caption is not None and utf16_units(caption) > MAX_CAPTION_UTF16_UNITS:
-        raise ValidationError(
-            f"the caption is {utf16_units(caption)} UTF-16 units; TikTok allows "
-            f"{MAX_CAPTION_UTF16_UNITS}",
-            reason="caption_too_long",
-        )
-    return caption
-
-
-def check_privacy(privacy: str | None) -> str | None:
-    if privacy is not None and privacy not in PRIVACY_LEVELS:
-        raise ValidationError(
-            f"privacy {privacy!r} is not one of {', '.join(PRIVACY_LEVELS)}",
-            reason="invalid_privacy",
-        )
-    return privacy
-
-
-def check_mode(mode: str, allowed: tuple[str, ...] = MODES) -> str:
-    if mode not in allowed:
-        raise ValidationError(
-            f"mode {mode!r} is not one of {', '.join(allowed)}", reason="invalid_mode"
-        )
-    return mode
-
-
 def check_publish_at(publish_at: datetime | None, now: datetime) -> datetime | None:
     """A time with a timezone, not in the past (beyond :data:`PUBLISH_AT_PAST_GRACE`)."""
     if publish_at is None:
@@ -152,18 +128,8 @@ def check_publish_at(publish_at: datetime | None, now: datetime) -> datetime | N
     return publish_at
 
 
-@dataclass(frozen=True)
-class PublishRequest:
-    """Checked publish options: ``privacy`` is filled in for Direct Post, None for inbox."""
-
-    account: str
-    mode: str
-    privacy: str | None
-    caption: str | None
-
-
 def check_publish_request(
-    account: str, mode: str, privacy: str | None, caption: str | None
+    account: str, mode: str, privacy: str | None, caption: str | None, *, again: bool = False
 ) -> PublishRequest:
     """What `reelflow publish` / ``publish_media`` accept (``mode`` direct or inbox)."""
     check_account_name(account)
@@ -175,6 +141,7 @@ def check_publish_request(
         mode=mode,
         privacy=(privacy or DEFAULT_PRIVACY) if mode == "direct" else None,
         caption=caption,
+        again=again,
     )
 
 

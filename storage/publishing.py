@@ -30,21 +30,10 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError as SAIntegrityError
 from sqlmodel import Field, Session, SQLModel, select
 
+from reelflow.publish_rules import PENDING, UPLOADING
 from storage.clock import utcnow
 from storage.crypto import SecretBox
 from storage.rows import optional_timestamp_field, timestamp_field, update_row
-
-# Local publish states (TikTok's own status is kept beside them in ``tiktok_status``).
-PENDING = "pending"  # row written; no live publish_id (never inited, or refused before init)
-UPLOADING = "uploading"  # init returned a publish_id; chunks are being sent
-UPLOADED = "uploaded"  # TikTok acknowledged every byte (201); only polling remains
-PROCESSING = "processing"  # polled past the deadline; the reconcile deployment finishes it
-PUBLISHED = "published"  # PUBLISH_COMPLETE
-SENT_TO_INBOX = "sent_to_inbox"  # SEND_TO_USER_INBOX: the practical end of an inbox upload
-FAILED = "failed"  # TikTok said FAILED
-DONE_STATES = frozenset({PUBLISHED, SENT_TO_INBOX})
-POLL_ONLY_STATES = frozenset({UPLOADED, PROCESSING})
-
 
 # ----- table --------------------------------------------------------------------------------------
 

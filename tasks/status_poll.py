@@ -26,16 +26,11 @@ from prefect.tasks import exponential_backoff
 
 from reelflow.errors import retry_if_retryable
 from reelflow.logging import get_logger
+from reelflow.publish_rules import FAILED, PROCESSING, PUBLISHED, SENT_TO_INBOX
 from reelflow.tiktok.client import PublishStatus
 from reelflow.tiktok.errors import TikTokPublishFailed
 from storage.clock import utcnow
-from storage.publishing import (
-    FAILED,
-    PROCESSING,
-    PUBLISHED,
-    SENT_TO_INBOX,
-    update_publish,
-)
+from storage.publishing import update_publish
 from tasks.tiktok_publish import PublishContext, fetch_status_now
 
 FIRST_POLL_INTERVAL_S = 1.0

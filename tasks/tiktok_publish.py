@@ -45,9 +45,8 @@ from prefect.tasks import exponential_backoff
 from requests.adapters import HTTPAdapter
 
 from reelflow.errors import IntegrityError, PublishError, retry_if_retryable
-from reelflow.ingest_options import MAX_CAPTION_UTF16_UNITS, check_caption
-from reelflow.ingest_options import utf16_units as utf16_units
 from reelflow.logging import get_logger, install_log_redaction
+from reelflow.publish_rules import UPLOADED, UPLOADING, PublishRequest, check_caption
 from reelflow.tiktok.client import PublishStatus, TikTokClient, build_session
 from reelflow.tiktok.cursor import UploadCursor
 from reelflow.tiktok.errors import TikTokApiError, TikTokRateLimited, UploadOutOfSync
@@ -63,8 +62,7 @@ from reelflow.tiktok.tokens import TokenManager
 from storage.base import ObjectStore
 from storage.crypto import SecretBox
 from storage.publishing import (
-    UPLOADED,
-    UPLOADING,
+    Publish,
     get_publish,
     record_init,
     record_progress,
@@ -75,7 +73,6 @@ from storage.runtime import Runtime
 RATE_LIMITS_PER_MIN = {"init": 6, "creator_info": 20, "status": 30}
 RATE_WAIT_TIMEOUT_S = 600.0  # a slot not free after this long fails the attempt (retryable)
 MAX_RETRY_AFTER_S = 120.0  # honour Retry-After up to this; beyond it Prefect's backoff decides
-MAX_TITLE_UTF16_UNITS = MAX_CAPTION_UTF16_UNITS
 STREAM_BLOCK_BYTES = 1024 * 1024
 
 
@@ -139,8 +136,6 @@ class PublishContext:
         self.preferred_chunk_bytes = preferred_chunk_bytes
         self.limits_ready: set[str] = set()
         self._upload_urls: dict[str, str] = {}
-        # publish_id -> the position this run's pipelined chunk tasks share (send_chunks's)
-        self.cursors: dict[str, UploadCursor] = {}
         guard_http_debug_logs()
 
     def upload_url(self, row_id: str, publish_id: str) -> str:
@@ -242,19 +237,20 @@ def check_post_duration(limit_s: float | None, duration_s: float, account: str) 
     retry_condition_fn=retry_if_retryable,
 )
 def check_creator(
-    ctx: PublishContext, *, mode: str, privacy: str, duration_s: float | None, caption: str | None
+    ctx: PublishContext, request: PublishRequest, *, duration_s: float | None
 ) -> dict[str, Any]:
     """creator_info, then refuse what this creator cannot post (privacy level, duration).
 
     ``duration_s`` None skips the duration check (asked before the video is validated: the
     caller checks it with :func:`check_post_duration` once it is known).
     """
-    check_caption(caption)  # before the rate-limited call: a refusal costs nothing
+    check_caption(request.caption)  # before the rate-limited call: a refusal costs nothing
     take_rate_slot(ctx, "creator_info")
     with honouring_retry_after():
         info = ctx.tokens.call(ctx.client.creator_info)
     log = get_logger(account=ctx.tokens.name)
-    if mode == "direct" and privacy not in info.privacy_level_options:
+    privacy = request.privacy_level
+    if request.mode == "direct" and privacy not in info.privacy_level_options:
         raise PublishRefused(
             f"TikTok account {ctx.tokens.name!r} does not offer privacy level {privacy!r} "
             f"(it offers {', '.join(info.privacy_level_options)})",
@@ -273,6 +269,23 @@ def check_creator(
     }
 
 
+@dataclass(frozen=True)
+class UploadSession:
+    """A TikTok upload session: its ``publish_id`` and the chunk plan it was initialised with."""
+
+    publish_id: str
+    plan: TikTokUploadPlan
+
+
+def session_of(row: Publish) -> UploadSession:
+    """The session a ledger row records (a resumed run continues it with the same plan)."""
+    if row.publish_id is None or row.chunk_size is None:
+        raise IntegrityError(f"publish {row.id} has no upload session to send to")
+    return UploadSession(
+        row.publish_id, plan_tiktok_upload_with_chunk_size(row.video_size, row.chunk_size)
+    )
+
+
 # NO_CACHE on purpose: every init is a decision the flow takes from the ledger; a cached init
 # would hand back a publish_id whose upload URL may have expired.
 @task(
@@ -285,7 +298,7 @@ def check_creator(
 )
 def init_upload(
     ctx: PublishContext, row_id: str, *, post_info: dict[str, Any] | None, reason: str
-) -> dict[str, Any]:
+) -> UploadSession:
     row = get_publish(ctx.rt.catalog.engine, row_id)
     if row is None:
         raise KeyError(row_id)
@@ -330,7 +343,7 @@ def init_upload(
         reason=reason,
         inits=row.inits,
     )
-    return {"publish_id": result.publish_id, "chunks_total": plan.total_chunk_count}
+    return UploadSession(result.publish_id, plan)
 
 
 # NO_CACHE on purpose: a status is a moment's truth.
@@ -385,11 +398,14 @@ def put_chunk(
     total: int,
     video_key: str,
     content_type: str,
+    cursor: UploadCursor | None = None,
 ) -> dict[str, Any]:
+    """PUT one chunk when ``cursor`` (the position the run's pipelined chunks share) says it
+    is this chunk's turn; alone (no cursor) it is sent at once."""
     engine = ctx.rt.catalog.engine
     url = ctx.upload_url(row_id, publish_id)
     log = get_logger(account=ctx.tokens.name, publish_id=publish_id)
-    cursor = ctx.cursors.get(publish_id) or UploadCursor(first_byte)
+    cursor = cursor or UploadCursor(first_byte)
     try:
         with (
             honouring_retry_after(),
@@ -450,6 +466,7 @@ PIPELINE_DEPTH = 2  # the chunk on the wire and the one whose task is starting b
 def send_chunks(
     ctx: PublishContext,
     row_id: str,
+    session: UploadSession,
     *,
     video_key: str,
     content_type: str,
@@ -464,15 +481,11 @@ def send_chunks(
     chunk (a 416 re-sync) releases the waiting task unsent and the loop restarts from there.
     Returns the plan's chunk count; ``tally`` counts what was sent even if a later PUT raises.
     """
-    row = get_publish(ctx.rt.catalog.engine, row_id)
-    if row is None or row.publish_id is None or row.chunk_size is None:
-        raise IntegrityError(f"publish {row_id} has no upload session to send to")
-    publish_id = row.publish_id
-    plan = plan_tiktok_upload_with_chunk_size(row.video_size, row.chunk_size)
+    publish_id, plan = session.publish_id, session.plan
     index = first_unacknowledged_chunk(plan, start_byte)
     if index >= plan.total_chunk_count:
         return plan.total_chunk_count
-    cursor = ctx.cursors[publish_id] = UploadCursor(plan.chunks[index].first_byte)
+    cursor = UploadCursor(plan.chunks[index].first_byte)
     pending: deque[tuple[PlannedChunk, PrefectFuture[dict[str, Any]]]] = deque()
 
     def count(chunk: PlannedChunk, result: dict[str, Any]) -> None:
@@ -502,7 +515,7 @@ def send_chunks(
                     (
                         chunk,
                         _submit_chunk(
-                            ctx, row_id, publish_id, chunk, plan, video_key, content_type
+                            ctx, row_id, publish_id, chunk, plan, video_key, content_type, cursor
                         ),
                     )
                 )
@@ -530,8 +543,6 @@ def send_chunks(
         except Exception:
             if not failing:  # the first error is the one to report
                 raise
-        finally:
-            ctx.cursors.pop(publish_id, None)
     raise IntegrityError(
         f"publish {row_id}: TikTok's upload position did not advance", publish_id=publish_id
     )
@@ -545,6 +556,7 @@ def _submit_chunk(
     plan: TikTokUploadPlan,
     video_key: str,
     content_type: str,
+    cursor: UploadCursor,
 ) -> PrefectFuture[dict[str, Any]]:
     return put_chunk.submit(
         ctx,
@@ -556,4 +568,5 @@ def _submit_chunk(
         plan.video_size,
         video_key,
         content_type,
+        cursor,
     )

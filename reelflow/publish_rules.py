@@ -1,0 +1,209 @@
+"""The pure rules of publishing: post options, the publish request, ledger states, the next step.
+
+* What a post may carry: :data:`MODES`, :data:`PRIVACY_LEVELS` (:data:`DEFAULT_PRIVACY`), the
+  caption limit (:data:`MAX_CAPTION_UTF16_UNITS`, counted as TikTok counts) and their checks.
+* :class:`PublishRequest`: one checked request (account, mode, privacy, caption, again) instead
+  of loose arguments; :func:`post_options` is what a ledger row records and TikTok is sent.
+* The ledger's local states, and :func:`next_step`: the one way forward for a ledger row and
+  TikTok's view of its session.
+
+Must not: do I/O, read settings or the clock, or import prefect, requests, sqlmodel or storage/
+(rows and statuses are read through the small protocols below).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from reelflow.errors import ValidationError
+
+MODES = ("direct", "inbox")  # how a publish reaches TikTok
+PRIVACY_LEVELS = ("PUBLIC_TO_EVERYONE", "MUTUAL_FOLLOW_FRIENDS", "FOLLOWER_OF_CREATOR", "SELF_ONLY")
+DEFAULT_PRIVACY = "SELF_ONLY"  # the only level an unaudited TikTok client may post
+MAX_CAPTION_UTF16_UNITS = 2200  # TikTok's title limit, counted in UTF-16 code units
+
+# Local publish states (TikTok's own status is kept beside them in ``tiktok_status``).
+PENDING = "pending"  # row written; no live publish_id (never inited, or refused before init)
+UPLOADING = "uploading"  # init returned a publish_id; chunks are being sent
+UPLOADED = "uploaded"  # TikTok acknowledged every byte (201); only polling remains
+PROCESSING = "processing"  # polled past the deadline; the reconcile deployment finishes it
+PUBLISHED = "published"  # PUBLISH_COMPLETE
+SENT_TO_INBOX = "sent_to_inbox"  # SEND_TO_USER_INBOX: the practical end of an inbox upload
+FAILED = "failed"  # TikTok said FAILED
+DONE_STATES = frozenset({PUBLISHED, SENT_TO_INBOX})
+POLL_ONLY_STATES = frozenset({UPLOADED, PROCESSING})
+SETTLED_STATES = DONE_STATES | {FAILED, PROCESSING}  # a run may rest there
+
+
+# ----- post options -----------------------------------------------------------------------------
+
+
+def utf16_units(text: str) -> int:
+    """Length as TikTok counts it (an emoji outside the BMP is two units)."""
+    return len(text.encode("utf-16-le")) // 2
+
+
+def check_caption(caption: str | None) -> str | None:
+    if caption is not None and utf16_units(caption) > MAX_CAPTION_UTF16_UNITS:
+        raise ValidationError(
+            f"the caption is {utf16_units(caption)} UTF-16 units; TikTok allows "
+            f"{MAX_CAPTION_UTF16_UNITS}",
+            reason="caption_too_long",
+        )
+    return caption
+
+
+def check_privacy(privacy: str | None) -> str | None:
+    if privacy is not None and privacy not in PRIVACY_LEVELS:
+        raise ValidationError(
+            f"privacy {privacy!r} is not one of {', '.join(PRIVACY_LEVELS)}",
+            reason="invalid_privacy",
+        )
+    return privacy
+
+
+def check_mode(mode: str, allowed: tuple[str, ...] = MODES) -> str:
+    if mode not in allowed:
+        raise ValidationError(
+            f"mode {mode!r} is not one of {', '.join(allowed)}", reason="invalid_mode"
+        )
+    return mode
+
+
+@dataclass(frozen=True)
+class PublishRequest:
+    """Checked publish options: ``privacy`` is filled in for Direct Post, None for inbox.
+
+    ``again`` asks for one more publish (a new generation) of a media already published to
+    ``account``. Build it with :func:`reelflow.ingest_options.check_publish_request`, or from
+    a ledger row's options with :func:`request_from_options`.
+    """
+
+    account: str
+    mode: str
+    privacy: str | None
+    caption: str | None
+    again: bool = False
+
+    @property
+    def privacy_level(self) -> str:
+        """The privacy level sent to TikTok (Direct Post) or checked against the creator."""
+        return self.privacy or DEFAULT_PRIVACY
+
+
+def post_options(request: PublishRequest) -> dict[str, Any]:
+    """The canonical post options a publish row records (what TikTok is sent)."""
+    check_mode(request.mode)
+    check_privacy(request.privacy)
+    check_caption(request.caption)
+    if request.mode == "inbox":  # the user picks caption and privacy in the app (UP)
+        return {"mode": request.mode}
+    return {
+        "mode": request.mode,
+        "privacy_level": request.privacy_level,
+        "caption": request.caption or "",
+    }
+
+
+def request_from_options(
+    options: dict[str, Any], account: str, *, again: bool = False
+) -> PublishRequest:
+    """The request a row's recorded post options are (a publish is driven with its own)."""
+    mode = options["mode"]
+    return PublishRequest(
+        account=account,
+        mode=mode,
+        privacy=options.get("privacy_level", DEFAULT_PRIVACY) if mode == "direct" else None,
+        caption=options.get("caption") or None,
+        again=again,
+    )
+
+
+def direct_post_info(
+    request: PublishRequest, creator: dict[str, Any], cover_ms: int
+) -> dict[str, Any] | None:
+    """The ``post_info`` of a Direct Post init (None for inbox): the creator's interaction
+    settings are kept as the creator set them."""
+    if request.mode != "direct":
+        return None
+    info: dict[str, Any] = {
+        "privacy_level": request.privacy_level,
+        "disable_comment": bool(creator.get("comment_disabled")),
+        "disable_duet": bool(creator.get("duet_disabled")),
+        "disable_stitch": bool(creator.get("stitch_disabled")),
+        "video_cover_timestamp_ms": int(cover_ms),
+    }
+    if request.caption:
+        info["title"] = request.caption
+    return info
+
+
+# ----- the next step ----------------------------------------------------------------------------
+
+
+class LedgerRow(Protocol):
+    """What :func:`next_step` reads of a publish row."""
+
+    @property
+    def status(self) -> str: ...
+    @property
+    def fail_reason(self) -> str | None: ...
+    @property
+    def publish_id(self) -> str | None: ...
+    @property
+    def inits(self) -> int: ...
+    @property
+    def video_size(self) -> int: ...
+
+
+class RemoteStatus(Protocol):
+    """What :func:`next_step` reads of TikTok's status of a session."""
+
+    @property
+    def status(self) -> str: ...
+    @property
+    def uploaded_bytes(self) -> int | None: ...
+
+
+@dataclass(frozen=True)
+class Step:
+    """What a run does next: ``init``, ``upload`` (from ``from_byte``), ``poll``, ``done`` or
+    ``failed``; ``reason`` is recorded with an init."""
+
+    action: str
+    from_byte: int = 0
+    reason: str = ""
+
+
+def needs_remote_status(row: LedgerRow) -> bool:
+    """Whether the next step depends on TikTok's view of the row's session (asked first)."""
+    settled = DONE_STATES | POLL_ONLY_STATES | {FAILED, PENDING}
+    return row.status not in settled and bool(row.publish_id)
+
+
+def next_step(row: LedgerRow, remote: RemoteStatus | None) -> Step:
+    """The one way forward for a ledger row and (for a live session) TikTok's status.
+
+    ``remote`` is None when the row has no session, or TikTok does not know its publish_id.
+    """
+    if row.status in DONE_STATES:
+        return Step("done")
+    if row.status == FAILED:
+        if row.fail_reason == "internal":  # TikTok documents it retryable: a fresh publish
+            return Step("init", reason="retry_after_internal_failure")
+        return Step("failed")
+    if row.status in POLL_ONLY_STATES:
+        return Step("poll")
+    if row.publish_id is None or row.status == PENDING:
+        return Step("init", reason="first_init" if row.inits == 0 else "init_after_refusal")
+    if remote is None:
+        return Step("init", reason="publish_id_unknown_to_tiktok")
+    if remote.status == "FAILED":
+        return Step("failed")
+    if remote.status != "PROCESSING_UPLOAD":
+        return Step("poll")
+    uploaded = remote.uploaded_bytes or 0
+    if uploaded >= row.video_size:
+        return Step("poll")
+    return Step("upload", from_byte=uploaded)
