@@ -26,9 +26,10 @@ os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
 # prefect and SQLAlchemy (seconds), which `--help` and a refused option must not wait for.
 from deployments.events_cli import events_app  # noqa: E402  (imports only typer; the rest is lazy)
 from reelflow.cli_errors import OneLineErrors, fail, quiet_prefect_console  # noqa: E402
-from reelflow.cli_tiktok import check_ingest_request, note_existing_publish  # noqa: E402
+from reelflow.cli_tiktok import note_existing_publish  # noqa: E402
 from reelflow.cli_tiktok import register as _register_tiktok  # noqa: E402
 from reelflow.credentials import sealed  # noqa: E402
+from reelflow.ingest_options import check_ingest_request  # noqa: E402
 from reelflow.logging import install_log_redaction, redact_text, redact_value  # noqa: E402
 from reelflow.samples import make_clip  # noqa: E402
 from reelflow.settings import Settings  # noqa: E402
@@ -81,7 +82,9 @@ def ingest(
     """Run the ingest-video flow in this process (and publish when --account is given)."""
     try:
         # The flow checks the same rules; checked here first, before anything (Prefect) starts.
-        check_ingest_request(chunk_size, concurrency, account, caption, privacy, mode, publish_at)
+        check_ingest_request(
+            Settings(), chunk_size, concurrency, account, caption, privacy, mode, publish_at
+        )
         from flows.ingest import ingest_video  # lazy: loads prefect (see the imports above)
 
         install_log_redaction()

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +36,6 @@ from reelflow.cli_errors import OneLineErrors, fail, quiet_prefect_console  # no
 from reelflow.errors import ValidationError  # noqa: E402
 from reelflow.ingest_options import (  # noqa: E402
     check_account_name,
-    check_ingest_options,
     check_publish_request,
 )
 from reelflow.logging import configure_logging  # noqa: E402
@@ -47,33 +45,6 @@ from reelflow.tiktok.client import TikTokClient  # noqa: E402
 SANDBOX_REDIRECT_URI = "https://localhost/callback"  # what the sandbox registers by default
 
 accounts_app = typer.Typer(help="TikTok accounts (tokens stored encrypted in the catalog).")
-
-
-def check_ingest_request(
-    chunk_size: int | None,
-    concurrency: int | None,
-    account: str | None,
-    caption: str | None,
-    privacy: str | None,
-    mode: str | None,
-    publish_at: datetime | None,
-) -> None:
-    """`reelflow ingest`'s option values, against the rules the flow applies (settings give the
-    defaults and the memory budget); raises ValidationError."""
-    settings = _settings()
-    check_ingest_options(
-        chunk_size_bytes=chunk_size,
-        concurrency=concurrency,
-        account=account,
-        caption=caption,
-        privacy=privacy,
-        mode=mode,
-        publish_at=publish_at,
-        default_chunk_size_bytes=settings.chunk_size_bytes,
-        default_concurrency=settings.upload_concurrency,
-        memory_budget_bytes=settings.memory_budget_bytes,
-        now=datetime.now(UTC),
-    )
 
 
 def note_existing_publish(publish: dict[str, Any] | None) -> None:
