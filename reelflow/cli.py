@@ -25,7 +25,7 @@ os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
 # flows/, storage/ and deployments.serve are imported inside the commands that use them: they load
 # prefect and SQLAlchemy (seconds), which `--help` and a refused option must not wait for.
 from deployments.events_cli import events_app  # noqa: E402  (imports only typer; the rest is lazy)
-from reelflow.cli_errors import OneLineErrors, fail, quiet_prefect_console  # noqa: E402
+from reelflow.cli_errors import OneLineErrors, error_line, fail, quiet_prefect_console  # noqa: E402
 from reelflow.cli_tiktok import note_existing_publish  # noqa: E402
 from reelflow.cli_tiktok import register as _register_tiktok  # noqa: E402
 from reelflow.credentials import sealed  # noqa: E402
@@ -127,7 +127,7 @@ def status(
     catalog = Catalog(make_engine(Settings().resolved_database_url))
     rows = [m for m in catalog.list_media() if media_id in (None, m.media_id)]
     if media_id and not rows:
-        typer.echo(f"error: not_found: no media {media_id}", err=True)
+        typer.echo(error_line("not_found", f"no media {media_id}"), err=True)
         raise typer.Exit(1)
     publishes = list_publishes(catalog.engine, media_id)
     scheduled = list_scheduled(catalog.engine, media_id)

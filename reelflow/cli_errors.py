@@ -64,8 +64,7 @@ def fail(exc: BaseException) -> None:
     """One line on stderr (reason or TikTok's error code, secrets scrubbed), then exit."""
     remember_environment_secrets()
     kind = getattr(exc, "code", None) or getattr(exc, "reason", None) or type(exc).__name__
-    message = redact_text(str(exc)).replace("\n", " ").strip() or type(exc).__name__
-    typer.echo(f"error: {kind}: {message}", err=True)
+    typer.echo(error_line(kind, str(exc).strip() or type(exc).__name__), err=True)
     raise typer.Exit(exit_code_for(exc))
 
 
