@@ -25,7 +25,12 @@ os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
 # flows/, storage/ and deployments.serve are imported inside the commands that use them: they load
 # prefect and SQLAlchemy (seconds), which `--help` and a refused option must not wait for.
 from deployments.events_cli import events_app  # noqa: E402  (imports only typer; the rest is lazy)
-from reelflow.cli_errors import OneLineErrors, error_line, fail, quiet_prefect_console  # noqa: E402
+from reelflow.cli_errors import (  # noqa: E402
+    OneLineErrors,
+    error_line,
+    failing_in_one_line,
+    quiet_prefect_console,
+)
 from reelflow.cli_tiktok import note_existing_publish  # noqa: E402
 from reelflow.cli_tiktok import register as _register_tiktok  # noqa: E402
 from reelflow.credentials import sealed  # noqa: E402
@@ -80,7 +85,7 @@ def ingest(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Prefect's run logs"),
 ) -> None:
     """Run the ingest-video flow in this process (and publish when --account is given)."""
-    try:
+    with failing_in_one_line():
         # The flow checks the same rules; checked here first, before anything (Prefect) starts.
         check_ingest_request(
             Settings(), chunk_size, concurrency, account, caption, privacy, mode, publish_at
@@ -104,11 +109,6 @@ def ingest(
                 publish_at=publish_at,
                 again=again,
             )
-    except typer.Exit:
-        raise
-    except Exception as exc:
-        fail(exc)
-        return
     note_existing_publish(summary.get("publish"))
     _print_summary(summary, as_json)
 

@@ -32,7 +32,7 @@ os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
 # flows/, tasks/, storage/ and the sandbox are imported inside the commands that use them: they
 # load prefect, SQLAlchemy or the sandbox's web server (seconds), which `--help` and a refused
 # option must not wait for.
-from reelflow.cli_errors import OneLineErrors, fail, quiet_prefect_console  # noqa: E402
+from reelflow.cli_errors import OneLineErrors, failing_in_one_line, quiet_prefect_console  # noqa: E402
 from reelflow.errors import ValidationError  # noqa: E402
 from reelflow.ingest_options import (  # noqa: E402
     check_account_name,
@@ -108,7 +108,7 @@ def accounts_add(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Store an account's tokens (given, or exchanged from an authorization --code)."""
-    try:
+    with failing_in_one_line():
         from storage.accounts import save_account  # lazy: loads SQLAlchemy
         from storage.crypto import secret_box
 
@@ -142,11 +142,6 @@ def accounts_add(
             open_id=open_id,
             scopes=scopes,
         )
-    except typer.Exit:
-        raise
-    except Exception as exc:
-        fail(exc)
-        return
     view = _account_view(row)
     if as_json:
         typer.echo(json.dumps(view))
@@ -192,7 +187,7 @@ def publish(
 ) -> None:
     """Publish stored media to TikTok, once per account (a re-run resumes or only polls;
     another caption finds the existing post unless --again)."""
-    try:
+    with failing_in_one_line():
         check_publish_request(account, mode, privacy, caption)  # before anything starts
         if poll_deadline_s is not None and not poll_deadline_s >= 0:
             raise ValidationError(
@@ -213,11 +208,6 @@ def publish(
             poll_deadline_s=DEFAULT_POLL_DEADLINE_S if poll_deadline_s is None else poll_deadline_s,
             again=again,
         )
-    except typer.Exit:
-        raise
-    except Exception as exc:
-        fail(exc)
-        return
     note_existing_publish(summary)
     if as_json:
         typer.echo(json.dumps(summary, default=str))
