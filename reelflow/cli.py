@@ -11,7 +11,6 @@ import os
 import sys
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import typer
 from rich.console import Console
@@ -31,11 +30,11 @@ from reelflow.cli_errors import (  # noqa: E402
     failing_in_one_line,
     quiet_prefect_console,
 )
-from reelflow.cli_tiktok import note_existing_publish  # noqa: E402
+from reelflow.cli_tiktok import note_existing_publish, print_summary  # noqa: E402
 from reelflow.cli_tiktok import register as _register_tiktok  # noqa: E402
 from reelflow.credentials import sealed  # noqa: E402
 from reelflow.ingest_options import check_ingest_request  # noqa: E402
-from reelflow.logging import install_log_redaction, redact_text, redact_value  # noqa: E402
+from reelflow.logging import install_log_redaction, redact_text  # noqa: E402
 from reelflow.samples import make_clip  # noqa: E402
 from reelflow.settings import Settings  # noqa: E402
 
@@ -47,17 +46,6 @@ app = typer.Typer(
 
 app.add_typer(events_app, name="s3-events", help="Bridge S3 bucket events into Prefect events")
 _register_tiktok(app)  # accounts, publish, sandbox
-
-
-def _print_summary(summary: dict[str, Any], as_json: bool) -> None:
-    summary = redact_value(summary)  # nothing printed carries a credential, whatever its source
-    if as_json:
-        typer.echo(json.dumps(summary, default=str))
-        return
-    table = Table(title=f"ingested {summary['media_id']}", show_header=False)
-    for key, value in summary.items():
-        table.add_row(key, str(value))
-    Console().print(table)
 
 
 @app.command()
@@ -110,7 +98,7 @@ def ingest(
                 again=again,
             )
     note_existing_publish(summary.get("publish"))
-    _print_summary(summary, as_json)
+    print_summary(summary, as_json, title=f"ingested {summary['media_id']}")
 
 
 @app.command()

@@ -38,7 +38,7 @@ from reelflow.ingest_options import (  # noqa: E402
     check_account_name,
     check_publish_request,
 )
-from reelflow.logging import configure_logging  # noqa: E402
+from reelflow.logging import configure_logging, redact_value  # noqa: E402
 from reelflow.settings import Settings  # noqa: E402
 from reelflow.tiktok.client import TikTokClient  # noqa: E402
 
@@ -57,6 +57,18 @@ def note_existing_publish(publish: dict[str, Any] | None) -> None:
             "nothing new was posted. Pass --again to post it again.",
             err=True,
         )
+
+
+def print_summary(summary: dict[str, Any], as_json: bool, *, title: str) -> None:
+    """A run's summary on stdout: one JSON line, or a table; credentials scrubbed either way."""
+    summary = redact_value(summary)  # nothing printed carries a credential, whatever its source
+    if as_json:
+        typer.echo(json.dumps(summary, default=str))
+        return
+    table = Table(title=title, show_header=False)
+    for key, value in summary.items():
+        table.add_row(key, str(value))
+    Console().print(table)
 
 
 def _settings() -> Settings:
@@ -209,13 +221,7 @@ def publish(
             again=again,
         )
     note_existing_publish(summary)
-    if as_json:
-        typer.echo(json.dumps(summary, default=str))
-        return
-    table = Table(title=f"TikTok publish of {media_id}", show_header=False)
-    for key, value in summary.items():
-        table.add_row(key, str(value))
-    Console().print(table)
+    print_summary(summary, as_json, title=f"TikTok publish of {media_id}")
 
 
 def sandbox(
