@@ -2,19 +2,8 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import pytest
-
 from storage.base import PartReceipt
-from storage.catalog import Catalog, UploadSession, make_engine
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def catalog(request: pytest.FixtureRequest, tmp_path: Path) -> Catalog:
-    if request.param == "sqlite":
-        return Catalog(make_engine(f"sqlite:///{tmp_path / 'c.db'}"))
-    return Catalog(make_engine(request.getfixturevalue("pg_url")))
+from storage.catalog import Catalog, UploadSession
 
 
 def test_ledger_records_reconciles_and_forgets(catalog: Catalog) -> None:

@@ -32,13 +32,6 @@ from storage.leases import Fence, Lease, Leases, ProcessIdentity, process_start
 WAIT_S = 30.0
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def catalog(request: pytest.FixtureRequest, tmp_path: Path) -> Catalog:
-    if request.param == "sqlite":
-        return Catalog(make_engine(f"sqlite:///{tmp_path / 'c.db'}"))
-    return Catalog(make_engine(request.getfixturevalue("pg_url")))
-
-
 def _name(tag: str) -> str:
     return f"src_{tag}_{time.monotonic_ns()}"
 
