@@ -28,9 +28,9 @@ from tests.support.prefect_server import (
     prefect_api,
     start_process,
     stop_process,
-    wait_for,
     wait_until_served,
 )
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
 

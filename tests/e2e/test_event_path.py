@@ -11,7 +11,6 @@ reads runs back through the Prefect REST API (``POST /flow_runs/filter``) with b
 
 from __future__ import annotations
 
-import hashlib
 import json
 import subprocess
 import sys
@@ -28,15 +27,16 @@ import httpx
 import pytest
 
 from reelflow.tiktok.sandbox import RunningSandbox, SandboxConfig, start_sandbox
+from tests.support.files import sha256_file
 from tests.support.prefect_server import (
     PrefectServer,
     free_port,
     prefect_api,
     start_process,
     stop_process,
-    wait_for,
     wait_until_served,
 )
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -53,11 +53,6 @@ DEPLOYMENT = "ingest-video/ingest-video"  # flow name / deployment name
 # only incoming/, or every stored video would come back as an ingest (and its metadata .json
 # would be read as the video's sidecar).
 INCOMING = "incoming/"
-
-
-def sha256_file(path: Path) -> str:
-    with path.open("rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 @dataclass

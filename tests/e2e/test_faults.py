@@ -26,6 +26,7 @@ from reelflow.planning import MIB
 from reelflow.settings import Settings
 from storage.runtime import Runtime
 from tests.support.chaos import env_vars
+from tests.support.files import sha256_file
 from tests.support.tiktok import SANDBOX_CONFIG, add_account
 
 pytestmark = [pytest.mark.chaos, pytest.mark.slow, pytest.mark.usefixtures("prefect_api")]
@@ -47,11 +48,6 @@ TIKTOK_FAULTS = {
     "drop_rate": 0.02,  # chunk PUTs only, rolled after the others
 }
 UNLIMITED = 1_000_000
-
-
-def sha256_file(path: Path) -> str:
-    with path.open("rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 class HopTally:

@@ -42,6 +42,7 @@ from tests.support.chaos import (
     env_vars,
     run_and_kill,
 )
+from tests.support.files import sha256_file
 from tests.support.tiktok import SANDBOX_CONFIG, PutMeter, add_account, slow_sandbox
 
 pytestmark = [pytest.mark.chaos, pytest.mark.slow]
@@ -68,11 +69,6 @@ _DROPPED_ENV = (
 
 def reelflow_cmd(*args: str) -> list[str]:
     return [str(Path(sys.executable).parent / "reelflow"), *args]
-
-
-def sha256_file(path: Path) -> str:
-    with path.open("rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 @dataclass

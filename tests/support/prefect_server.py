@@ -17,13 +17,12 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 
-T = TypeVar("T")
+from tests.support.waiting import wait_for
 
 PG_ADMIN_URL = os.environ.get(
     "REELFLOW_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -36,18 +35,6 @@ PROCESS_STOP_GRACE_S = 5.0
 
 
 API_ATTEMPTS = 6  # 503 retries, ~8 s in all
-
-
-def wait_for(fn: Callable[[], T | None], what: str, timeout_s: float, poll_s: float = 0.2) -> T:
-    """Poll ``fn`` until it returns something truthy; fail after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = fn()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
-        time.sleep(poll_s)
 
 
 def prefect_api(method: str, url: str, **kwargs: Any) -> httpx.Response:
