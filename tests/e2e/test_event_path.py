@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -29,6 +28,8 @@ import pytest
 from reelflow.tiktok.sandbox import RunningSandbox, SandboxConfig, start_sandbox
 from tests.support.files import sha256_file
 from tests.support.prefect_server import (
+    BIN,
+    REPO,
     PrefectServer,
     free_port,
     prefect_api,
@@ -40,8 +41,6 @@ from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
 
-REPO = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
 RUN_WAIT_S = 120.0  # event → trigger → runner poll → subprocess → ffmpeg → S3; ~10 s when green
 SERVE_WAIT_S = 120.0
 BRIDGE_TIMEOUT_S = 90.0  # one --once receive is a long poll of at most 20 s

@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import subprocess
-import sys
 import time
 import uuid
 from collections import Counter
@@ -37,14 +36,12 @@ from storage.catalog import Catalog, make_engine
 from storage.publishing import list_publishes
 from tasks.tiktok_publish import rate_limit_name
 from tests.support.files import sha256_file
-from tests.support.prefect_server import PrefectServer, start_process, stop_process
+from tests.support.prefect_server import BIN, REPO, PrefectServer, start_process, stop_process
 from tests.support.tiktok import SANDBOX_CONFIG
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
 
-REPO = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
 WORKERS = ("w1", "w2")
 WORKER_LIMIT = 4  # flow runs per worker at once: 8 runs need both workers
 WORKER_QUERY_S = 1  # default 10 s: how often a worker asks for scheduled runs

@@ -23,7 +23,6 @@ import argparse
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -44,12 +43,10 @@ import httpx  # noqa: E402
 
 from reelflow.samples import make_clip  # noqa: E402
 from reelflow.tiktok.sandbox import SandboxConfig, start_sandbox  # noqa: E402
-from tests.support.prefect_server import PrefectServer, start_process, stop_process  # noqa: E402
+from tests.support.prefect_server import BIN, REPO, PrefectServer, start_process, stop_process  # noqa: E402
 from tests.support.s3server import S3TestServer  # noqa: E402
 from tests.support.waiting import wait_for  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
 CHROMIUM = Path("/usr/bin/chromium")
 WIDTH_PX = 1600
 # The UI Prefect 3.8 opens at "/" (and the one it is moving to) lives under /v2; plain deep

@@ -27,6 +27,8 @@ from tests.support.waiting import wait_for
 PG_ADMIN_URL = os.environ.get(
     "REELFLOW_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent  # this venv's console scripts: prefect, reelflow
 STARTUP_TIMEOUT_S = 180
 # A healthy server, worker or runner exits in about a second after its signal (measured 0.5-3 s
 # on 2 cores); past these the group is killed, so a shutdown that hangs costs seconds, not 20-30.
@@ -124,7 +126,7 @@ class PrefectServer:
             self._db_name, url = create_pg_database()
             server_env["PREFECT_API_DATABASE_CONNECTION_URL"] = url
         log = self.log_path.open("wb")
-        prefect = str(Path(sys.executable).parent / "prefect")
+        prefect = str(BIN / "prefect")
         self._proc = subprocess.Popen(
             [prefect, "server", "start", "--host", "127.0.0.1", "--port", str(self.port)],
             env=server_env,
