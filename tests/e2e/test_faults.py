@@ -25,7 +25,7 @@ import pytest
 from reelflow.planning import MIB
 from reelflow.settings import Settings
 from storage.runtime import Runtime
-from tests.support.chaos import env_vars
+from tests.support.chaos import env_vars, print_past_capture
 from tests.support.files import sha256_file
 from tests.support.tiktok import SANDBOX_CONFIG, add_account
 
@@ -74,9 +74,7 @@ class HopTally:
 def hops(request: pytest.FixtureRequest) -> Iterator[HopTally]:
     tally = HopTally()
     yield tally
-    capture = request.config.pluginmanager.getplugin("capturemanager")
-    with capture.global_and_fixture_disabled():
-        print("\n" + tally.table())
+    print_past_capture(request, tally.table())
 
 
 @pytest.fixture(scope="module")

@@ -40,6 +40,7 @@ from tests.support.chaos import (
     Tally,
     draw_points,
     env_vars,
+    print_past_capture,
     run_and_kill,
 )
 from tests.support.files import sha256_file
@@ -128,9 +129,7 @@ def chaos(
 def tally(request: pytest.FixtureRequest) -> Iterator[Tally]:
     result = Tally()
     yield result
-    capture = request.config.pluginmanager.getplugin("capturemanager")
-    with capture.global_and_fixture_disabled():
-        print("\n" + result.table(f"kill points (seed {SEED}, {POINTS} points)"))
+    print_past_capture(request, result.table(f"kill points (seed {SEED}, {POINTS} points)"))
 
 
 @contextmanager
