@@ -28,9 +28,10 @@ from typing import Any
 
 import typer
 
-from reelflow.errors import ConfigurationError, ValidationError
+from reelflow.cli_errors import fail
+from reelflow.errors import ConfigurationError
 from reelflow.event_policy import BUCKETS_ENV, EventPolicy
-from reelflow.logging import configure_logging, redact_text
+from reelflow.logging import configure_logging
 from reelflow.settings import Settings
 from storage.s3 import make_s3_client
 
@@ -50,14 +51,6 @@ events_app = typer.Typer(
 
 _PREFIX_HELP = "Only keys starting with this prefix (case-sensitive)"
 _SUFFIX_HELP = "Video name suffix, case-insensitive; repeat for several (default: .mp4 .mov .webm)"
-
-
-def _fail(exc: BaseException) -> None:
-    terminal = isinstance(exc, ConfigurationError | ValidationError)
-    kind = getattr(exc, "reason", None) or type(exc).__name__
-    message = redact_text(str(exc)).replace("\n", " ").strip() or type(exc).__name__
-    typer.echo(f"error: {kind}: {message}", err=True)
-    raise typer.Exit(2 if terminal else 1)
 
 
 def _policy(settings: Any) -> Any:
@@ -148,7 +141,7 @@ def sqs(
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
     except Exception as exc:
-        _fail(exc)
+        fail(exc)
         return
     typer.echo(json.dumps(vars(stats)))
 
@@ -194,7 +187,7 @@ def webhook(
             # uvicorn's own SIGINT/SIGTERM handling drains in-flight requests before exiting.
             uvicorn.run(app, host=host, port=port, log_level="warning")
     except Exception as exc:
-        _fail(exc)
+        fail(exc)
 
 
 if __name__ == "__main__":  # pragma: no cover - `python -m deployments.events_cli ...`

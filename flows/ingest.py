@@ -32,7 +32,7 @@ from flows.publish import (
 from reelflow.credentials import reveal
 from reelflow.errors import LeaseLostError, ReelflowError, ValidationError
 from reelflow.event_policy import check_event_run
-from reelflow.ingest_options import check_ingest_options
+from reelflow.ingest_options import check_ingest_request
 from reelflow.logging import configure_logging, get_logger, remember_settings_secrets
 from reelflow.progress import ProgressReporter
 from reelflow.publish_rules import PublishRequest
@@ -370,18 +370,8 @@ def ingest_video(
     # The real URL (credentials and all) exists only in this process, never as a parameter.
     real_source = reveal(source, source_secret)
     # The same rules as the CLI's (reelflow.ingest_options), for callers from Python or the UI.
-    opts = check_ingest_options(
-        chunk_size_bytes=chunk_size_bytes,
-        concurrency=concurrency,
-        account=account,
-        caption=caption,
-        privacy=privacy_level,
-        mode=mode,
-        publish_at=publish_at,
-        default_chunk_size_bytes=settings.chunk_size_bytes,
-        default_concurrency=settings.upload_concurrency,
-        memory_budget_bytes=settings.memory_budget_bytes,
-        now=datetime.now(UTC),
+    opts = check_ingest_request(
+        settings, chunk_size_bytes, concurrency, account, caption, privacy_level, mode, publish_at
     )
     publish_mode = opts.mode
     _tag_run(account, publish_mode)

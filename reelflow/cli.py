@@ -11,7 +11,6 @@ import os
 import sys
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import typer
 from rich.console import Console
@@ -25,11 +24,17 @@ os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
 # flows/, storage/ and deployments.serve are imported inside the commands that use them: they load
 # prefect and SQLAlchemy (seconds), which `--help` and a refused option must not wait for.
 from deployments.events_cli import events_app  # noqa: E402  (imports only typer; the rest is lazy)
-from reelflow.cli_errors import OneLineErrors, fail, quiet_prefect_console  # noqa: E402
-from reelflow.cli_tiktok import check_ingest_request, note_existing_publish  # noqa: E402
+from reelflow.cli_errors import (  # noqa: E402
+    OneLineErrors,
+    error_line,
+    failing_in_one_line,
+    quiet_prefect_console,
+)
+from reelflow.cli_tiktok import note_existing_publish, print_summary  # noqa: E402
 from reelflow.cli_tiktok import register as _register_tiktok  # noqa: E402
 from reelflow.credentials import sealed  # noqa: E402
-from reelflow.logging import install_log_redaction, redact_text, redact_value  # noqa: E402
+from reelflow.ingest_options import check_ingest_request  # noqa: E402
+from reelflow.logging import install_log_redaction, redact_text  # noqa: E402
 from reelflow.samples import make_clip  # noqa: E402
 from reelflow.settings import Settings  # noqa: E402
 
@@ -41,17 +46,6 @@ app = typer.Typer(
 
 app.add_typer(events_app, name="s3-events", help="Bridge S3 bucket events into Prefect events")
 _register_tiktok(app)  # accounts, publish, sandbox
-
-
-def _print_summary(summary: dict[str, Any], as_json: bool) -> None:
-    summary = redact_value(summary)  # nothing printed carries a credential, whatever its source
-    if as_json:
-        typer.echo(json.dumps(summary, default=str))
-        return
-    table = Table(title=f"ingested {summary['media_id']}", show_header=False)
-    for key, value in summary.items():
-        table.add_row(key, str(value))
-    Console().print(table)
 
 
 @app.command()
@@ -79,9 +73,11 @@ def ingest(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Prefect's run logs"),
 ) -> None:
     """Run the ingest-video flow in this process (and publish when --account is given)."""
-    try:
+    with failing_in_one_line():
         # The flow checks the same rules; checked here first, before anything (Prefect) starts.
-        check_ingest_request(chunk_size, concurrency, account, caption, privacy, mode, publish_at)
+        check_ingest_request(
+            Settings(), chunk_size, concurrency, account, caption, privacy, mode, publish_at
+        )
         from flows.ingest import ingest_video  # lazy: loads prefect (see the imports above)
 
         install_log_redaction()
@@ -101,13 +97,8 @@ def ingest(
                 publish_at=publish_at,
                 again=again,
             )
-    except typer.Exit:
-        raise
-    except Exception as exc:
-        fail(exc)
-        return
     note_existing_publish(summary.get("publish"))
-    _print_summary(summary, as_json)
+    print_summary(summary, as_json, title=f"ingested {summary['media_id']}")
 
 
 @app.command()
@@ -124,7 +115,7 @@ def status(
     catalog = Catalog(make_engine(Settings().resolved_database_url))
     rows = [m for m in catalog.list_media() if media_id in (None, m.media_id)]
     if media_id and not rows:
-        typer.echo(f"error: not_found: no media {media_id}", err=True)
+        typer.echo(error_line("not_found", f"no media {media_id}"), err=True)
         raise typer.Exit(1)
     publishes = list_publishes(catalog.engine, media_id)
     scheduled = list_scheduled(catalog.engine, media_id)

@@ -8,17 +8,18 @@ code (2):
     error: <reason>: <message>
 
 It also holds what every command shares when it fails: :func:`exit_code_for` (2 for terminal
-errors, 1 for the rest) and :func:`fail` (that line, then the exit), and
-:func:`quiet_prefect_console`.
+errors, 1 for the rest), :func:`fail` (that line, then the exit) and
+:func:`failing_in_one_line` (a command body that fails that way), and :func:`quiet_prefect_console`.
 
 Must not: import prefect or anything that starts a server (it runs before every command).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import typer
@@ -64,9 +65,19 @@ def fail(exc: BaseException) -> None:
     """One line on stderr (reason or TikTok's error code, secrets scrubbed), then exit."""
     remember_environment_secrets()
     kind = getattr(exc, "code", None) or getattr(exc, "reason", None) or type(exc).__name__
-    message = redact_text(str(exc)).replace("\n", " ").strip() or type(exc).__name__
-    typer.echo(f"error: {kind}: {message}", err=True)
+    typer.echo(error_line(kind, str(exc).strip() or type(exc).__name__), err=True)
     raise typer.Exit(exit_code_for(exc))
+
+
+@contextlib.contextmanager
+def failing_in_one_line() -> Iterator[None]:
+    """A command's body: any error but ``typer.Exit`` ends it through :func:`fail`."""
+    try:
+        yield
+    except typer.Exit:
+        raise
+    except Exception as exc:
+        fail(exc)
 
 
 def quiet_prefect_console() -> None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,47 +32,19 @@ os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
 # flows/, tasks/, storage/ and the sandbox are imported inside the commands that use them: they
 # load prefect, SQLAlchemy or the sandbox's web server (seconds), which `--help` and a refused
 # option must not wait for.
-from reelflow.cli_errors import OneLineErrors, fail, quiet_prefect_console  # noqa: E402
+from reelflow.cli_errors import OneLineErrors, failing_in_one_line, quiet_prefect_console  # noqa: E402
 from reelflow.errors import ValidationError  # noqa: E402
 from reelflow.ingest_options import (  # noqa: E402
     check_account_name,
-    check_ingest_options,
     check_publish_request,
 )
-from reelflow.logging import configure_logging  # noqa: E402
+from reelflow.logging import configure_logging, redact_value  # noqa: E402
 from reelflow.settings import Settings  # noqa: E402
 from reelflow.tiktok.client import TikTokClient  # noqa: E402
 
 SANDBOX_REDIRECT_URI = "https://localhost/callback"  # what the sandbox registers by default
 
 accounts_app = typer.Typer(help="TikTok accounts (tokens stored encrypted in the catalog).")
-
-
-def check_ingest_request(
-    chunk_size: int | None,
-    concurrency: int | None,
-    account: str | None,
-    caption: str | None,
-    privacy: str | None,
-    mode: str | None,
-    publish_at: datetime | None,
-) -> None:
-    """`reelflow ingest`'s option values, against the rules the flow applies (settings give the
-    defaults and the memory budget); raises ValidationError."""
-    settings = _settings()
-    check_ingest_options(
-        chunk_size_bytes=chunk_size,
-        concurrency=concurrency,
-        account=account,
-        caption=caption,
-        privacy=privacy,
-        mode=mode,
-        publish_at=publish_at,
-        default_chunk_size_bytes=settings.chunk_size_bytes,
-        default_concurrency=settings.upload_concurrency,
-        memory_budget_bytes=settings.memory_budget_bytes,
-        now=datetime.now(UTC),
-    )
 
 
 def note_existing_publish(publish: dict[str, Any] | None) -> None:
@@ -86,6 +57,18 @@ def note_existing_publish(publish: dict[str, Any] | None) -> None:
             "nothing new was posted. Pass --again to post it again.",
             err=True,
         )
+
+
+def print_summary(summary: dict[str, Any], as_json: bool, *, title: str) -> None:
+    """A run's summary on stdout: one JSON line, or a table; credentials scrubbed either way."""
+    summary = redact_value(summary)  # nothing printed carries a credential, whatever its source
+    if as_json:
+        typer.echo(json.dumps(summary, default=str))
+        return
+    table = Table(title=title, show_header=False)
+    for key, value in summary.items():
+        table.add_row(key, str(value))
+    Console().print(table)
 
 
 def _settings() -> Settings:
@@ -137,7 +120,7 @@ def accounts_add(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Store an account's tokens (given, or exchanged from an authorization --code)."""
-    try:
+    with failing_in_one_line():
         from storage.accounts import save_account  # lazy: loads SQLAlchemy
         from storage.crypto import secret_box
 
@@ -171,11 +154,6 @@ def accounts_add(
             open_id=open_id,
             scopes=scopes,
         )
-    except typer.Exit:
-        raise
-    except Exception as exc:
-        fail(exc)
-        return
     view = _account_view(row)
     if as_json:
         typer.echo(json.dumps(view))
@@ -221,7 +199,7 @@ def publish(
 ) -> None:
     """Publish stored media to TikTok, once per account (a re-run resumes or only polls;
     another caption finds the existing post unless --again)."""
-    try:
+    with failing_in_one_line():
         check_publish_request(account, mode, privacy, caption)  # before anything starts
         if poll_deadline_s is not None and not poll_deadline_s >= 0:
             raise ValidationError(
@@ -242,19 +220,8 @@ def publish(
             poll_deadline_s=DEFAULT_POLL_DEADLINE_S if poll_deadline_s is None else poll_deadline_s,
             again=again,
         )
-    except typer.Exit:
-        raise
-    except Exception as exc:
-        fail(exc)
-        return
     note_existing_publish(summary)
-    if as_json:
-        typer.echo(json.dumps(summary, default=str))
-        return
-    table = Table(title=f"TikTok publish of {media_id}", show_header=False)
-    for key, value in summary.items():
-        table.add_row(key, str(value))
-    Console().print(table)
+    print_summary(summary, as_json, title=f"TikTok publish of {media_id}")
 
 
 def sandbox(

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from reelflow.errors import ValidationError
 from reelflow.planning import S3_MAX_PART_BYTES, upload_buffer_bytes
+from reelflow.settings import Settings
 
 # The post options' rules have one home, reelflow.publish_rules; they are part of every
 # request checked here, so they stay importable from this module too.
@@ -200,4 +201,31 @@ def check_ingest_options(
         mode=publish_mode,
         publish=request,
         publish_at=check_publish_at(publish_at, now),
+    )
+
+
+def check_ingest_request(
+    settings: Settings,
+    chunk_size_bytes: int | None,
+    concurrency: int | None,
+    account: str | None,
+    caption: str | None,
+    privacy: str | None,
+    mode: str | None,
+    publish_at: datetime | None,
+) -> IngestOptions:
+    """An ingest request's option values (the CLI's or the flow's parameters), with the
+    settings' defaults and memory budget, checked against :func:`check_ingest_options` now."""
+    return check_ingest_options(
+        chunk_size_bytes=chunk_size_bytes,
+        concurrency=concurrency,
+        account=account,
+        caption=caption,
+        privacy=privacy,
+        mode=mode,
+        publish_at=publish_at,
+        default_chunk_size_bytes=settings.chunk_size_bytes,
+        default_concurrency=settings.upload_concurrency,
+        memory_budget_bytes=settings.memory_budget_bytes,
+        now=datetime.now(UTC),
     )

@@ -22,6 +22,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from reelflow.durable import fsync_path
 from reelflow.errors import MediaToolError
 
 DEFAULT_FFMPEG = "ffmpeg"
@@ -127,7 +128,7 @@ def make_clip(
         os.replace(staged, out)
     finally:
         staged.unlink(missing_ok=True)
-    _fsync_path(out.parent)
+    fsync_path(out.parent)
     return out
 
 
@@ -211,11 +212,11 @@ def ffmpeg_write(
     cmd += [*output_args, "-f", fmt, str(tmp)]
     try:
         _run(cmd)
-        _fsync_path(tmp)
+        fsync_path(tmp)
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
-    _fsync_path(out.parent)
+    fsync_path(out.parent)
     return out
 
 
@@ -311,14 +312,6 @@ def _run(cmd: list[str]) -> None:
             stderr_tail=tail,
             returncode=proc.returncode,
         )
-
-
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _seconds(value: float) -> str:

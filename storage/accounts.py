@@ -78,14 +78,7 @@ def save_account(
         row.refresh_expires_at = (
             now + timedelta(seconds=refresh_expires_in) if refresh_expires_in else None
         )
-        row.open_id = open_id or row.open_id
-        row.scopes = scopes or row.scopes
-        row.token_version += 1
-        row.updated_at = now
-        s.add(row)
-        s.commit()
-        s.refresh(row)
-        return row
+        return _save_new_version(s, row, open_id=open_id, scopes=scopes, now=now)
 
 
 def store_refreshed_tokens(
@@ -118,14 +111,22 @@ def store_refreshed_tokens(
             row.refresh_token_enc = box.seal(refresh_token)
         if refresh_expires_in:
             row.refresh_expires_at = now + timedelta(seconds=refresh_expires_in)
-        row.open_id = open_id or row.open_id
-        row.scopes = scopes or row.scopes
-        row.token_version += 1
-        row.updated_at = now
-        s.add(row)
-        s.commit()
-        s.refresh(row)
-        return row
+        return _save_new_version(s, row, open_id=open_id, scopes=scopes, now=now)
+
+
+def _save_new_version(
+    s: Session, row: Account, *, open_id: str | None, scopes: str | None, now: datetime
+) -> Account:
+    """Commit ``row``'s new tokens as the next token version; an empty ``open_id`` or
+    ``scopes`` keeps the stored one."""
+    row.open_id = open_id or row.open_id
+    row.scopes = scopes or row.scopes
+    row.token_version += 1
+    row.updated_at = now
+    s.add(row)
+    s.commit()
+    s.refresh(row)
+    return row
 
 
 def get_account(engine: Engine, name: str) -> Account | None:

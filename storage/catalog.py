@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import UniqueConstraint, event, inspect, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -76,6 +76,7 @@ class UploadPartRow(SQLModel, table=True):
 
 _UPSERTS: dict[str, Any] = {"postgresql": pg_insert, "sqlite": sqlite_insert}
 _PART_UPDATE_COLUMNS = ("offset", "size", "sha256_b64", "etag", "uploaded_at")
+_Row = TypeVar("_Row", bound=SQLModel)
 
 
 class Media(SQLModel, table=True):
@@ -161,6 +162,14 @@ class Catalog:
             with self.engine.begin() as conn:
                 _leases.guard(conn, self.fence)
 
+    def _commit_fenced(self, s: Session, row: _Row) -> _Row:
+        """Flush ``row``, refuse the write if the fence is no longer the lease row's, commit."""
+        s.flush()
+        _leases.guard(s.connection(), self.fence)
+        s.commit()
+        s.refresh(row)
+        return row
+
     # --- sessions -----------------------------------------------------------------------------
     def get_session(self, session_id: str) -> UploadSession | None:
         with Session(self.engine) as s:
@@ -178,12 +187,7 @@ class Catalog:
     def save_session(self, row: UploadSession) -> UploadSession:
         row.updated_at = utcnow()
         with Session(self.engine, expire_on_commit=False) as s:
-            merged = s.merge(row)
-            s.flush()
-            _leases.guard(s.connection(), self.fence)
-            s.commit()
-            s.refresh(merged)
-            return merged
+            return self._commit_fenced(s, s.merge(row))
 
     def update_session(self, session_id: str, **fields: Any) -> UploadSession:
         if self.fence is None:
@@ -196,11 +200,7 @@ class Catalog:
                 setattr(row, key, value)
             row.updated_at = utcnow()
             s.add(row)
-            s.flush()
-            _leases.guard(s.connection(), self.fence)
-            s.commit()
-            s.refresh(row)
-            return row
+            return self._commit_fenced(s, row)
 
     def completed_session_for(self, fingerprint: str, store_url: str) -> UploadSession | None:
         with Session(self.engine) as s:
@@ -264,11 +264,7 @@ class Catalog:
             if existing is not None:
                 return existing
             s.add(media)
-            s.flush()
-            _leases.guard(s.connection(), self.fence)
-            s.commit()
-            s.refresh(media)
-            return media
+            return self._commit_fenced(s, media)
 
     def list_media(self) -> list[Media]:
         with Session(self.engine) as s:

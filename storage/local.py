@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlparse
 
+from reelflow.durable import fsync_path
 from reelflow.errors import IntegrityError, StorageError, UploadNotFound
 from reelflow.planning import Chunk, composite_sha256
 from storage.base import PartReceipt, PendingUpload
@@ -36,14 +37,6 @@ _UPLOAD_ID = re.compile(rf"[0-9a-f]{{{2 * UPLOAD_ID_BYTES}}}")
 
 def valid_upload_id(upload_id: object) -> bool:
     return isinstance(upload_id, str) and _UPLOAD_ID.fullmatch(upload_id) is not None
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class LocalStore:
@@ -172,7 +165,7 @@ class LocalStore:
                 raise IntegrityError(
                     f"upload {upload_id} holds no data and {key!r} is not its completed file"
                 )
-            _fsync_dir(dest.parent)
+            fsync_path(dest.parent)
         except OSError as exc:
             raise StorageError(f"completing upload {upload_id} failed: {exc.strerror}") from exc
         shutil.rmtree(d, ignore_errors=True)
@@ -243,7 +236,7 @@ class LocalStore:
         src, dst = self._path(src_key), self._path(dst_key)
         dst.parent.mkdir(parents=True, exist_ok=True)
         os.replace(src, dst)
-        _fsync_dir(dst.parent)
+        fsync_path(dst.parent)
         self._prune(src)
         return None
 

@@ -11,6 +11,7 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 # Before prefect is imported anywhere: an isolated Prefect home, no telemetry.
 _PREFECT_HOME = tempfile.mkdtemp(prefix="reelflow-test-prefect-")
@@ -23,6 +24,9 @@ os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 
 import pytest  # noqa: E402
+
+if TYPE_CHECKING:
+    from storage.catalog import Catalog
 
 REPO = Path(__file__).resolve().parents[1]
 CLIP_CACHE = REPO / ".cache" / "clips"
@@ -82,6 +86,16 @@ def pg_url() -> Iterator[str]:
     yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
     with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def catalog(request: pytest.FixtureRequest, tmp_path: Path) -> Catalog:
+    """A catalog on a fresh SQLite file, then on the session's PostgreSQL database."""
+    from storage.catalog import Catalog, make_engine  # lazy, like the fixtures above
+
+    if request.param == "sqlite":
+        return Catalog(make_engine(f"sqlite:///{tmp_path / 'c.db'}"))
+    return Catalog(make_engine(request.getfixturevalue("pg_url")))
 
 
 @pytest.fixture

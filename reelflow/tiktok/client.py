@@ -40,7 +40,7 @@ from reelflow.tiktok.errors import (
     malformed_response,
     redact,
 )
-from reelflow.tiktok.plan import parse_content_range
+from reelflow.tiktok.plan import file_upload_source, parse_content_range
 
 log = structlog.get_logger(__name__)
 
@@ -272,7 +272,7 @@ class TikTokClient:
         """Open a Direct Post FILE_UPLOAD session. Pass the numbers of a ``TikTokUploadPlan``."""
         body = {
             "post_info": post_info,
-            "source_info": _file_upload_source(video_size, chunk_size, total_chunk_count),
+            "source_info": file_upload_source(video_size, chunk_size, total_chunk_count),
         }
         return self._init(DIRECT_POST_INIT_PATH, access_token, body)
 
@@ -281,7 +281,7 @@ class TikTokClient:
     ) -> InitResult:
         """Open an Upload (inbox/draft) FILE_UPLOAD session; the user finishes it in the app."""
         # No post_info: the endpoint documents none and TikTok drops it (postiz-docs #231).
-        body = {"source_info": _file_upload_source(video_size, chunk_size, total_chunk_count)}
+        body = {"source_info": file_upload_source(video_size, chunk_size, total_chunk_count)}
         return self._init(INBOX_INIT_PATH, access_token, body)
 
     def fetch_status(self, access_token: str, publish_id: str) -> PublishStatus:
@@ -536,15 +536,6 @@ class _OnlyOurAuthorization(requests.auth.AuthBase):
         if not self._keep:
             request.headers.pop("Authorization", None)
         return request
-
-
-def _file_upload_source(video_size: int, chunk_size: int, total_chunk_count: int) -> dict[str, Any]:
-    return {
-        "source": "FILE_UPLOAD",
-        "video_size": video_size,
-        "chunk_size": chunk_size,
-        "total_chunk_count": total_chunk_count,
-    }
 
 
 def _json_object(resp: requests.Response, *, endpoint: str) -> dict[str, Any]:

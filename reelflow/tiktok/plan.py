@@ -68,12 +68,19 @@ class TikTokUploadPlan:
 
     def source_info(self) -> dict[str, object]:
         """The ``source_info`` object of a FILE_UPLOAD init request."""
-        return {
-            "source": "FILE_UPLOAD",
-            "video_size": self.video_size,
-            "chunk_size": self.chunk_size,
-            "total_chunk_count": self.total_chunk_count,
-        }
+        return file_upload_source(self.video_size, self.chunk_size, self.total_chunk_count)
+
+
+def file_upload_source(
+    video_size: int, chunk_size: int, total_chunk_count: int
+) -> dict[str, object]:
+    """The ``source_info`` object of a FILE_UPLOAD init request (Direct Post or inbox)."""
+    return {
+        "source": "FILE_UPLOAD",
+        "video_size": video_size,
+        "chunk_size": chunk_size,
+        "total_chunk_count": total_chunk_count,
+    }
 
 
 def check_tiktok_chunk_rules(video_size: int, chunk_size: int, total_chunk_count: int) -> None:

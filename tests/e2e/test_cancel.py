@@ -10,7 +10,6 @@ request in the in-process server before moto sees it (a slow S3, which moto cann
 from __future__ import annotations
 
 import math
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -24,18 +23,18 @@ from reelflow.planning import MIB
 from storage.catalog import UploadSession, make_engine
 from storage.leases import Lease
 from tests.support.prefect_server import (
+    BIN,
+    REPO,
     PrefectServer,
     prefect_api,
     start_process,
     stop_process,
-    wait_for,
     wait_until_served,
 )
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
 
-REPO = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
 CHUNK = 5 * MIB
 CONCURRENCY = 1
 PART_DELAY_S = 0.5  # per UploadPart while the first run uploads: ~10 s for 20 parts

@@ -11,10 +11,8 @@ reads runs back through the Prefect REST API (``POST /flow_runs/filter``) with b
 
 from __future__ import annotations
 
-import hashlib
 import json
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -28,20 +26,21 @@ import httpx
 import pytest
 
 from reelflow.tiktok.sandbox import RunningSandbox, SandboxConfig, start_sandbox
+from tests.support.files import sha256_file
 from tests.support.prefect_server import (
+    BIN,
+    REPO,
     PrefectServer,
     free_port,
     prefect_api,
     start_process,
     stop_process,
-    wait_for,
     wait_until_served,
 )
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
 
-REPO = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
 RUN_WAIT_S = 120.0  # event → trigger → runner poll → subprocess → ffmpeg → S3; ~10 s when green
 SERVE_WAIT_S = 120.0
 BRIDGE_TIMEOUT_S = 90.0  # one --once receive is a long poll of at most 20 s
@@ -53,11 +52,6 @@ DEPLOYMENT = "ingest-video/ingest-video"  # flow name / deployment name
 # only incoming/, or every stored video would come back as an ingest (and its metadata .json
 # would be read as the video's sidecar).
 INCOMING = "incoming/"
-
-
-def sha256_file(path: Path) -> str:
-    with path.open("rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 @dataclass

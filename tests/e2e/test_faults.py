@@ -25,7 +25,8 @@ import pytest
 from reelflow.planning import MIB
 from reelflow.settings import Settings
 from storage.runtime import Runtime
-from tests.support.chaos import env_vars
+from tests.support.chaos import env_vars, print_past_capture
+from tests.support.files import sha256_file
 from tests.support.tiktok import SANDBOX_CONFIG, add_account
 
 pytestmark = [pytest.mark.chaos, pytest.mark.slow, pytest.mark.usefixtures("prefect_api")]
@@ -47,11 +48,6 @@ TIKTOK_FAULTS = {
     "drop_rate": 0.02,  # chunk PUTs only, rolled after the others
 }
 UNLIMITED = 1_000_000
-
-
-def sha256_file(path: Path) -> str:
-    with path.open("rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 class HopTally:
@@ -78,9 +74,7 @@ class HopTally:
 def hops(request: pytest.FixtureRequest) -> Iterator[HopTally]:
     tally = HopTally()
     yield tally
-    capture = request.config.pluginmanager.getplugin("capturemanager")
-    with capture.global_and_fixture_disabled():
-        print("\n" + tally.table())
+    print_past_capture(request, tally.table())
 
 
 @pytest.fixture(scope="module")

@@ -16,16 +16,9 @@ from flows.ingest import ingest_video
 from reelflow.credentials import sealed
 from reelflow.planning import MIB
 from tests.support import refusals
+from tests.support.files import sha256_file
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        while block := fh.read(4 * MIB):
-            h.update(block)
-    return h.hexdigest()
 
 
 def local_files(home: Path) -> list[str]:

@@ -40,8 +40,10 @@ from tests.support.chaos import (
     Tally,
     draw_points,
     env_vars,
+    print_past_capture,
     run_and_kill,
 )
+from tests.support.files import sha256_file
 from tests.support.tiktok import SANDBOX_CONFIG, PutMeter, add_account, slow_sandbox
 
 pytestmark = [pytest.mark.chaos, pytest.mark.slow]
@@ -68,11 +70,6 @@ _DROPPED_ENV = (
 
 def reelflow_cmd(*args: str) -> list[str]:
     return [str(Path(sys.executable).parent / "reelflow"), *args]
-
-
-def sha256_file(path: Path) -> str:
-    with path.open("rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 @dataclass
@@ -132,9 +129,7 @@ def chaos(
 def tally(request: pytest.FixtureRequest) -> Iterator[Tally]:
     result = Tally()
     yield result
-    capture = request.config.pluginmanager.getplugin("capturemanager")
-    with capture.global_and_fixture_disabled():
-        print("\n" + result.table(f"kill points (seed {SEED}, {POINTS} points)"))
+    print_past_capture(request, result.table(f"kill points (seed {SEED}, {POINTS} points)"))
 
 
 @contextmanager

@@ -9,7 +9,6 @@ hook the sandbox's state object to act at an exact protocol moment (after the n-
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import logging
 from collections.abc import Callable
@@ -39,6 +38,7 @@ from storage.crypto import secret_box
 from storage.publishing import list_publishes
 from storage.runtime import Runtime
 from tasks.tiktok_publish import PublishRefused
+from tests.support.files import sha256_file
 from tests.support.tiktok import SANDBOX_CONFIG, add_account
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
@@ -68,11 +68,6 @@ def sized(base: Path, size: int, dest: Path) -> Path:
         fh.write(data + pad.to_bytes(4, "big") + b"free")
         fh.truncate(size)  # sparse zeros: no I/O for the padding
     return dest
-
-
-def sha256_file(path: Path) -> str:
-    with path.open("rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 @pytest.fixture

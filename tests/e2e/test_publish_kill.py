@@ -8,7 +8,6 @@ killed the child: the child dies with TikTok ahead of its ledger, the hardest ca
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import signal
@@ -29,6 +28,7 @@ from storage.accounts import save_account
 from storage.crypto import secret_box
 from storage.publishing import list_publishes
 from storage.runtime import Runtime
+from tests.support.files import sha256_file
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_api")]
 
@@ -126,11 +126,6 @@ def rerun(cmd: list[str], env: dict[str, str]) -> dict[str, Any]:
     assert done.returncode == 0, done.stderr[-3000:]
     summary: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     return summary
-
-
-def sha256_file(path: Path) -> str:
-    with path.open("rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def test_sigkill_during_chunk_upload_resumes_from_next_unacknowledged_chunk(

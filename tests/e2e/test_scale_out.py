@@ -17,18 +17,16 @@ their runs would take worker slots at random moments and say nothing about scale
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import subprocess
-import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import pytest
@@ -37,13 +35,13 @@ from reelflow.tiktok.sandbox import RunningSandbox, start_sandbox
 from storage.catalog import Catalog, make_engine
 from storage.publishing import list_publishes
 from tasks.tiktok_publish import rate_limit_name
-from tests.support.prefect_server import PrefectServer, start_process, stop_process
+from tests.support.files import sha256_file
+from tests.support.prefect_server import BIN, REPO, PrefectServer, start_process, stop_process
 from tests.support.tiktok import SANDBOX_CONFIG
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
 
-REPO = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
 WORKERS = ("w1", "w2")
 WORKER_LIMIT = 4  # flow runs per worker at once: 8 runs need both workers
 WORKER_QUERY_S = 1  # default 10 s: how often a worker asks for scheduled runs
@@ -64,8 +62,6 @@ RUNS_TIMEOUT_S = 300
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 INIT_ROUTE = "POST /v2/post/publish/video/init/"
 
-T = TypeVar("T")
-
 
 # ----- helpers ----------------------------------------------------------------------------------
 
@@ -83,30 +79,6 @@ def run_cli(cmd: list[str], env: dict[str, str], what: str) -> str:
             f"{what} exited {done.returncode}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
         )
     return done.stdout
-
-
-def wait_for(
-    check: Callable[[], T | None],
-    timeout_s: float,
-    what: str,
-    *,
-    poll_s: float = 1,
-    detail: Callable[[], object] = lambda: "",
-) -> T:
-    """Poll ``check`` until it returns something; fail after ``timeout_s`` with ``detail()``."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = check()
-        if result is not None:
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what}: not done within {timeout_s:.0f}s; {detail()}")
-        time.sleep(poll_s)
-
-
-def sha256_file(path: Path) -> str:
-    with path.open("rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def most_in_window(times: list[float], window_s: float) -> int:
@@ -243,7 +215,7 @@ def test_six_plus_ingests_at_once_on_two_workers(
                 online = sorted(w["name"] for w in rows if w["status"] == "ONLINE")
                 return online if online == sorted(WORKERS) else None
 
-            wait_for(both_online, WORKERS_ONLINE_TIMEOUT_S, "both workers online", poll_s=0.5)
+            wait_for(both_online, "both workers online", WORKERS_ONLINE_TIMEOUT_S, poll_s=0.5)
             timings["setup_s"] = time.monotonic() - started
 
             # --- the burst: every run created at once ---------------------------------------
@@ -262,8 +234,8 @@ def test_six_plus_ingests_at_once_on_two_workers(
 
             runs = wait_for(
                 all_finished,
-                RUNS_TIMEOUT_S,
                 "all ingest runs finished",
+                RUNS_TIMEOUT_S,
                 poll_s=1,
                 detail=lambda: {n: tail(tmp_path / f"worker-{n}.log", 3000) for n in WORKERS},
             )

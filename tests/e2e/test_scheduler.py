@@ -9,25 +9,24 @@ run created by the test itself.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.support.prefect_server import (
+    BIN,
+    REPO,
     PrefectServer,
     prefect_api,
     start_process,
     stop_process,
-    wait_for,
     wait_until_served,
 )
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
 
-REPO = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
 # publish-due runs every 60 s from an anchor at serve time; the runner polls every 10 s.
 FIRST_RUN_WAIT_S = 240
 

@@ -21,7 +21,8 @@ from typing import Any
 import pytest
 
 from reelflow.planning import MIB
-from tests.support.prefect_server import PrefectServer, wait_for
+from tests.support.prefect_server import PrefectServer
+from tests.support.waiting import wait_for
 
 RUN_TIMEOUT_S = 120
 SLOW_BLOCK_BYTES = 64 * 1024

@@ -23,14 +23,13 @@ import argparse
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 # Before prefect is imported anywhere: no telemetry, no promotional banners in the pictures.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -44,11 +43,10 @@ import httpx  # noqa: E402
 
 from reelflow.samples import make_clip  # noqa: E402
 from reelflow.tiktok.sandbox import SandboxConfig, start_sandbox  # noqa: E402
-from tests.support.prefect_server import PrefectServer, start_process, stop_process  # noqa: E402
+from tests.support.prefect_server import BIN, REPO, PrefectServer, start_process, stop_process  # noqa: E402
 from tests.support.s3server import S3TestServer  # noqa: E402
+from tests.support.waiting import wait_for  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
 CHROMIUM = Path("/usr/bin/chromium")
 WIDTH_PX = 1600
 # The UI Prefect 3.8 opens at "/" (and the one it is moving to) lives under /v2; plain deep
@@ -68,22 +66,9 @@ CLIPS = {
     "city-timelapse.mp4": {"duration_s": 4.0, "pattern": "testsrc2"},
 }
 
-T = TypeVar("T")
-
 
 def log(message: str) -> None:
     print(f"[ui-screenshots] {message}", flush=True)
-
-
-def wait_for(check: Callable[[], T | None], timeout_s: float, what: str, poll_s: float = 1) -> T:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = check()
-        if result is not None:
-            return result
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what}: not done within {timeout_s:.0f}s")
-        time.sleep(poll_s)
 
 
 def run_cli(cmd: list[str], env: dict[str, str], what: str) -> str:
@@ -259,7 +244,7 @@ def take_screenshots(out_dir: Path, *, hold_s: float = 0) -> list[Path]:
         ).raise_for_status()
         run_ids = [published.json()["id"], stored.json()["id"]]
         for run_id in run_ids:
-            run = wait_for(lambda r=run_id: finished_run(api, r), RUN_TIMEOUT_S, "ingest run", 2)
+            run = wait_for(lambda r=run_id: finished_run(api, r), "ingest run", RUN_TIMEOUT_S, 2)
             log(f"{run['name']} {run['state_name']} in {run['total_run_time']:.1f}s")
         artifacts = artifacts_of(api, run_ids[0])
         kinds = {a["type"] for a in artifacts}

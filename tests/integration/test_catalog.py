@@ -2,38 +2,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import pytest
-
 from storage.base import PartReceipt
-from storage.catalog import Catalog, UploadSession, make_engine
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def catalog(request: pytest.FixtureRequest, tmp_path: Path) -> Catalog:
-    if request.param == "sqlite":
-        return Catalog(make_engine(f"sqlite:///{tmp_path / 'c.db'}"))
-    return Catalog(make_engine(request.getfixturevalue("pg_url")))
+from storage.catalog import Catalog
+from tests.support.rows import upload_session
 
 
 def test_ledger_records_reconciles_and_forgets(catalog: Catalog) -> None:
     """Parts are upserted by (upload, part number); forget drops exactly the named parts."""
     sid = f"u_{id(catalog)}"
-    catalog.save_session(
-        UploadSession(
-            id=sid,
-            source_uri="/x.mp4",
-            source_fingerprint="fp",
-            store_url="file:///s",
-            staging_key="staging/x",
-            size_bytes=30,
-            chunk_size=10,
-            parts_total=3,
-            content_type="video/mp4",
-            ext="mp4",
-        )
-    )
+    catalog.save_session(upload_session(sid, 3, staging_key="staging/x"))
     for n in (1, 2, 3):
         catalog.record_part(sid, "up1", (n - 1) * 10, PartReceipt(n, 10, f'"e{n}"', f"s{n}"))
     catalog.record_part(sid, "up1", 10, PartReceipt(2, 10, '"e2b"', "s2b"))  # re-sent part

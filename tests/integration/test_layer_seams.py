@@ -16,9 +16,10 @@ from reelflow.tiktok.client import TikTokClient
 from reelflow.tiktok.sandbox import RunningSandbox
 from reelflow.tiktok.tokens import StoredTokens, TokenManager
 from storage.accounts import AccountTokenStore, save_account
-from storage.catalog import Catalog, UploadSession, make_engine
+from storage.catalog import Catalog, make_engine
 from storage.crypto import SecretBox
 from storage.leases import Leases
+from tests.support.rows import upload_session
 
 NOW = datetime(2030, 1, 1, tzinfo=UTC)
 
@@ -143,20 +144,7 @@ def test_catalog_lists_sessions_and_the_ones_live_runs_hold(
     catalog = Catalog(make_engine(url))
     ids = [f"seam_{backend}_{i}_{id(catalog)}" for i in range(2)]
     for sid in ids:
-        catalog.save_session(
-            UploadSession(
-                id=sid,
-                source_uri=f"/{sid}.mp4",
-                source_fingerprint=sid,
-                store_url="file:///s",
-                staging_key=f"staging/{sid}",
-                size_bytes=10,
-                chunk_size=10,
-                parts_total=1,
-                content_type="video/mp4",
-                ext="mp4",
-            )
-        )
+        catalog.save_session(upload_session(sid, 1, source_uri=f"/{sid}.mp4", fingerprint=sid))
     leases = Leases(catalog.engine, ttl_s=600)
     fence = leases.acquire(f"lease_{ids[0]}", "run-a")
     assert fence is not None

@@ -25,18 +25,12 @@ from sqlmodel import Session
 
 from reelflow.errors import LeaseLostError, retry_if_retryable
 from storage.base import PartReceipt
-from storage.catalog import Catalog, UploadSession, make_engine
+from storage.catalog import Catalog, make_engine
 from storage.clock import utcnow
 from storage.leases import Fence, Lease, Leases, ProcessIdentity, process_start
+from tests.support.rows import upload_session
 
 WAIT_S = 30.0
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def catalog(request: pytest.FixtureRequest, tmp_path: Path) -> Catalog:
-    if request.param == "sqlite":
-        return Catalog(make_engine(f"sqlite:///{tmp_path / 'c.db'}"))
-    return Catalog(make_engine(request.getfixturevalue("pg_url")))
 
 
 def _name(tag: str) -> str:
@@ -44,20 +38,7 @@ def _name(tag: str) -> str:
 
 
 def _session(catalog: Catalog, sid: str) -> None:
-    catalog.save_session(
-        UploadSession(
-            id=sid,
-            source_uri="/x.mp4",
-            source_fingerprint="fp",
-            store_url="file:///s",
-            staging_key=f"staging/{sid}",
-            size_bytes=20,
-            chunk_size=10,
-            parts_total=2,
-            content_type="video/mp4",
-            ext="mp4",
-        )
-    )
+    catalog.save_session(upload_session(sid, 2))
 
 
 def _expire(catalog: Catalog, name: str) -> None:

@@ -14,8 +14,8 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from collections.abc import Iterator
+from typing import Any
 
 import boto3
 import httpx
@@ -34,21 +34,9 @@ from deployments.s3_events import (
 from reelflow.errors import ConfigurationError
 from reelflow.event_policy import EventPolicy
 from storage.s3 import make_s3_client
+from tests.support.waiting import wait_for
 
-T = TypeVar("T")
-WAIT_S = 30.0  # the event persister flushes every 5 s; a generous bound, never reached when green
 SECRET = "webhook-secret-for-tests-0123456789abcdef"  # the webhook wants >= 32 characters
-
-
-def wait_for(fn: Callable[[], T], what: str, timeout_s: float = WAIT_S) -> T:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = fn()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        time.sleep(0.25)
 
 
 def find_events(api: str, **filters: Any) -> list[dict[str, Any]]:

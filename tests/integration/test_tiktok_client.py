@@ -6,7 +6,6 @@ sandbox runs ffprobe on what was uploaded. Faults come from the sandbox's admin 
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import subprocess
 import time
@@ -20,6 +19,7 @@ import requests
 from reelflow.tiktok.client import (
     JSON_CONTENT_TYPE,
     SEND_BLOCK_BYTES,
+    InitResult,
     PublishStatus,
     TikTokClient,
     TokenSet,
@@ -47,6 +47,7 @@ from reelflow.tiktok.plan import (
     plan_tiktok_upload,
 )
 from reelflow.tiktok.sandbox import SandboxConfig, start_sandbox
+from tests.support.files import sha256_file
 
 pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs ffmpeg")
 
@@ -119,6 +120,21 @@ def account(sandbox: Any, **overrides: Any) -> dict[str, Any]:
     return admin(sandbox, "accounts", {**body, **overrides})
 
 
+def open_upload(
+    client: TikTokClient, token: str, plan: TikTokUploadPlan, post_info: dict[str, Any] | None
+) -> InitResult:
+    """Init a FILE_UPLOAD of ``plan``'s sizes: a Direct Post with ``post_info``, or (None) an
+    inbox upload."""
+    sizes = {
+        "video_size": plan.video_size,
+        "chunk_size": plan.chunk_size,
+        "total_chunk_count": plan.total_chunk_count,
+    }
+    if post_info is None:
+        return client.init_inbox(token, **sizes)
+    return client.init_direct_post(token, post_info=post_info, **sizes)
+
+
 def upload(client: TikTokClient, url: str, path: Path, plan: TikTokUploadPlan) -> list[int]:
     """PUT every chunk from an open file, in order; returns the statuses."""
     statuses = []
@@ -138,7 +154,7 @@ def upload(client: TikTokClient, url: str, path: Path, plan: TikTokUploadPlan) -
     return statuses
 
 
-def wait_for(client: TikTokClient, token: str, publish_id: str) -> PublishStatus:
+def settled_status(client: TikTokClient, token: str, publish_id: str) -> PublishStatus:
     """Poll status/fetch until the publish leaves PROCESSING_*."""
     deadline = time.monotonic() + STATUS_TIMEOUT_S
     while True:
@@ -146,10 +162,6 @@ def wait_for(client: TikTokClient, token: str, publish_id: str) -> PublishStatus
         if not status.status.startswith("PROCESSING") or time.monotonic() > deadline:
             return status
         time.sleep(0.2)
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 # ----- publishing -----------------------------------------------------------------------------
@@ -167,18 +179,12 @@ def test_direct_post_of_a_small_clip_end_to_end(
 
     plan = plan_tiktok_upload(clip.stat().st_size)
     assert plan.total_chunk_count == 1 and plan.chunk_size == plan.video_size
-    init = client.init_direct_post(
-        token,
-        post_info=PUBLIC_POST,
-        video_size=plan.video_size,
-        chunk_size=plan.chunk_size,
-        total_chunk_count=plan.total_chunk_count,
-    )
+    init = open_upload(client, token, plan, PUBLIC_POST)
     assert init.publish_id.startswith("v_pub_file~") and len(init.publish_id) <= 64
     assert "upload_token" not in repr(init)
 
     assert upload(client, init.upload_url, clip, plan) == [201]
-    status = wait_for(client, token, init.publish_id)
+    status = settled_status(client, token, init.publish_id)
     assert status.status == "PUBLISH_COMPLETE", status
     assert status.failure() is None
     assert status.uploaded_bytes == plan.video_size
@@ -186,7 +192,7 @@ def test_direct_post_of_a_small_clip_end_to_end(
     assert int(status.post_ids[0]) > 2**53  # parsed losslessly
 
     published = stats(sandbox)["publishes"][init.publish_id]
-    assert published["sha256"] == sha256(clip)
+    assert published["sha256"] == sha256_file(clip)
     assert published["title"] == PUBLIC_POST["title"]  # UTF-8 (emoji) arrived intact
 
 
@@ -197,18 +203,12 @@ def test_chunked_upload_of_a_file_over_5_mib(
     token = account(sandbox)["access_token"]
     plan = plan_tiktok_upload(big_clip.stat().st_size, MIN_CHUNK_BYTES)
     assert plan.total_chunk_count == 3
-    init = client.init_direct_post(
-        token,
-        post_info={"privacy_level": "SELF_ONLY"},
-        video_size=plan.video_size,
-        chunk_size=plan.chunk_size,
-        total_chunk_count=plan.total_chunk_count,
-    )
+    init = open_upload(client, token, plan, {"privacy_level": "SELF_ONLY"})
     assert upload(client, init.upload_url, big_clip, plan) == [206, 206, 201]
-    status = wait_for(client, token, init.publish_id)
+    status = settled_status(client, token, init.publish_id)
     assert status.status == "PUBLISH_COMPLETE", status
     assert status.post_ids == []  # SELF_ONLY posts never become publicly available
-    assert stats(sandbox)["publishes"][init.publish_id]["sha256"] == sha256(big_clip)
+    assert stats(sandbox)["publishes"][init.publish_id]["sha256"] == sha256_file(big_clip)
 
 
 class RecordingFile:
@@ -249,19 +249,14 @@ def test_streamed_chunks_go_out_in_large_blocks(
             *full, last = recording.reads
             assert set(full) == {SEND_BLOCK_BYTES} and 0 < last <= SEND_BLOCK_BYTES
             assert len(recording.reads) == -(-chunk.length // SEND_BLOCK_BYTES)
-    assert stats(sandbox)["publishes"][stats_publish_id(sandbox)]["sha256"] == sha256(big_clip)
+    assert stats(sandbox)["publishes"][stats_publish_id(sandbox)]["sha256"] == sha256_file(big_clip)
 
 
 def test_put_chunk_accepts_bytes(sandbox: Any, client: TikTokClient, big_clip: Path) -> None:
     """Chunks given as bytes upload the same as file objects."""
     token = account(sandbox)["access_token"]
     plan = plan_tiktok_upload(big_clip.stat().st_size, MIN_CHUNK_BYTES)
-    init = client.init_inbox(
-        token,
-        video_size=plan.video_size,
-        chunk_size=plan.chunk_size,
-        total_chunk_count=plan.total_chunk_count,
-    )
+    init = open_upload(client, token, plan, None)
     data = big_clip.read_bytes()
     results = [
         client.put_chunk(
@@ -283,15 +278,10 @@ def test_inbox_upload_reaches_send_to_user_inbox(
     """The inbox flow's practical success state is SEND_TO_USER_INBOX."""
     token = account(sandbox, scopes=["user.info.basic", "video.upload"])["access_token"]
     plan = plan_tiktok_upload(clip.stat().st_size)
-    init = client.init_inbox(
-        token,
-        video_size=plan.video_size,
-        chunk_size=plan.chunk_size,
-        total_chunk_count=plan.total_chunk_count,
-    )
+    init = open_upload(client, token, plan, None)
     assert init.publish_id.startswith("v_inbox_file~")
     assert upload(client, init.upload_url, clip, plan) == [201]
-    assert wait_for(client, token, init.publish_id).status == "SEND_TO_USER_INBOX"
+    assert settled_status(client, token, init.publish_id).status == "SEND_TO_USER_INBOX"
 
 
 def test_a_non_video_upload_fails_with_a_typed_terminal_reason(
@@ -302,15 +292,9 @@ def test_a_non_video_upload_fails_with_a_typed_terminal_reason(
     junk.write_bytes(b"not a video at all " * 100)
     token = account(sandbox)["access_token"]
     plan = plan_tiktok_upload(junk.stat().st_size)
-    init = client.init_direct_post(
-        token,
-        post_info=PUBLIC_POST,
-        video_size=plan.video_size,
-        chunk_size=plan.chunk_size,
-        total_chunk_count=plan.total_chunk_count,
-    )
+    init = open_upload(client, token, plan, PUBLIC_POST)
     upload(client, init.upload_url, junk, plan)
-    status = wait_for(client, token, init.publish_id)
+    status = settled_status(client, token, init.publish_id)
     assert status.status == "FAILED" and status.fail_reason == "file_format_check_failed"
     failure = status.failure()
     assert isinstance(failure, TikTokPublishFailed) and not failure.retryable
@@ -334,13 +318,7 @@ def test_wire_headers(sandbox: Any, clip: Path) -> None:
     )
     token = account(sandbox)["access_token"]
     plan = plan_tiktok_upload(clip.stat().st_size)
-    init = client.init_direct_post(
-        token,
-        post_info=PUBLIC_POST,
-        video_size=plan.video_size,
-        chunk_size=plan.chunk_size,
-        total_chunk_count=plan.total_chunk_count,
-    )
+    init = open_upload(client, token, plan, PUBLIC_POST)
     upload(client, init.upload_url, clip, plan)
     post, put = seen
     assert post.headers["Authorization"] == f"Bearer {token}"
@@ -448,13 +426,7 @@ def test_missing_scope_is_scope_not_authorized(
     token = account(sandbox, scopes=["user.info.basic", "video.upload"])["access_token"]
     plan = plan_tiktok_upload(clip.stat().st_size)
     with pytest.raises(TikTokAuthError) as info:
-        client.init_direct_post(
-            token,
-            post_info=PUBLIC_POST,
-            video_size=plan.video_size,
-            chunk_size=plan.chunk_size,
-            total_chunk_count=plan.total_chunk_count,
-        )
+        open_upload(client, token, plan, PUBLIC_POST)
     assert info.value.code == "scope_not_authorized"
     assert not isinstance(info.value, AccessTokenInvalid)
 
@@ -473,15 +445,10 @@ def test_real_init_rate_limit(sandbox: Any, client: TikTokClient, clip: Path) ->
     """The seventh init inside a minute is refused with 429 rate_limit_exceeded."""
     token = account(sandbox)["access_token"]
     plan = plan_tiktok_upload(clip.stat().st_size)
-    sizes = {
-        "video_size": plan.video_size,
-        "chunk_size": plan.chunk_size,
-        "total_chunk_count": plan.total_chunk_count,
-    }
     for _ in range(6):
-        client.init_direct_post(token, post_info=PUBLIC_POST, **sizes)
+        open_upload(client, token, plan, PUBLIC_POST)
     with pytest.raises(TikTokRateLimited) as info:
-        client.init_direct_post(token, post_info=PUBLIC_POST, **sizes)
+        open_upload(client, token, plan, PUBLIC_POST)
     assert info.value.http_status == 429 and info.value.retryable
 
 
@@ -520,20 +487,15 @@ def test_an_invalid_chunk_plan_is_invalid_params(sandbox: Any, client: TikTokCli
 def test_policy_refusals_are_terminal(sandbox: Any, client: TikTokClient, clip: Path) -> None:
     """Unaudited client on a public account, and a privacy level not offered: 403 policy."""
     plan = plan_tiktok_upload(clip.stat().st_size)
-    sizes = {
-        "video_size": plan.video_size,
-        "chunk_size": plan.chunk_size,
-        "total_chunk_count": plan.total_chunk_count,
-    }
     unaudited = account(sandbox, audited=False)["access_token"]
     with pytest.raises(TikTokPolicyError) as info:
-        client.init_direct_post(unaudited, post_info={"privacy_level": "SELF_ONLY"}, **sizes)
+        open_upload(client, unaudited, plan, {"privacy_level": "SELF_ONLY"})
     assert info.value.code == "unaudited_client_can_only_post_to_private_accounts"
     assert info.value.http_status == 403 and not info.value.retryable
 
     token = account(sandbox)["access_token"]
     with pytest.raises(TikTokPolicyError) as info:
-        client.init_direct_post(token, post_info={"privacy_level": "FOLLOWER_OF_CREATOR"}, **sizes)
+        open_upload(client, token, plan, {"privacy_level": "FOLLOWER_OF_CREATOR"})
     assert info.value.code == "privacy_level_option_mismatch"
 
 
@@ -553,13 +515,7 @@ def test_creator_info_spam_refusal_arrives_with_http_200(
 
 def _init_big(client: TikTokClient, token: str, path: Path) -> tuple[str, TikTokUploadPlan]:
     plan = plan_tiktok_upload(path.stat().st_size, MIN_CHUNK_BYTES)
-    init = client.init_direct_post(
-        token,
-        post_info={"privacy_level": "SELF_ONLY"},
-        video_size=plan.video_size,
-        chunk_size=plan.chunk_size,
-        total_chunk_count=plan.total_chunk_count,
-    )
+    init = open_upload(client, token, plan, {"privacy_level": "SELF_ONLY"})
     return init.upload_url, plan
 
 

@@ -5,7 +5,8 @@ Owns: following a child's Prefect task runs live (the task-run state events the 
 the Prefect API, read back from the API's event stream), grouping task names into the pipeline
 steps the issue names, drawing seeded kill points across the steps a reference run went through,
 killing the child's process group when its drawn step is reached (+ a seeded small offset),
-telling which step the kill really landed in, and the tally table.
+telling which step the kill really landed in, and the tally table (printed past pytest's capture
+by :func:`print_past_capture`).
 
 Steps are discovered, never listed by hand: any task a reference run executes is a step (a task
 nobody mapped keeps its own name), so a new task such as ``scan`` is drawn as soon as it runs.
@@ -383,3 +384,10 @@ def env_vars(values: dict[str, str]) -> Iterator[None]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def print_past_capture(request: Any, text: str) -> None:
+    """Print ``text`` to the terminal even under pytest's output capture (a suite's tally)."""
+    capture = request.config.pluginmanager.getplugin("capturemanager")
+    with capture.global_and_fixture_disabled():
+        print("\n" + text)

@@ -17,17 +17,18 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 
-T = TypeVar("T")
+from tests.support.waiting import wait_for
 
 PG_ADMIN_URL = os.environ.get(
     "REELFLOW_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent  # this venv's console scripts: prefect, reelflow
 STARTUP_TIMEOUT_S = 180
 # A healthy server, worker or runner exits in about a second after its signal (measured 0.5-3 s
 # on 2 cores); past these the group is killed, so a shutdown that hangs costs seconds, not 20-30.
@@ -36,18 +37,6 @@ PROCESS_STOP_GRACE_S = 5.0
 
 
 API_ATTEMPTS = 6  # 503 retries, ~8 s in all
-
-
-def wait_for(fn: Callable[[], T | None], what: str, timeout_s: float, poll_s: float = 0.2) -> T:
-    """Poll ``fn`` until it returns something truthy; fail after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = fn()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
-        time.sleep(poll_s)
 
 
 def prefect_api(method: str, url: str, **kwargs: Any) -> httpx.Response:
@@ -137,7 +126,7 @@ class PrefectServer:
             self._db_name, url = create_pg_database()
             server_env["PREFECT_API_DATABASE_CONNECTION_URL"] = url
         log = self.log_path.open("wb")
-        prefect = str(Path(sys.executable).parent / "prefect")
+        prefect = str(BIN / "prefect")
         self._proc = subprocess.Popen(
             [prefect, "server", "start", "--host", "127.0.0.1", "--port", str(self.port)],
             env=server_env,
