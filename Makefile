@@ -63,7 +63,8 @@ test-e2e: setup
 # The kill + fault suite at full size: 50 seeded kill points (REELFLOW_CHAOS_SEED picks them)
 # and 20 runs under 10 % faults; prints the tally per step and the retries per hop.
 chaos: setup
-	REELFLOW_CHAOS_POINTS=$${REELFLOW_CHAOS_POINTS:-50} $(BIN)/pytest -q -p no:cacheprovider -m chaos tests/e2e
+	REELFLOW_CHAOS_POINTS=$${REELFLOW_CHAOS_POINTS:-50} REELFLOW_FAULT_RUNS=$${REELFLOW_FAULT_RUNS:-20} \
+		$(BIN)/pytest -q -p no:cacheprovider -m chaos tests/e2e
 
 bench: setup
 	$(BIN)/python -m bench.ingest

@@ -17,7 +17,6 @@ from datetime import UTC, datetime, timedelta
 
 from reelflow.errors import ValidationError
 from reelflow.planning import S3_MAX_PART_BYTES, upload_buffer_bytes
-from reelflow.settings import Settings
 
 # The post options' rules have one home, reelflow.publish_rules; they are part of every
 # request checked here, so they stay importable from this module too.
@@ -30,6 +29,7 @@ from reelflow.publish_rules import check_caption as check_caption
 from reelflow.publish_rules import check_mode as check_mode
 from reelflow.publish_rules import check_privacy as check_privacy
 from reelflow.publish_rules import utf16_units as utf16_units
+from reelflow.settings import Settings
 
 MAX_UPLOAD_CONCURRENCY = 64  # the flow's task-runner threads; more buys nothing but memory
 MAX_CHUNK_BYTES = S3_MAX_PART_BYTES  # 5 GiB: S3's largest part (and more than any source)
