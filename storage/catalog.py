@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 from sqlalchemy import UniqueConstraint, event, inspect, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlmodel import Field, Session, SQLModel, create_engine, delete, select
 
 # Imported for their tables too: make_engine creates every table SQLModel knows.
@@ -121,20 +121,31 @@ def make_engine(url: str) -> Engine:
 
     else:
         engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
-    # Every table of the catalog, whichever module defines it (see the imports), is created here.
-    SQLModel.metadata.create_all(engine)
-    _add_lease_columns(engine)
+    _create_schema(engine)
     return engine
 
 
-def _add_lease_columns(engine: Engine) -> None:
-    """create_all never alters a table: add the fencing/identity columns to an older catalog."""
-    have = {c["name"] for c in inspect(engine).get_columns("lease")}
-    missing = {k: v for k, v in _leases.ADDED_COLUMNS.items() if k not in have}
-    if not missing:
-        return
+# Any fixed 64-bit key: it names the catalog's schema lock among PostgreSQL advisory locks.
+_SCHEMA_LOCK_KEY = 0x7265656C666C6F77  # "reelflow"
+
+
+def _create_schema(engine: Engine) -> None:
+    """Every table of the catalog, whichever module defines it (see the imports), in one
+    transaction. On PostgreSQL workers that start at once on an empty database would race on
+    ``CREATE TABLE`` (``UniqueViolation`` on ``pg_class``): a transaction-scoped advisory lock
+    makes them take turns, and the later ones find the tables made."""
     with engine.begin() as conn:
-        for name, ddl in missing.items():
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK_KEY})
+        SQLModel.metadata.create_all(conn)
+        _add_lease_columns(conn)
+
+
+def _add_lease_columns(conn: Connection) -> None:
+    """create_all never alters a table: add the fencing/identity columns to an older catalog."""
+    have = {c["name"] for c in inspect(conn).get_columns("lease")}
+    for name, ddl in _leases.ADDED_COLUMNS.items():
+        if name not in have:
             conn.execute(text(f"ALTER TABLE lease ADD COLUMN {name} {ddl}"))
 
 
