@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export REELFLOW_HOME ?= $(CURDIR)/.reelflow
 
-.PHONY: setup ffmpeg clamav demo test test-e2e lint typecheck bench clean lock chaos
+.PHONY: setup ffmpeg clamav js demo test test-e2e lint typecheck bench clean lock chaos
 
 setup: $(STAMP) ffmpeg clamav
 
@@ -39,6 +39,10 @@ clamav:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq clamav-daemon >/dev/null; \
 	fi
 
+# tus-js-client for the gateway tests (an independent tus client under Node), from the lock.
+js:
+	@test -d tests/js/node_modules || (cd tests/js && npm ci --no-audit --no-fund)
+
 demo: setup
 	@mkdir -p $(REELFLOW_HOME)
 	@test -s $(REELFLOW_HOME)/sample.mp4 || $(BIN)/reelflow sample $(REELFLOW_HOME)/sample.mp4 --duration 20
@@ -52,7 +56,7 @@ lint: setup
 typecheck: setup
 	$(BIN)/mypy
 
-test: setup lint typecheck
+test: setup js lint typecheck
 	$(BIN)/pytest -q -p no:cacheprovider
 
 # The end-to-end tests (real `prefect server start`, workers, served deployments) alone;

@@ -320,6 +320,7 @@ def ingest_video(
     options_error: str | None = None,
     origin: str | None = None,
     source_secret: str | None = None,
+    upload: str | None = None,
 ) -> dict[str, Any]:
     """Validate, upload in resumable chunks, assemble, thumbnail and store one video; then
     publish it to TikTok, now or at ``publish_at``.
@@ -351,9 +352,20 @@ def ingest_video(
             block's name (deployment runs), or the CLI's in-process reference. ``source`` is
             then the URL's public form (userinfo removed, query values REDACTED; README
             "Secrets"). A source with credentials but no source_secret is refused.
+        upload: A tus upload the gateway received (its id; ``source`` is then ``tus:<id>``):
+            its bytes are assembled where the gateway staged them, never sent again, and the
+            options are the upload's own metadata (flows/gateway_ingest.py). "gateway" is then
+            the only origin an event may give.
     """
     configure_logging()
     settings = Settings()
+    if upload is not None:
+        # Imported here: flows/gateway_ingest.py gets this module's steps passed in, not imported.
+        from flows.gateway_ingest import IngestHooks, ingest_received
+
+        hooks = IngestHooks(summarize, _publish_or_queue, _summary_markdown, _artifact_key)
+        rt = Runtime.from_settings(settings)
+        return ingest_received(upload, rt, hooks, source=source, origin=origin, again=again)
     if origin:
         # Anyone who can post an event to the Prefect API can start this run: trust no field.
         check_event_run(

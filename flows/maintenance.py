@@ -15,6 +15,7 @@ from prefect.settings import PREFECT_RESULTS_LOCAL_STORAGE_PATH
 
 from reelflow.logging import configure_logging, get_logger
 from reelflow.settings import Settings
+from storage.gateway_sweep import expire_uploads
 from storage.janitor import sweep
 from storage.runtime import Runtime
 from tasks.chunk_upload import CHUNK_RESULTS_PREFIX
@@ -34,7 +35,9 @@ def sweep_leftovers(upload_ttl_hours: float, dry_run: bool) -> list[dict[str, ob
         results_dir=chunk_results_dir(),
         dry_run=dry_run,
     )
-    return [f.as_row() for f in findings]
+    # Gateway uploads past Upload-Expires (and orphan multipart uploads under incoming/).
+    expired = expire_uploads(rt, upload_ttl=timedelta(hours=upload_ttl_hours), dry_run=dry_run)
+    return [f.as_row() for f in findings] + expired
 
 
 @flow(name="cleanup", log_prints=True)

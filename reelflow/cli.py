@@ -11,6 +11,7 @@ import os
 import sys
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -24,6 +25,7 @@ os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
 # flows/, storage/ and deployments.serve are imported inside the commands that use them: they load
 # prefect and SQLAlchemy (seconds), which `--help` and a refused option must not wait for.
 from deployments.events_cli import events_app  # noqa: E402  (imports only typer; the rest is lazy)
+from deployments.gateway.cli import gateway_app  # noqa: E402  (typer only; the rest is lazy)
 from reelflow.cli_errors import (  # noqa: E402
     OneLineErrors,
     error_line,
@@ -33,6 +35,7 @@ from reelflow.cli_errors import (  # noqa: E402
 from reelflow.cli_tiktok import note_existing_publish, print_summary  # noqa: E402
 from reelflow.cli_tiktok import register as _register_tiktok  # noqa: E402
 from reelflow.credentials import sealed  # noqa: E402
+from reelflow.errors import ValidationError  # noqa: E402
 from reelflow.ingest_options import check_ingest_request  # noqa: E402
 from reelflow.logging import install_log_redaction, redact_text  # noqa: E402
 from reelflow.samples import make_clip  # noqa: E402
@@ -45,12 +48,15 @@ app = typer.Typer(
 )
 
 app.add_typer(events_app, name="s3-events", help="Bridge S3 bucket events into Prefect events")
+app.add_typer(gateway_app, name="gateway")  # tus upload gateway + its tokens
 _register_tiktok(app)  # accounts, publish, sandbox
 
 
 @app.command()
 def ingest(
-    source: str = typer.Argument(..., help="Local path, s3://bucket/key or http(s):// URL"),
+    source: str | None = typer.Argument(
+        None, help="Local path, s3://bucket/key or http(s):// URL (or --upload)"
+    ),
     chunk_size: int | None = typer.Option(None, "--chunk-size", help="Part size in bytes"),
     concurrency: int | None = typer.Option(
         None, "--concurrency", help="UploadPart requests at once"
@@ -71,8 +77,15 @@ def ingest(
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON line"),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Prefect's run logs"),
+    upload: str | None = typer.Option(
+        None, "--upload", help="A gateway upload's id: ingest it as its metadata asks"
+    ),
 ) -> None:
     """Run the ingest-video flow in this process (and publish when --account is given)."""
+    if upload is not None or source is None:
+        summary = _ingest_upload(upload, source, again=again, verbose=verbose)
+        print_summary(summary, as_json, title=f"ingested {summary['media_id']}")
+        return
     with failing_in_one_line():
         # The flow checks the same rules; checked here first, before anything (Prefect) starts.
         check_ingest_request(
@@ -99,6 +112,26 @@ def ingest(
             )
     note_existing_publish(summary.get("publish"))
     print_summary(summary, as_json, title=f"ingested {summary['media_id']}")
+
+
+def _ingest_upload(
+    upload: str | None, source: str | None, *, again: bool, verbose: bool
+) -> dict[str, Any]:
+    """`reelflow ingest --upload ID`: the gateway's embedded hand-off runs this (and a person
+    may, to retry an upload); the options are the upload's own metadata."""
+    with failing_in_one_line():
+        if upload is None or source is not None:
+            raise ValidationError(
+                "give a SOURCE, or --upload ID alone (an upload's options are its metadata)",
+                reason="bad_usage",
+            )
+        from flows.ingest import ingest_video  # lazy: loads prefect (see the imports above)
+
+        install_log_redaction()
+        if not verbose:
+            quiet_prefect_console()
+        summary: dict[str, Any] = ingest_video(source=f"tus:{upload}", upload=upload, again=again)
+    return summary
 
 
 @app.command()

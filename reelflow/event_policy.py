@@ -26,7 +26,9 @@ from typing import TypeVar
 from reelflow.errors import ConfigurationError, ValidationError
 
 ORIGIN_S3_EVENT = "s3-event"  # fixed in prefect.yaml's trigger, never taken from the event
-KNOWN_ORIGINS = frozenset({ORIGIN_S3_EVENT})
+ORIGIN_GATEWAY = "gateway"  # fixed in the upload-received trigger, likewise
+GATEWAY_SOURCE_PREFIX = "tus:"  # a gateway run's source: tus:<upload id>
+KNOWN_ORIGINS = frozenset({ORIGIN_S3_EVENT, ORIGIN_GATEWAY})
 BUCKETS_ENV = "REELFLOW_EVENT_BUCKETS"
 ACCOUNTS_ENV = "REELFLOW_EVENT_ACCOUNTS"
 ANY_ACCOUNT = "*"
@@ -212,6 +214,7 @@ def check_event_run(
     event_buckets: str,
     event_accounts: str,
     source_secret: str | None = None,
+    upload: str | None = None,
 ) -> None:
     """Refuse an ``ingest-video`` run an event started unless its parameters stay within policy.
 
@@ -220,6 +223,7 @@ def check_event_run(
     and only an account REELFLOW_EVENT_ACCOUNTS allows there; never a ``source_secret`` (the
     source read would then not be the one checked). Refusals are ValidationErrors
     (terminal, nothing read or stored); a malformed setting is a ConfigurationError.
+    ``gateway`` (an upload-received event): see :func:`check_gateway_run`.
     """
     if not origin:
         return
@@ -228,6 +232,11 @@ def check_event_run(
             f"unknown run origin {printable(origin)!r} (known: {', '.join(sorted(KNOWN_ORIGINS))})",
             reason="unknown_origin",
         )
+    if origin == ORIGIN_GATEWAY:
+        check_gateway_run(
+            source=source, upload=upload, account=account, source_secret=source_secret
+        )
+        return
     if source_secret:
         raise ValidationError(
             "a run started by a bucket event reads its s3:// source as named; it takes no "
@@ -258,3 +267,24 @@ def check_event_run(
                 f"a run started by a bucket event refused to publish: {refusal}",
                 reason="event_account_not_allowed",
             )
+
+
+def check_gateway_run(
+    *, source: str, upload: str | None, account: str | None, source_secret: str | None
+) -> None:
+    """A run the upload-received event started names one gateway upload and nothing else:
+    ``upload`` set, ``source`` exactly ``tus:<upload>``, no account and no source_secret (the
+    upload's own validated metadata says where to publish). The flow then takes that upload only
+    while it is ``received`` or ``processing`` (storage decides, not this pure check)."""
+    if not upload or source != f"{GATEWAY_SOURCE_PREFIX}{upload}":
+        raise ValidationError(
+            "a run started by an upload-received event ingests one gateway upload: source "
+            f"must be {GATEWAY_SOURCE_PREFIX}<upload> with the same upload parameter",
+            reason="event_source_not_upload",
+        )
+    if account or source_secret:
+        raise ValidationError(
+            "a run started by an upload-received event takes its account and options from the "
+            "upload's own metadata, never from the event",
+            reason="event_options_not_allowed",
+        )

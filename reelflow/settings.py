@@ -13,6 +13,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 MIB = 1024 * 1024
 DEFAULT_CHUNK_BYTES = 8 * MIB
 DEFAULT_MAX_DURATION_S = 600.0  # TikTok's init endpoint accepts at most 10 minutes
+GATEWAY_MAX_SIZE_BYTES = 4 * 1024 * MIB  # TikTok's limit: a larger upload could never be posted
 
 
 class Settings(BaseSettings):
@@ -99,6 +100,45 @@ class Settings(BaseSettings):
         description="ClamAV daemon: unix:///path/clamd.ctl or tcp://host:port; unset = scanning off",
     )
     clamd_timeout_s: float = Field(default=120.0, gt=0, description="clamd socket timeout")
+    # Upload gateway (issue 10): `reelflow gateway`, tus 1.0 at /uploads/
+    gateway_secret: SecretStr | None = Field(
+        default=None,
+        description="Key that signs and verifies the gateway's bearer tokens (HS256); at least "
+        "32 bytes, or the gateway refuses to start",
+    )
+    gateway_max_size_bytes: int = Field(
+        default=GATEWAY_MAX_SIZE_BYTES,
+        ge=1,
+        le=GATEWAY_MAX_SIZE_BYTES,
+        description="Largest upload the gateway accepts (Tus-Max-Size); a token's max size "
+        "may only lower it",
+    )
+    gateway_upload_ttl_s: int = Field(
+        default=86400,
+        ge=60,
+        le=30 * 86400,
+        description="An unfinished upload expires this long after its creation "
+        "(Upload-Expires); afterwards it answers 410 and the cleanup removes what is left",
+    )
+    gateway_cors_origins: str = Field(
+        default="",
+        description="Comma-separated browser origins allowed to upload (CORS), e.g. "
+        "'https://app.example.com'; '*' allows any; empty = no CORS headers",
+    )
+    gateway_part_size_bytes: int = Field(
+        default=DEFAULT_CHUNK_BYTES,
+        ge=5 * MIB,
+        le=512 * MIB,
+        description="Part size the gateway stages uploads in; also each active upload's "
+        "largest in-memory buffer (S3 needs at least 5 MiB)",
+    )
+    gateway_lock_ttl_s: float = Field(
+        default=30.0,
+        ge=1,
+        le=3600,
+        description="A request's hold on an upload lapses this long after its last heartbeat, "
+        "so another instance can resume an upload whose gateway was killed",
+    )
 
     @field_validator("home")
     @classmethod

@@ -28,6 +28,7 @@ from sqlmodel import Field, Session, SQLModel, create_engine, delete, select
 
 # Imported for their tables too: make_engine creates every table SQLModel knows.
 from storage import accounts as _accounts  # noqa: F401
+from storage import gateway_uploads as _gateway_uploads  # noqa: F401
 from storage import leases as _leases
 from storage import publishing as _publishing  # noqa: F401
 from storage import schedule as _schedule  # noqa: F401

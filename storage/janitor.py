@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from storage.clock import aware
+from storage.gateway_sweep import gateway_session_ids
 from storage.runtime import Runtime
 
 ABANDONED = "abandoned"
@@ -88,9 +89,11 @@ def sweep(
             rt.store.delete(key)
         found.append(Finding("staging_object", key, _age_h(modified, now), verb))
 
-    # 3. Sessions nobody came back for: forget their ledger, mark them abandoned.
+    # 3. Sessions nobody came back for: forget their ledger, mark them abandoned. A gateway
+    # upload's session is its gateway's (expire_uploads): its bytes may take days to arrive.
+    gateway_owned = gateway_session_ids(rt.catalog.engine)
     for row in sessions:
-        if row.status not in ("open", "assembled") or row.id in live:
+        if row.status not in ("open", "assembled") or row.id in live or row.id in gateway_owned:
             continue
         if aware(row.updated_at) > cutoff:
             continue

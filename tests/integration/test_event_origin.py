@@ -70,9 +70,9 @@ def test_person_started_run_is_not_limited_by_the_event_policy(
 
 
 def test_trigger_sets_origin_as_a_fixed_value() -> None:
-    """prefect.yaml's trigger passes origin: s3-event literally, never from the event."""
+    """prefect.yaml's triggers pass origin literally (s3-event, gateway), never from the event."""
     spec = yaml.safe_load((REPO / "prefect.yaml").read_text())
     [ingest] = [d for d in spec["deployments"] if d["name"] == "ingest-video"]
-    [trigger] = ingest["triggers"]
-    assert trigger["parameters"]["origin"] == "s3-event"
+    origins = {t["name"]: t["parameters"]["origin"] for t in ingest["triggers"]}
+    assert origins == {"s3-object-created": "s3-event", "upload-received": "gateway"}
     assert "origin" not in ingest.get("parameters", {})

@@ -1,0 +1,404 @@
+"""Benchmark: a tus client → ``reelflow gateway`` → S3 vs boto3 ``upload_file`` straight to S3.
+
+Same machine, same moto S3 server (its own process, 127.0.0.1), same >= 1 GiB valid H.264 file
+(generated once and cached under bench/.data, shared with bench.ingest), same part size, one run.
+Paired rounds, alternating order; each gateway round has a fresh gateway process, catalog and
+bucket (the same file twice would otherwise be deduplicated by its SHA-256), warmed up first by
+a tiny upload so the embedded hand-off's one-time start is not measured.
+
+- throughput: one streaming tus PATCH of the whole file (what curl and tus-js-client's default
+  ``chunkSize: Infinity`` send; creation included) vs boto3 ``upload_file`` with SHA-256 part
+  checksums at ``--concurrency`` (ratio = boto3 s / gateway s, median of paired rounds; target
+  >= 0.9). The gateway's 204 comes when the last part is durable; S3's CompleteMultipartUpload is
+  part of the hand-off, which boto3's time includes, so both are shown.
+- last byte → stored (the gateway_upload row 'stored': wall time, which on the embedded default
+  includes starting the run's child process and its own Prefect API; and the run's steps:
+  assemble = CompleteMultipartUpload + one read for the SHA-256, verify, thumbnail, store) vs the
+  time to read the stored object once (boto3 GetObject streamed to nowhere): with no second
+  upload, assemble stays within a small multiple of one read.
+- gateway RSS growth (psutil, the gateway process, sampled every 20 ms) during the big PATCH, and
+  with 1 and with ``--concurrent`` uploads at once of a 100 MiB clip (each sends all but its last
+  byte, so no hand-off runs, then is terminated); target <= 64 MiB + one part per upload.
+
+    python -m bench.gateway [--rounds 3] [--big-mib 1024] [--part 8388608] [--concurrency 4]
+                            [--concurrent 16] [--rss-mib 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import json
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import boto3
+import httpx
+import psutil
+from boto3.s3.transfer import TransferConfig
+from botocore.config import Config
+from sqlalchemy import text
+
+from bench.ingest import DATA, cached_clip, start_s3
+from reelflow.samples import make_clip
+from storage.catalog import make_engine
+from tests.support.gateway import GatewayProcess, GatewaySetup, auth
+
+MIB = 2**20
+BLOCK_BYTES = MIB  # the client's read size for the streamed PATCH body
+SAMPLE_S = 0.02
+STORED_TIMEOUT_S = 1800.0
+REQUEST_TIMEOUT_S = 600.0
+STORED = "stored"
+SETTLED = {"stored", "failed", "cancelled", "expired"}
+
+
+class RssSampler:
+    """Peak RSS of one process while the ``with`` block runs (a daemon thread polling psutil)."""
+
+    def __init__(self, pid: int) -> None:
+        self.proc = psutil.Process(pid)
+        self.before = self.peak = self._rss()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _rss(self) -> float:
+        return float(self.proc.memory_info().rss) / MIB
+
+    def _run(self) -> None:
+        while not self._stop.wait(SAMPLE_S):
+            self.peak = max(self.peak, self._rss())
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.peak = max(self.peak, self._rss())
+
+    @property
+    def growth(self) -> float:
+        return self.peak - self.before
+
+
+def file_blocks(path: Path, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+    end = path.stat().st_size if end is None else end
+    with path.open("rb") as f:
+        f.seek(start)
+        left = end - start
+        while left > 0:
+            block = f.read(min(BLOCK_BYTES, left))
+            if not block:
+                raise RuntimeError(f"{path} shrank while being sent")
+            left -= len(block)
+            yield block
+
+
+def create(http: httpx.Client, gw: GatewayProcess, token: str, path: Path) -> str:
+    name = base64.b64encode(path.name.encode()).decode()
+    reply = http.post(
+        gw.uploads_url,
+        headers=auth(token)
+        | {
+            "Upload-Length": str(path.stat().st_size),
+            "Upload-Metadata": f"filename {name},filetype dmlkZW8vbXA0",  # video/mp4
+        },
+    )
+    if reply.status_code != 201:
+        raise RuntimeError(f"creation answered {reply.status_code}: {reply.text}")
+    return str(httpx.URL(gw.uploads_url).join(reply.headers["Location"]))
+
+
+def patch(
+    http: httpx.Client, url: str, token: str, path: Path, start: int, end: int | None = None
+) -> int:
+    """One PATCH streaming bytes [start, end) of ``path``; returns the new offset."""
+    end = path.stat().st_size if end is None else end
+    reply = http.patch(
+        url,
+        content=file_blocks(path, start, end),
+        headers=auth(token)
+        | {
+            "Content-Type": "application/offset+octet-stream",
+            "Upload-Offset": str(start),
+            "Content-Length": str(end - start),
+        },
+    )
+    if reply.status_code != 204:
+        raise RuntimeError(f"PATCH answered {reply.status_code}: {reply.text}")
+    return int(reply.headers["Upload-Offset"])
+
+
+def upload_row(setup: GatewaySetup, upload_id: str) -> dict[str, Any] | None:
+    engine = make_engine(setup.settings().resolved_database_url)
+    try:
+        with engine.connect() as conn:
+            row = conn.execute(
+                text("SELECT * FROM gateway_upload WHERE id = :id"), {"id": upload_id}
+            ).first()
+            return dict(row._mapping) if row is not None else None
+    finally:
+        engine.dispose()
+
+
+def video_key(setup: GatewaySetup, media_id: str) -> str:
+    engine = make_engine(setup.settings().resolved_database_url)
+    try:
+        with engine.connect() as conn:
+            key = conn.execute(
+                text("SELECT video_key FROM media WHERE media_id = :id"), {"id": media_id}
+            ).scalar_one()
+            return str(key)
+    finally:
+        engine.dispose()
+
+
+def wait_settled(setup: GatewaySetup, url: str, timeout_s: float) -> dict[str, Any] | None:
+    """The upload's row once it is stored (or failed); None if it never settles in time."""
+    upload_id = url.rstrip("/").rsplit("/", 1)[-1]
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        row = upload_row(setup, upload_id)
+        if row is not None and row["state"] in SETTLED:
+            return row
+        time.sleep(0.1)
+    return None
+
+
+def s3_client(endpoint: str) -> Any:
+    return boto3.client("s3", endpoint_url=endpoint, config=Config(s3={"addressing_style": "path"}))
+
+
+def empty_bucket(s3: Any, bucket: str) -> None:
+    """Free moto's memory between rounds: objects and unfinished multipart uploads."""
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+        for obj in page.get("Contents", []):
+            s3.delete_object(Bucket=bucket, Key=obj["Key"])
+    for up in s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []):
+        s3.abort_multipart_upload(Bucket=bucket, Key=up["Key"], UploadId=up["UploadId"])
+
+
+def read_once_s(s3: Any, bucket: str, key: str) -> float:
+    t0 = time.perf_counter()
+    body = s3.get_object(Bucket=bucket, Key=key)["Body"]
+    for _ in body.iter_chunks(8 * MIB):
+        pass
+    return time.perf_counter() - t0
+
+
+def boto3_round(s3: Any, path: Path, bucket: str, part: int, concurrency: int) -> float:
+    cfg = TransferConfig(
+        multipart_threshold=part, multipart_chunksize=part, max_concurrency=concurrency
+    )
+    t0 = time.perf_counter()
+    # The same integrity as the gateway's parts: a SHA-256 checksum per part, verified by S3.
+    s3.upload_file(
+        str(path), bucket, f"baseline/{path.name}", Config=cfg,
+        ExtraArgs={"ChecksumAlgorithm": "SHA256"},
+    )  # fmt: skip
+    return time.perf_counter() - t0
+
+
+class GatewayRun:
+    """A fresh gateway (home, SQLite catalog, bucket) on the shared S3 server, warmed up."""
+
+    def __init__(self, endpoint: str, bucket: str, part: int, warmup: Path, label: str) -> None:
+        self.home = Path(tempfile.mkdtemp(prefix=f"reelflow-bench-gw-{label}-"))
+        self.bucket = bucket
+        self.setup = GatewaySetup(
+            home=self.home,
+            store_url=f"s3://{bucket}/gw",
+            s3_endpoint_url=endpoint,
+            extra_env={"REELFLOW_GATEWAY_PART_SIZE_BYTES": str(part)},
+        )
+        self.gw = self.setup.process(label)
+        self.warmup = warmup
+        self.token = ""
+        self.http = httpx.Client(timeout=REQUEST_TIMEOUT_S)
+
+    def __enter__(self) -> GatewayRun:
+        self.gw.start()
+        self.token = self.setup.token("bench")
+        # Creation and PATCH paths warmed, then terminated: no hand-off, so no pipeline run
+        # (each is a child process of its own, which no warm-up here could make warm).
+        url = create(self.http, self.gw, self.token, self.warmup)
+        patch(self.http, url, self.token, self.warmup, 0, self.warmup.stat().st_size - 1)
+        self.http.delete(url, headers=auth(self.token))
+        return self
+
+    def step_timings(self, url: str) -> dict[str, float]:
+        """The pipeline run's own step timings (its JSON summary in gateway-runs.log)."""
+        upload_id = url.rstrip("/").rsplit("/", 1)[-1]
+        log = self.home / "gateway-runs.log"
+        for line in log.read_text(errors="replace").splitlines() if log.exists() else []:
+            with contextlib.suppress(ValueError):
+                summary = json.loads(line)
+                if isinstance(summary, dict) and summary.get("upload") == upload_id:
+                    return {k: float(v) for k, v in summary.get("timings_s", {}).items()}
+        return {}
+
+    def __exit__(self, *exc: object) -> None:
+        self.http.close()
+        self.gw.stop()
+
+
+def gateway_round(run: GatewayRun, s3: Any, path: Path) -> dict[str, Any]:
+    size = path.stat().st_size
+    with RssSampler(run.gw.pid) as rss:
+        t0 = time.perf_counter()
+        url = create(run.http, run.gw, run.token, path)
+        offset = patch(run.http, url, run.token, path, 0)
+        upload_s = time.perf_counter() - t0
+    assert offset == size, (offset, size)
+    t1 = time.perf_counter()
+    row = wait_settled(run.setup, url, STORED_TIMEOUT_S)
+    stored_s = time.perf_counter() - t1 if row is not None and row["state"] == STORED else None
+    read_s = None
+    if stored_s is not None and row is not None:
+        read_s = read_once_s(s3, run.bucket, "gw/" + video_key(run.setup, row["media_id"]))
+    steps = run.step_timings(url)
+    return {
+        "upload_s": upload_s,
+        "stored_s": stored_s,
+        "steps_s": sum(steps.values()) if steps else None,
+        "assemble_s": steps.get("assemble"),
+        "read_s": read_s,
+        "state": row["state"] if row else "timeout",
+        "rss_growth_mib": rss.growth,
+    }
+
+
+def rss_with_concurrent(run: GatewayRun, path: Path, n: int) -> float:
+    """RSS growth while ``n`` uploads of ``path`` stream at once (all but the last byte each,
+    so no hand-off starts), then each is terminated."""
+    size = path.stat().st_size
+    with httpx.Client(timeout=REQUEST_TIMEOUT_S, limits=httpx.Limits(max_connections=2 * n)) as h:
+        urls = [create(h, run.gw, run.token, path) for _ in range(n)]
+        barrier = threading.Barrier(n)
+
+        def send(url: str) -> int:
+            barrier.wait(timeout=60)
+            return patch(h, url, run.token, path, 0, size - 1)
+
+        with RssSampler(run.gw.pid) as rss, ThreadPoolExecutor(n) as pool:
+            offsets = list(pool.map(send, urls))
+        assert offsets == [size - 1] * n, offsets
+        for url in urls:
+            h.delete(url, headers=auth(run.token))
+    return rss.growth
+
+
+def median(values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return statistics.median(known) if known else None
+
+
+def fmt(value: object) -> str:
+    return f"{value:.2f}" if isinstance(value, float) else str(value)
+
+
+def main() -> int:
+    for var, value in (
+        ("AWS_ACCESS_KEY_ID", "testing"),
+        ("AWS_SECRET_ACCESS_KEY", "testing"),
+        ("AWS_DEFAULT_REGION", "us-east-1"),
+    ):
+        os.environ.setdefault(var, value)  # moto accepts any credentials
+    p = argparse.ArgumentParser()
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--big-mib", type=int, default=1024)
+    p.add_argument("--part", type=int, default=8 * MIB)
+    p.add_argument("--concurrency", type=int, default=4, help="boto3 upload_file threads")
+    p.add_argument("--concurrent", type=int, default=16, help="uploads at once for RSS")
+    p.add_argument("--rss-mib", type=int, default=100)
+    args = p.parse_args()
+    DATA.mkdir(parents=True, exist_ok=True)
+    big = cached_clip(f"bench-{args.big_mib}mib.mp4", args.big_mib * MIB)
+    small = cached_clip(f"bench-{args.rss_mib}mib.mp4", args.rss_mib * MIB)
+    warmup = DATA / "warmup.mp4"
+    if not warmup.exists():
+        make_clip(warmup, duration_s=2.0, width=360, height=640, audio=False)
+    server, endpoint = start_s3()
+    s3 = s3_client(endpoint)
+    stamp = int(time.time())
+    base_runs: list[float] = []
+    gw_runs: list[dict[str, Any]] = []
+    try:
+        # boto3's first transfer pays for its thread pool and connections: not measured.
+        s3.create_bucket(Bucket=f"bench-gw-{stamp}-warm")
+        boto3_round(s3, warmup, f"bench-gw-{stamp}-warm", args.part, args.concurrency)
+        for i in range(args.rounds):
+            bucket = f"bench-gw-{stamp}-{i}"
+            s3.create_bucket(Bucket=bucket)
+
+            def baseline(bucket: str = bucket) -> None:
+                base_runs.append(boto3_round(s3, big, bucket, args.part, args.concurrency))
+                empty_bucket(s3, bucket)
+
+            def gateway(bucket: str = bucket, i: int = i) -> None:
+                with GatewayRun(endpoint, bucket, args.part, warmup, f"r{i}") as run:
+                    gw_runs.append(gateway_round(run, s3, big))
+                empty_bucket(s3, bucket)
+
+            contenders: list[tuple[str, Callable[[], None]]] = [
+                ("boto3", baseline),
+                ("gateway", gateway),
+            ]
+            for _, run_it in contenders if i % 2 == 0 else contenders[::-1]:
+                run_it()
+            print(f"round {i}: boto3 {base_runs[-1]:.2f}s, gateway {gw_runs[-1]}", flush=True)
+        bucket = f"bench-gw-{stamp}-rss"
+        s3.create_bucket(Bucket=bucket)
+        with GatewayRun(endpoint, bucket, args.part, warmup, "rss") as run:
+            rss_one = rss_with_concurrent(run, small, 1)
+            rss_many = rss_with_concurrent(run, small, args.concurrent)
+        empty_bucket(s3, bucket)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    size_mib = big.stat().st_size / MIB
+    ratios = [b / g["upload_s"] for b, g in zip(base_runs, gw_runs, strict=True)]
+    stored = median([g["stored_s"] for g in gw_runs])
+    steps = median([g["steps_s"] for g in gw_runs])
+    assemble = median([g["assemble_s"] for g in gw_runs])
+    read = median([g["read_s"] for g in gw_runs])
+    row = {
+        "input_mib": round(size_mib),
+        "part_mib": args.part / MIB,
+        "boto3_mib_s": size_mib / statistics.median(base_runs),
+        "gateway_mib_s": size_mib / statistics.median(g["upload_s"] for g in gw_runs),
+        "ratio_median_paired": statistics.median(ratios),
+        "last_byte_to_stored_s": stored,
+        "pipeline_steps_s": steps,
+        "assemble_s": assemble,
+        "read_once_s": read,
+        "stored_over_read": stored / read if stored and read else None,
+        "assemble_over_read": assemble / read if assemble and read else None,
+        "rss_growth_big_patch_mib": max(g["rss_growth_mib"] for g in gw_runs),
+        "rss_growth_1_mib": rss_one,
+        f"rss_growth_{args.concurrent}_mib": rss_many,
+        "states": ",".join(g["state"] for g in gw_runs),
+    }
+    print(
+        f"\nmoto S3 on 127.0.0.1, {args.rounds} paired rounds, part {args.part // MIB} MiB, "
+        f"boto3 concurrency {args.concurrency}, RSS clip {args.rss_mib} MiB"
+    )
+    print(" | ".join(row))
+    print(" | ".join(fmt(v) for v in row.values()))
+    print(json.dumps(row))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
