@@ -12,15 +12,14 @@ Orchestration only; the queue lives in storage/schedule.py, TikTok I/O in tasks/
 
 from __future__ import annotations
 
-import os
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from prefect import flow
 from prefect.artifacts import create_table_artifact
-from prefect.runtime import flow_run as current_flow_run
 
 from flows.publish import publish_stored_media, resume_publish
+from flows.run_context import run_owner
 from reelflow.errors import ReelflowError
 from reelflow.ingest_options import check_publish_request
 from reelflow.logging import configure_logging, get_logger
@@ -33,10 +32,6 @@ from storage.runtime import Runtime
 STALE_CLAIM_AFTER = timedelta(hours=1)
 
 
-def _owner() -> str:
-    return str(current_flow_run.get_id() or f"pid-{os.getpid()}")
-
-
 @flow(name="publish-due", log_prints=True)
 def publish_due(limit: int = 50) -> dict[str, Any]:
     """Publish every queued publish whose ``publish_at`` has passed, each exactly once.
@@ -47,7 +42,7 @@ def publish_due(limit: int = 50) -> dict[str, Any]:
     configure_logging()
     rt = Runtime.from_settings(Settings())
     engine = rt.catalog.engine
-    owner = _owner()
+    owner = run_owner()
     now = datetime.now(UTC)
     schedule.requeue_stale_claims(engine, now - STALE_CLAIM_AFTER)
     batch: list[dict[str, Any]] = []

@@ -14,7 +14,7 @@ Must not: do I/O, read settings or the clock, or import prefect, requests, sqlmo
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from reelflow.errors import ValidationError
 
@@ -22,6 +22,10 @@ MODES = ("direct", "inbox")  # how a publish reaches TikTok
 PRIVACY_LEVELS = ("PUBLIC_TO_EVERYONE", "MUTUAL_FOLLOW_FRIENDS", "FOLLOWER_OF_CREATOR", "SELF_ONLY")
 DEFAULT_PRIVACY = "SELF_ONLY"  # the only level an unaudited TikTok client may post
 MAX_CAPTION_UTF16_UNITS = 2200  # TikTok's title limit, counted in UTF-16 code units
+# The same values as parameter types (Prefect turns them into the UI's choices); "none" = only
+# store the video, no publish.
+Mode = Literal["direct", "inbox", "none"]
+Privacy = Literal["PUBLIC_TO_EVERYONE", "MUTUAL_FOLLOW_FRIENDS", "FOLLOWER_OF_CREATOR", "SELF_ONLY"]
 
 # Local publish states (TikTok's own status is kept beside them in ``tiktok_status``).
 PENDING = "pending"  # row written; no live publish_id (never inited, or refused before init)

@@ -24,7 +24,7 @@ from sqlalchemy import update
 from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, select
 
-from flows.ingest import _ingest
+from flows.ingest import _ingest, summarize
 from reelflow.errors import LeaseLostError
 from reelflow.planning import MIB
 from reelflow.settings import Settings
@@ -80,7 +80,7 @@ class CountingStore:
 def _in_thread(label: str, source: str, rt: Runtime, out: dict[str, Any]) -> threading.Thread:
     @flow(name=f"lease-takeover-{label}")
     def run() -> dict[str, Any]:
-        return _ingest(source, rt, CHUNK, 1)
+        return summarize(_ingest(source, rt, CHUNK, 1), rt)
 
     def target() -> None:
         try:
