@@ -173,3 +173,22 @@ def test_only_one_redactor() -> None:
     assert (
         redact(sample) == rlog.redact_text(sample) == ("client_secret=*** X-Amz-Security-Token=***")
     )
+
+
+def test_prefect_record_fields_keep_every_field_and_never_clobber_the_record() -> None:
+    """Fields become ``extra`` keys; names the LogRecord or the run logger own are only under
+    ``event_fields``, so ``makeRecord`` never raises and the run's routing ids stay Prefect's."""
+    event = {
+        "event": "chunk_uploaded",
+        "level": "info",
+        "part_number": 3,
+        "name": "clip.mp4",
+        "message": "m",
+        "flow_run_id": "x",
+    }
+    extra = rlog.prefect_record_fields(event, taken={"flow_run_id"})
+    assert extra["event"] == "chunk_uploaded" and extra["part_number"] == 3
+    assert not {"name", "message", "flow_run_id", "level"} & set(extra)
+    assert extra["event_fields"] == {k: v for k, v in event.items() if k not in ("event", "level")}
+    record = logging.getLogger("t").makeRecord("t", logging.INFO, "f", 1, "m", (), None, extra=extra)
+    assert record.part_number == 3  # type: ignore[attr-defined]
