@@ -43,12 +43,22 @@ _SECRET_NAMES = (
     r"upload_token|access_token|refresh_token|id_token|client_secret|code_verifier|"
     r"x-amz-security-token|x-amz-signature|x-amz-credential|aws_secret_access_key|"
     r"aws_session_token|secret_key|webhook_secret|api_key|apikey|password|passwd|"
-    r"signature|sig|token|secret"
+    r"signature|sig|token|secret|proxy-authorization|authorization|credentials|credential"
 )
 _NAMED_VALUE = re.compile(
-    rf"(?<![A-Za-z0-9_.-])((?:{_SECRET_NAMES})['\"]?\s*[:=]\s*['\"]?)([^'\"&\s,;}}<>)\]]+)",
+    rf"(?<![A-Za-z0-9_.-])((?:{_SECRET_NAMES})['\"]?\s*[:=]\s*['\"]?"
+    # An Authorization value's scheme is kept, its credentials go.
+    r"(?:(?:Bearer|Basic|Token|Digest)\s+)?)"
+    r"([^'\"&\s,;}<>)\]]+)",
     re.IGNORECASE,
 )
+# A whole Cookie / Set-Cookie value (several name=value pairs, any of them a session secret).
+_COOKIE = re.compile(
+    r"(?<![A-Za-z0-9_.-])((?:set-)?cookie['\"]?\s*[:=]\s*['\"]?)([^\r\n'\"]+)", re.IGNORECASE
+)
+# The same names as structlog keys (``code_verifier=...``, ``sig=...``): the two rule sets
+# cover the same names whether a secret arrives as a key or inside text.
+_SECRET_KEY_EXACT = re.compile(rf"(?:{_SECRET_NAMES}|(?:set-)?cookie)", re.IGNORECASE)
 # ``code`` is an OAuth authorization code as a ``code=`` pair (query, form, message); TikTok's
 # JSON ``"code": "spam_risk"`` and ``tiktok_code=`` are error codes worth keeping.
 _OAUTH_CODE = re.compile(r"((?<![A-Za-z0-9_.-])code=)([^&\s\"'<>]+)", re.IGNORECASE)
@@ -129,6 +139,7 @@ def redact_text(text: str) -> str:
     if pattern is not None:
         text = pattern.sub(REDACTED, text)
     text = _USERINFO.sub(lambda m: f"{m.group(1)}{REDACTED}@", text)
+    text = _COOKIE.sub(lambda m: m.group(1) + REDACTED, text)
     text = _NAMED_VALUE.sub(lambda m: m.group(1) + REDACTED, text)
     text = _OAUTH_CODE.sub(lambda m: m.group(1) + REDACTED, text)
     text = _AUTH_SCHEME.sub(lambda m: f"{m.group(1)} {REDACTED}", text)
@@ -153,7 +164,9 @@ def redact_value(value: Any) -> Any:
 
 
 def _names_secret(key: Any) -> bool:
-    return isinstance(key, str) and key != "event" and bool(SECRET_KEY_PATTERN.search(key))
+    if not isinstance(key, str) or key == "event":
+        return False
+    return bool(SECRET_KEY_PATTERN.search(key) or _SECRET_KEY_EXACT.fullmatch(key))
 
 
 def redact_secrets(_: Any, __: str, event_dict: EventDict) -> EventDict:
