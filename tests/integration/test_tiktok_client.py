@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -48,6 +47,7 @@ from reelflow.tiktok.plan import (
 )
 from reelflow.tiktok.sandbox import SandboxConfig, start_sandbox
 from tests.support.files import sha256_file
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs ffmpeg")
 
@@ -156,12 +156,12 @@ def upload(client: TikTokClient, url: str, path: Path, plan: TikTokUploadPlan) -
 
 def settled_status(client: TikTokClient, token: str, publish_id: str) -> PublishStatus:
     """Poll status/fetch until the publish leaves PROCESSING_*."""
-    deadline = time.monotonic() + STATUS_TIMEOUT_S
-    while True:
+
+    def settled() -> PublishStatus | None:
         status = client.fetch_status(token, publish_id)
-        if not status.status.startswith("PROCESSING") or time.monotonic() > deadline:
-            return status
-        time.sleep(0.2)
+        return None if status.status.startswith("PROCESSING") else status
+
+    return wait_for(settled, f"{publish_id} to leave PROCESSING_*", STATUS_TIMEOUT_S)
 
 
 # ----- publishing -----------------------------------------------------------------------------
@@ -232,7 +232,7 @@ def test_streamed_chunks_go_out_in_large_blocks(
     sandbox: Any, client: TikTokClient, big_clip: Path
 ) -> None:
     """A file chunk is read in SEND_BLOCK_BYTES pieces, not urllib3's default 16 KiB."""
-    url, plan = _init_big(client, account(sandbox)["access_token"], big_clip)
+    _, url, plan, _ = _init_big(sandbox, client, big_clip)
     with big_clip.open("rb") as fh:
         for chunk in plan.chunks:
             fh.seek(chunk.first_byte)
@@ -513,10 +513,15 @@ def test_creator_info_spam_refusal_arrives_with_http_200(
 # ----- upload errors --------------------------------------------------------------------------
 
 
-def _init_big(client: TikTokClient, token: str, path: Path) -> tuple[str, TikTokUploadPlan]:
+def _init_big(
+    sandbox: Any, client: TikTokClient, path: Path
+) -> tuple[str, str, TikTokUploadPlan, bytes]:
+    """A new account's token and a SELF_ONLY Direct Post of ``path`` in 5 MiB chunks, opened:
+    ``(token, upload_url, plan, the file's bytes)``."""
+    token = account(sandbox)["access_token"]
     plan = plan_tiktok_upload(path.stat().st_size, MIN_CHUNK_BYTES)
     init = open_upload(client, token, plan, {"privacy_level": "SELF_ONLY"})
-    return init.upload_url, plan
+    return token, init.upload_url, plan, path.read_bytes()
 
 
 def _put(client: TikTokClient, url: str, data: bytes, plan: TikTokUploadPlan, index: int) -> Any:
@@ -535,9 +540,7 @@ def test_out_of_order_put_is_416_with_the_acknowledged_range(
     sandbox: Any, client: TikTokClient, big_clip: Path
 ) -> None:
     """Resending chunk 0 or skipping to chunk 2 is UploadOutOfSync; its range says resume at 1."""
-    token = account(sandbox)["access_token"]
-    url, plan = _init_big(client, token, big_clip)
-    data = big_clip.read_bytes()
+    token, url, plan, data = _init_big(sandbox, client, big_clip)
     assert _put(client, url, data, plan, 0).http_status == 206
     for index in (0, 2):
         with pytest.raises(UploadOutOfSync) as info:
@@ -564,28 +567,24 @@ def test_expired_upload_url_is_upload_url_expired(
     sandbox: Any, client: TikTokClient, big_clip: Path
 ) -> None:
     """A PUT after the URL's hour is 403 UploadUrlExpired, terminal, and does not quote the URL."""
-    token = account(sandbox)["access_token"]
-    url, plan = _init_big(client, token, big_clip)
+    _, url, plan, data = _init_big(sandbox, client, big_clip)
     admin(sandbox, "clock/advance", {"seconds": 3601})
     with pytest.raises(UploadUrlExpired) as info:
-        _put(client, url, big_clip.read_bytes(), plan, 0)
+        _put(client, url, data, plan, 0)
     assert info.value.http_status == 403 and not info.value.retryable
     assert url.split("upload_token=")[1] not in str(info.value)
 
 
 def test_unknown_upload_url_is_404(sandbox: Any, client: TikTokClient, big_clip: Path) -> None:
     """A URL whose token does not match any session is UploadSessionNotFound."""
-    token = account(sandbox)["access_token"]
-    url, plan = _init_big(client, token, big_clip)
+    _, url, plan, data = _init_big(sandbox, client, big_clip)
     with pytest.raises(UploadSessionNotFound):
-        _put(client, url + "tampered", big_clip.read_bytes(), plan, 0)
+        _put(client, url + "tampered", data, plan, 0)
 
 
 def test_put_5xx_is_retryable(sandbox: Any, client: TikTokClient, big_clip: Path) -> None:
     """An injected 502 on a PUT is a retryable TikTokUploadError; the retry then succeeds."""
-    token = account(sandbox)["access_token"]
-    url, plan = _init_big(client, token, big_clip)
-    data = big_clip.read_bytes()
+    _, url, plan, data = _init_big(sandbox, client, big_clip)
     admin(sandbox, "faults", {"error_rate": 1.0, "error_statuses": [502], "targets": ["upload"]})
     with pytest.raises(TikTokUploadError) as info:
         _put(client, url, data, plan, 0)
@@ -598,9 +597,7 @@ def test_dropped_connection_is_a_transport_error_without_secrets(
     sandbox: Any, client: TikTokClient, big_clip: Path
 ) -> None:
     """A PUT whose connection is cut is TikTokTransportError; no upload token leaks, even chained."""
-    token = account(sandbox)["access_token"]
-    url, plan = _init_big(client, token, big_clip)
-    data = big_clip.read_bytes()
+    _, url, plan, data = _init_big(sandbox, client, big_clip)
     admin(sandbox, "faults", {"drop_rate": 1.0})
     with pytest.raises(TikTokTransportError) as info:
         _put(client, url, data, plan, 0)
