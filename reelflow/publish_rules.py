@@ -6,6 +6,7 @@
   of loose arguments; :func:`post_options` is what a ledger row records and TikTok is sent.
 * The ledger's local states, and :func:`next_step`: the one way forward for a ledger row and
   TikTok's view of its session.
+* :func:`select_publish`: which existing publish of a media to an account a request *is*.
 
 Must not: do I/O, read settings or the clock, or import prefect, requests, sqlmodel or storage/
 (rows and statuses are read through the small protocols below).
@@ -13,8 +14,9 @@ Must not: do I/O, read settings or the clock, or import prefect, requests, sqlmo
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from reelflow.errors import ValidationError
 
@@ -207,3 +209,43 @@ def next_step(row: LedgerRow, remote: RemoteStatus | None) -> Step:
     if uploaded >= row.video_size:
         return Step("poll")
     return Step("upload", from_byte=uploaded)
+
+
+# ----- which publish a request is ---------------------------------------------------------------
+
+
+class KnownPublish(Protocol):
+    """What :func:`select_publish` reads of an existing publish row."""
+
+    @property
+    def status(self) -> str: ...
+    @property
+    def generation(self) -> int: ...
+    @property
+    def post_options(self) -> dict[str, Any]: ...
+    @property
+    def created_ts(self) -> float: ...
+
+
+P = TypeVar("P", bound=KnownPublish)
+
+
+def select_publish(rows: Sequence[P], options: dict[str, Any], *, again: bool) -> P | None:
+    """The existing publish a request is, or None when a new one must be made.
+
+    ``rows`` are every publish of one media to one account. Without ``again`` the request *is*
+    the existing publish, whatever its caption: the plain one (generation 0) unless it failed,
+    else the latest that did not fail, else the latest (so the answer stays the same one).
+    With ``again`` it is an earlier ``again`` publish (generation ≥ 1) of exactly these options
+    that did not fail, so re-running the same ``--again`` never posts a third time.
+    """
+    ordered = sorted(rows, key=lambda r: (r.generation, r.created_ts))
+    if not again:
+        alive = [r for r in ordered if r.status != FAILED]
+        plain = [r for r in alive if r.generation == 0]
+        best = plain or alive or ordered
+        return best[-1] if best else None
+    same = [
+        r for r in ordered if r.generation >= 1 and r.post_options == options and r.status != FAILED
+    ]
+    return same[-1] if same else None

@@ -29,7 +29,12 @@ from reelflow.logging import configure_logging
 from reelflow.samples import make_clip
 from reelflow.settings import Settings
 from reelflow.tiktok.client import TikTokClient
-from reelflow.tiktok.errors import TikTokAuthError, TikTokPolicyError, TikTokPublishFailed
+from reelflow.tiktok.errors import (
+    PublishRefusedError,
+    TikTokAuthError,
+    TikTokPolicyError,
+    TikTokPublishFailed,
+)
 from reelflow.tiktok.plan import plan_tiktok_upload
 from reelflow.tiktok.sandbox import RunningSandbox, SandboxConfig, start_sandbox
 from reelflow.tiktok.tokens import AuthorizationRevoked
@@ -37,7 +42,7 @@ from storage.accounts import get_account
 from storage.crypto import secret_box
 from storage.publishing import list_publishes
 from storage.runtime import Runtime
-from tasks.tiktok_publish import PublishRefused
+from tasks.tiktok_limits import rate_limit_name
 from tests.support.files import sha256_file
 from tests.support.tiktok import SANDBOX_CONFIG, add_account
 
@@ -258,7 +263,7 @@ def test_a_publish_refused_before_init_takes_the_next_requests_options(
     """Nothing reached TikTok: a corrected privacy is posted (one row, one post), no --again."""
     add_account(rt, sandbox, privacy="private")
     media_id = ingest(sized(base_clip, MIB, tmp_path / "clip.mp4"))
-    with pytest.raises(PublishRefused):
+    with pytest.raises(PublishRefusedError):
         publish_media(media_id=media_id, account="creator", privacy="PUBLIC_TO_EVERYONE")
     fixed = publish_media(media_id=media_id, account="creator", privacy="SELF_ONLY")
     assert fixed["status"] == "PUBLISH_COMPLETE" and fixed["options_differ"] is False
@@ -277,13 +282,13 @@ def test_privacy_not_offered_and_too_long_are_refused_before_init(
     """creator_info decides: no init for a privacy the creator lacks or an over-long video."""
     add_account(rt, sandbox, privacy="private")
     media_id = ingest(sized(base_clip, MIB, tmp_path / "clip.mp4"))
-    with pytest.raises(PublishRefused) as refused:
+    with pytest.raises(PublishRefusedError) as refused:
         publish_media(media_id=media_id, account="creator", privacy="PUBLIC_TO_EVERYONE")
     assert refused.value.reason == "privacy_level_not_offered" and refused.value.exit_code == 2
     assert "FOLLOWER_OF_CREATOR" in str(refused.value)
     open_id = next(iter(sandbox.state.accounts))
     sandbox.state.set_policy(open_id, {"max_video_post_duration_sec": 2})
-    with pytest.raises(PublishRefused, match="at most 2s") as too_long:
+    with pytest.raises(PublishRefusedError, match="at most 2s") as too_long:
         publish_media(media_id=media_id, account="creator")
     assert too_long.value.reason == "video_too_long"
     assert sandbox.state.stats()["inits"] == 0
@@ -591,8 +596,6 @@ def test_rate_limits_hold_across_concurrent_runs(
     (all eight are wanted within a second). The limiter spaces the waiting inits a third of a
     window apart at least (measured: 3 s apart), far more than an init's trip to the sandbox.
     """
-    import tasks.tiktok_publish as publishing
-
     window_s, runs = 5.0, 8
     monkeypatch.setenv("REELFLOW_TIKTOK_RATE_WINDOW_S", str(window_s))
     config = SandboxConfig(processing_delay_s=0.0, rate_limit_window_s=window_s)
@@ -618,7 +621,7 @@ def test_rate_limits_hold_across_concurrent_runs(
 
     with get_client(sync_client=True) as client:
         limit = client.read_global_concurrency_limit_by_name(
-            publishing.rate_limit_name("init", created["open_id"])
+            rate_limit_name("init", created["open_id"])
         )
     assert (limit.limit, limit.slot_decay_per_second) == (3, 3 / window_s)
 
