@@ -361,3 +361,15 @@ def list_publishes(engine: Engine, media_id: str | None = None) -> list[Publish]
         if media_id is not None:
             stmt = stmt.where(Publish.media_id == media_id)
         return list(s.exec(stmt).all())
+
+
+def publishes_in(engine: Engine, status: str, *, limit: int) -> list[Publish]:
+    """Up to ``limit`` publishes in local state ``status``, oldest first."""
+    with Session(engine) as s:
+        stmt = (
+            select(Publish)
+            .where(Publish.status == status)
+            .order_by(Publish.created_at)  # type: ignore[arg-type]
+            .limit(limit)
+        )
+        return list(s.exec(stmt).all())

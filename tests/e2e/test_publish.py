@@ -23,6 +23,7 @@ from typer.testing import CliRunner
 
 from flows.ingest import ingest_video
 from flows.publish import publish_media
+from flows.scheduling import reconcile_publishes
 from reelflow.cli_tiktok import tiktok_app
 from reelflow.errors import ConfigurationError
 from reelflow.logging import configure_logging
@@ -566,6 +567,29 @@ def test_poll_deadline_leaves_processing_and_rerun_only_polls(
     second = publish_media(media_id=media_id, account="creator")
     assert second["status"] == "PUBLISH_COMPLETE" and second["publish_id"] == first["publish_id"]
     assert (sandbox.state.stats()["inits"], calls(sandbox, PUT)) == (1, puts)
+
+
+def test_reconcile_finishes_the_processing_row_by_id(
+    rt: Runtime, sandbox: RunningSandbox, base_clip: Path, tmp_path: Path
+) -> None:
+    """reconcile-publishes resumes the processing re-post itself (by id), polling only."""
+    add_account(rt, sandbox)
+    media_id = ingest(sized(base_clip, MIB, tmp_path / "c.mp4"))
+    plain = publish_media(media_id=media_id, account="creator")
+    sandbox.state.set_faults({"processing_delay_s": 3600})
+    slow = publish_media(
+        media_id=media_id, account="creator", caption="encore", again=True, poll_deadline_s=0.2
+    )
+    assert (slow["ledger_status"], slow["generation"]) == ("processing", 1)
+    sandbox.state.advance_clock(3600)
+    puts = calls(sandbox, PUT)
+    reconciled = reconcile_publishes()
+    assert [r["status"] for r in reconciled["rows"]] == ["PUBLISH_COMPLETE"]
+    rows = {p.publish_id: p for p in list_publishes(rt.catalog.engine, media_id)}
+    assert rows[slow["publish_id"]].status == "published"
+    assert rows[plain["publish_id"]].status == "published"
+    assert (sandbox.state.stats()["inits"], calls(sandbox, PUT)) == (2, puts)
+    assert reconcile_publishes()["reconciled"] == 0  # nothing left in processing
 
 
 def test_duplicate_concurrent_runs_publish_once(
