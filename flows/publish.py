@@ -43,6 +43,7 @@ from reelflow.publish_rules import (
     UPLOADING,
     PublishRequest,
     Step,
+    asks_creator_info,
     direct_post_info,
     needs_remote_status,
     next_step,
@@ -85,7 +86,6 @@ from tasks.tiktok_publish import (
 )
 
 MAX_REINITS_PER_RUN = 2  # an expired URL twice in one run means the upload cannot finish in 1 h
-SCOPE_PUBLISH = "video.publish"
 
 
 def check_creator_before_upload(rt: Runtime, request: PublishRequest) -> dict[str, Any]:
@@ -96,8 +96,8 @@ def check_creator_before_upload(rt: Runtime, request: PublishRequest) -> dict[st
     once the video's duration is known. Uses the same rate-limited task as the publish itself.
     """
     with open_publish_context(rt, request.account) as ctx:
-        if request.mode != "direct" and SCOPE_PUBLISH not in ctx.tokens.scopes:
-            return {}  # the inbox flow never asks creator_info without the publish scope
+        if not asks_creator_info(request, ctx.tokens.scopes):
+            return {}
         return check_creator(ctx, request, duration_s=None)
 
 
@@ -125,7 +125,7 @@ def _init(run: PublishRun, request: PublishRequest, reason: str) -> None:
     """Check the creator, then open a new upload session (recorded before this returns)."""
     ctx, media = run.ctx, run.media
     creator: dict[str, Any] = {}
-    if request.mode == "direct" or SCOPE_PUBLISH in ctx.tokens.scopes:
+    if asks_creator_info(request, ctx.tokens.scopes):
         with run.timed("creator_info"):
             creator = check_creator(ctx, request, duration_s=media.duration_s)
     post_info = direct_post_info(request, creator, media.thumbnail_time_ms)

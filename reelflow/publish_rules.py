@@ -14,13 +14,15 @@ Must not: do I/O, read settings or the clock, or import prefect, requests, sqlmo
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from reelflow.errors import ValidationError
 
-MODES = ("direct", "inbox")  # how a publish reaches TikTok
+DIRECT, INBOX = "direct", "inbox"  # Direct Post, or an upload the creator finishes in the app
+MODES = (DIRECT, INBOX)  # how a publish reaches TikTok
+SCOPE_PUBLISH = "video.publish"  # the scope Direct Post and creator_info need
 PRIVACY_LEVELS = ("PUBLIC_TO_EVERYONE", "MUTUAL_FOLLOW_FRIENDS", "FOLLOWER_OF_CREATOR", "SELF_ONLY")
 DEFAULT_PRIVACY = "SELF_ONLY"  # the only level an unaudited TikTok client may post
 MAX_CAPTION_UTF16_UNITS = 2200  # TikTok's title limit, counted in UTF-16 code units
@@ -89,6 +91,10 @@ class PublishRequest:
     again: bool = False
 
     @property
+    def is_direct(self) -> bool:
+        return self.mode == DIRECT
+
+    @property
     def privacy_level(self) -> str:
         """The privacy level sent to TikTok (Direct Post) or checked against the creator."""
         return self.privacy or DEFAULT_PRIVACY
@@ -99,7 +105,7 @@ def post_options(request: PublishRequest) -> dict[str, Any]:
     check_mode(request.mode)
     check_privacy(request.privacy)
     check_caption(request.caption)
-    if request.mode == "inbox":  # the user picks caption and privacy in the app (UP)
+    if not request.is_direct:  # the user picks caption and privacy in the app (UP)
         return {"mode": request.mode}
     return {
         "mode": request.mode,
@@ -116,10 +122,16 @@ def request_from_options(
     return PublishRequest(
         account=account,
         mode=mode,
-        privacy=options.get("privacy_level", DEFAULT_PRIVACY) if mode == "direct" else None,
+        privacy=options.get("privacy_level", DEFAULT_PRIVACY) if mode == DIRECT else None,
         caption=options.get("caption") or None,
         again=again,
     )
+
+
+def asks_creator_info(request: PublishRequest, scopes: Collection[str]) -> bool:
+    """Whether a publish checks the creator first: always for Direct Post; for inbox only with
+    the publish scope (creator_info needs it, and an inbox-only grant lacks it)."""
+    return request.is_direct or SCOPE_PUBLISH in scopes
 
 
 def direct_post_info(
@@ -127,7 +139,7 @@ def direct_post_info(
 ) -> dict[str, Any] | None:
     """The ``post_info`` of a Direct Post init (None for inbox): the creator's interaction
     settings are kept as the creator set them."""
-    if request.mode != "direct":
+    if not request.is_direct:
         return None
     info: dict[str, Any] = {
         "privacy_level": request.privacy_level,

@@ -75,7 +75,7 @@ def check_creator(
         info = ctx.tokens.call(ctx.client.creator_info)
     log = get_logger(account=ctx.tokens.name)
     privacy = request.privacy_level
-    if request.mode == "direct" and privacy not in info.privacy_level_options:
+    if request.is_direct and privacy not in info.privacy_level_options:
         raise PublishRefusedError(
             f"TikTok account {ctx.tokens.name!r} does not offer privacy level {privacy!r} "
             f"(it offers {', '.join(info.privacy_level_options)})",
@@ -134,7 +134,7 @@ def init_upload(
     plan = plan_tiktok_upload(video_size, ctx.preferred_chunk_bytes)
     ctx.take_rate_slot("init")
     with honouring_retry_after():
-        if request.mode == "direct":
+        if request.is_direct:
             result = ctx.tokens.call(
                 lambda token: ctx.client.init_direct_post(
                     token,

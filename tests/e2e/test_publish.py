@@ -86,6 +86,12 @@ def ingest(path: Path) -> str:
     return media_id
 
 
+def creator_media(rt: Runtime, sandbox: RunningSandbox, clip: Path) -> str:
+    """The sandbox's ``creator`` account added, and ``clip`` ingested: its media id."""
+    add_account(rt, sandbox)
+    return ingest(clip)
+
+
 def after_chunk(sb: RunningSandbox, mp: pytest.MonkeyPatch, n: int, act: Callable[[], Any]) -> None:
     """Run ``act`` inside the sandbox right after it accepted the ``n``-th chunk PUT."""
     original, seen = sb.state.commit_put, [0]
@@ -197,8 +203,7 @@ def test_inbox_mode_and_public_post_id(
     rt: Runtime, sandbox: RunningSandbox, base_clip: Path, tmp_path: Path
 ) -> None:
     """Inbox ends at SEND_TO_USER_INBOX; a public Direct Post (--again) records TikTok's post id."""
-    add_account(rt, sandbox)
-    media_id = ingest(sized(base_clip, 2 * MIB, tmp_path / "clip.mp4"))
+    media_id = creator_media(rt, sandbox, sized(base_clip, 2 * MIB, tmp_path / "clip.mp4"))
     inbox = publish_media(media_id=media_id, account="creator", mode="inbox")
     assert inbox["status"] == "SEND_TO_USER_INBOX" and inbox["ledger_status"] == "sent_to_inbox"
     assert inbox["publish_id"].startswith("v_inbox_file~")
@@ -228,8 +233,7 @@ def test_edited_caption_finds_the_existing_publish_and_again_posts_once(
     rt: Runtime, sandbox: RunningSandbox, base_clip: Path, tmp_path: Path
 ) -> None:
     """Another caption returns the existing post; --again posts once more, re-runs post nothing."""
-    add_account(rt, sandbox)
-    media_id = ingest(sized(base_clip, 2 * MIB, tmp_path / "clip.mp4"))
+    media_id = creator_media(rt, sandbox, sized(base_clip, 2 * MIB, tmp_path / "clip.mp4"))
     first = publish_media(media_id=media_id, account="creator", caption="take one")
     calls_before = sandbox.state.stats()["calls"]
     edited = publish_media(media_id=media_id, account="creator", caption="take two")
@@ -557,8 +561,7 @@ def test_poll_deadline_leaves_processing_and_rerun_only_polls(
     rt: Runtime, sandbox: RunningSandbox, base_clip: Path, tmp_path: Path
 ) -> None:
     """Slow processing past the deadline → ``processing``; later, a re-run polls to the end."""
-    add_account(rt, sandbox)
-    media_id = ingest(sized(base_clip, MIB, tmp_path / "c.mp4"))
+    media_id = creator_media(rt, sandbox, sized(base_clip, MIB, tmp_path / "c.mp4"))
     sandbox.state.set_faults({"processing_delay_s": 3600})
     first = publish_media(media_id=media_id, account="creator", poll_deadline_s=0.2)
     assert (first["status"], first["ledger_status"]) == ("PROCESSING_UPLOAD", "processing")
@@ -573,8 +576,7 @@ def test_reconcile_finishes_the_processing_row_by_id(
     rt: Runtime, sandbox: RunningSandbox, base_clip: Path, tmp_path: Path
 ) -> None:
     """reconcile-publishes resumes the processing re-post itself (by id), polling only."""
-    add_account(rt, sandbox)
-    media_id = ingest(sized(base_clip, MIB, tmp_path / "c.mp4"))
+    media_id = creator_media(rt, sandbox, sized(base_clip, MIB, tmp_path / "c.mp4"))
     plain = publish_media(media_id=media_id, account="creator")
     sandbox.state.set_faults({"processing_delay_s": 3600})
     slow = publish_media(
@@ -596,8 +598,7 @@ def test_duplicate_concurrent_runs_publish_once(
     rt: Runtime, sandbox: RunningSandbox, base_clip: Path, tmp_path: Path
 ) -> None:
     """The same publish started twice at once (a duplicate trigger): one init, one post."""
-    add_account(rt, sandbox)
-    media_id = ingest(sized(base_clip, THREE_CHUNKS, tmp_path / "c.mp4"))
+    media_id = creator_media(rt, sandbox, sized(base_clip, THREE_CHUNKS, tmp_path / "c.mp4"))
     with ThreadPoolExecutor(2) as pool:
         done = list(
             pool.map(lambda _: publish_media(media_id=media_id, account="creator"), range(2))
