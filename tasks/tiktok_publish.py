@@ -26,11 +26,10 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
-from reelflow.errors import IntegrityError, retry_if_retryable
+from reelflow.errors import IntegrityError, PublishRefusedError, retry_if_retryable
 from reelflow.logging import get_logger
 from reelflow.publish_rules import PublishRequest, check_caption
 from reelflow.tiktok.client import PublishStatus
-from reelflow.tiktok.errors import PublishRefusedError
 from reelflow.tiktok.plan import (
     TikTokUploadPlan,
     plan_tiktok_upload,

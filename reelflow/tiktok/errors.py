@@ -6,7 +6,6 @@ of an upload PUT) goes through :func:`error_from_response`, which returns a type
 for success. Callers act on the class and on ``retryable``; nothing else decides retries.
 
     PublishError (reelflow.errors)
-    ├── PublishRefusedError          terminal: reelflow refuses what TikTok would (privacy, length)
     └── TikTokApiError               code, http_status, log_id, retryable, retry_after_s, endpoint
         ├── TikTokAuthError          terminal: scope missing, OAuth grant/client refused
         │   └── AccessTokenInvalid   terminal for this token: refresh once, then call again
@@ -43,29 +42,6 @@ if TYPE_CHECKING:
 UPLOAD_ENDPOINT = "upload"  # the `endpoint` label for chunk PUTs (their URL holds a secret)
 LOG_ID_HEADER = "X-Tt-Logid"  # TikTok also returns the log id as a header; used as a fallback
 _SNIPPET_CHARS = 160
-
-
-class PublishRefusedError(PublishError):
-    """reelflow refuses to start a publish TikTok would refuse (privacy, duration, caption).
-
-    Terminal: the same request gets the same answer until the creator's settings change.
-    ``reason`` says which rule refused it (``privacy_level_not_offered``, ``video_too_long``).
-    """
-
-    retryable = False
-    exit_code = 2
-
-    def __init__(self, message: str, *, reason: str, **context: Any) -> None:
-        super().__init__(message, reason=reason, **context)
-        self.reason = reason
-
-    def __reduce__(self) -> tuple[Any, ...]:  # Prefect pickles exceptions into task states
-        return (_rebuild_refused, (self.message, self.reason, self.context))
-
-
-def _rebuild_refused(message: str, reason: str, context: dict[str, Any]) -> PublishRefusedError:
-    context = {k: v for k, v in context.items() if k != "reason"}
-    return PublishRefusedError(message, reason=reason, **context)
 
 
 class TikTokApiError(PublishError):

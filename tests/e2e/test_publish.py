@@ -25,13 +25,12 @@ from flows.ingest import ingest_video
 from flows.publish import publish_media
 from flows.scheduling import reconcile_publishes
 from reelflow.cli_tiktok import tiktok_app
-from reelflow.errors import ConfigurationError
+from reelflow.errors import ConfigurationError, PublishRefusedError
 from reelflow.logging import configure_logging
 from reelflow.samples import make_clip
 from reelflow.settings import Settings
 from reelflow.tiktok.client import TikTokClient
 from reelflow.tiktok.errors import (
-    PublishRefusedError,
     TikTokAuthError,
     TikTokPolicyError,
     TikTokPublishFailed,
