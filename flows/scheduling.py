@@ -21,12 +21,11 @@ from prefect.artifacts import create_table_artifact
 from flows.publish import publish_stored_media, resume_publish
 from flows.run_context import run_owner
 from reelflow.errors import ReelflowError
-from reelflow.ingest_options import check_publish_request
 from reelflow.logging import configure_logging, get_logger
 from reelflow.publish_rules import PROCESSING
 from reelflow.settings import Settings
 from storage import schedule
-from storage.publishing import list_publishes
+from storage.publishing import publishes_in
 from storage.runtime import Runtime
 
 STALE_CLAIM_AFTER = timedelta(hours=1)
@@ -56,10 +55,7 @@ def publish_due(limit: int = 50) -> dict[str, Any]:
             "due_at": row.due_at.isoformat(),
         }
         try:
-            request = check_publish_request(
-                row.account, row.mode, row.privacy, row.caption, again=schedule.is_again(row)
-            )
-            result = publish_stored_media(rt, row.media_id, request)
+            result = publish_stored_media(rt, row.media_id, schedule.queued_request(row))
         except ReelflowError as exc:
             # Retryable: back in the queue for the next run; terminal: reported, not retried.
             status = schedule.QUEUED if exc.retryable else schedule.FAILED
@@ -92,7 +88,7 @@ def reconcile_publishes(limit: int = 50) -> dict[str, Any]:
     """
     configure_logging()
     rt = Runtime.from_settings(Settings())
-    rows = [p for p in list_publishes(rt.catalog.engine) if p.status == PROCESSING][:limit]
+    rows = publishes_in(rt.catalog.engine, PROCESSING, limit=limit)
     done: list[dict[str, Any]] = []
     for row in rows:
         try:
