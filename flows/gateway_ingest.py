@@ -22,17 +22,14 @@ Options (account, caption, privacy, mode, publish_at) are the upload's validated
 again with the CLI's rules; never event fields. The run is renamed after the metadata's filename
 and tagged ``creator:<owner>`` (+ ``account:``, ``mode:``).
 
-This module must not import flows/ingest.py (flows/ import no cycles): ingest's summary and
-publish steps come in as :class:`IngestHooks`.
+The summary, its artifact and the publish are ingest's own (flows/ingest_report.py).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -42,7 +39,16 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.client.orchestration import get_client
 from prefect.runtime import flow_run as current_flow_run
 
-from flows.publish import check_creator_before_upload, check_duration_for_creator
+from flows.ingest_report import (
+    Ingested,
+    artifact_key,
+    check_publish_request,
+    publish_or_queue,
+    summarize,
+    summary_markdown,
+)
+from flows.publish import check_duration_for_creator
+from flows.run_context import run_owner
 from reelflow.errors import (
     ConfigurationError,
     IntegrityError,
@@ -55,10 +61,8 @@ from reelflow.event_policy import GATEWAY_SOURCE_PREFIX, check_event_run, printa
 from reelflow.ingest_options import IngestOptions, check_ingest_options
 from reelflow.logging import get_logger, remember_settings_secrets
 from reelflow.planning import CONTAINER_EXT, S3_MIN_PART_BYTES, upload_buffer_bytes, video_key
-from reelflow.publish_rules import PublishRequest
 from reelflow.sources import SourceRef
 from storage import gateway_uploads as uploads
-from storage.accounts import get_account
 from storage.catalog import Media
 from storage.gateway_sweep import upload_lease_name
 from storage.gateway_uploads import GatewayUpload
@@ -80,18 +84,6 @@ TAKEABLE = (uploads.RECEIVED, uploads.PROCESSING)
 def source_for(upload: str) -> str:
     """The ``source`` parameter of an upload's run (what the UI shows; never read as a path)."""
     return f"{GATEWAY_SOURCE_PREFIX}{upload}"
-
-
-@dataclass(frozen=True)
-class IngestHooks:
-    """What flows/ingest.py shares with this module (passed in: see the module docstring)."""
-
-    summarize: Callable[..., dict[str, Any]]
-    publish_or_queue: Callable[
-        [Runtime, dict[str, Any], PublishRequest, datetime | None], dict[str, Any]
-    ]
-    summary_markdown: Callable[[dict[str, Any]], str]
-    artifact_key: Callable[[str, str], str]
 
 
 @dataclass(frozen=True)
@@ -161,12 +153,6 @@ def _name_and_tag_run(request: UploadRequest, owner: str) -> None:
         client.update_flow_run(
             UUID(run_id), name=f"ingest-{request.filename}", tags=sorted(current | wanted)
         )
-
-
-def _run_owner() -> str:
-    """This flow run's id: the lease owner (the crash hook frees leases by it) and the row's
-    ``flow_run_id``. Outside a run (``flow.fn`` in a test) a name of this process."""
-    return str(current_flow_run.get_id() or f"pid-{os.getpid()}")
 
 
 # --- the row -----------------------------------------------------------------------------------
@@ -261,24 +247,6 @@ def _give_up(rt: Runtime, upload: str, fence: Fence, exc: Exception) -> None:
 # --- the steps ---------------------------------------------------------------------------------
 
 
-def _check_publish_request(rt: Runtime, request: PublishRequest) -> dict[str, Any]:
-    """What ingest refuses before a byte is sent (an unknown account, a privacy level the
-    creator does not offer), refused here before the upload is assembled; the creator's limits."""
-    if get_account(rt.catalog.engine, request.account) is None:
-        raise ValidationError(
-            f"no TikTok account {request.account!r} (add it with `reelflow accounts add`)",
-            reason="unknown_account",
-        )
-    return check_creator_before_upload(rt, request)
-
-
-@dataclass(frozen=True)
-class _Stored:
-    media: Media
-    parts: int
-    scan: ScanReport | None
-
-
 def _readable_key(rt: Runtime, staging_key: str, sha256_hex: str) -> str:
     """Where the assembled bytes are: staged, or already moved to their content key by a run
     killed before it marked the row stored."""
@@ -301,7 +269,7 @@ def _stored_media(rt: Runtime, row: GatewayUpload) -> Media | None:
 
 def _process(
     rt: Runtime, row: GatewayUpload, request: UploadRequest | None, timings: dict[str, float]
-) -> _Stored:
+) -> Ingested:
     """Steps 2-6 for a taken row; returns the stored media (the row is ``stored`` after it).
     ``request`` None: its metadata was refused; refused again here, so the row fails."""
     fence = rt.catalog.fence
@@ -312,7 +280,7 @@ def _process(
     parts = 0
     if media is None:
         publish = request.options.publish
-        creator = _check_publish_request(rt, publish) if publish is not None else None
+        creator = check_publish_request(rt, publish) if publish is not None else None
         t0 = time.perf_counter()
         assembled = assemble_received(row.id, rt)
         timings["assemble"] = time.perf_counter() - t0
@@ -327,7 +295,8 @@ def _process(
         scan = scan_video(key, sha, meta, rt) if rt.settings.clamd_url else SCAN_OFF
         timings["scan"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        thumb = make_thumbnail(key, sha, meta, rt)
+        final_key = video_key(sha, meta.container)
+        thumb = make_thumbnail(key, final_key, sha, meta, rt)
         timings["thumbnail"] = time.perf_counter() - t0
         ref = SourceRef(
             uri=source_for(row.id),
@@ -339,7 +308,7 @@ def _process(
         )
         t0 = time.perf_counter()
         assert row.session_id is not None  # assemble_received refused a row without one
-        media = store_media(row.session_id, key, sha, ref, meta, thumb, rt)
+        media = store_media(row.session_id, key, final_key, sha, ref, meta, thumb, rt)
         timings["store"] = time.perf_counter() - t0
     _writer(rt, row).discard_tails(row)  # any the gateway could not delete
     _cas(
@@ -352,15 +321,15 @@ def _process(
         error=None,
     )
     get_logger(upload=row.id, media_id=media.media_id).info("upload_stored")
-    return _Stored(media, parts, scan)
+    return Ingested(media, parts, scan=scan, timings=timings)
 
 
-def _summary_of_stored(rt: Runtime, row: GatewayUpload, hooks: IngestHooks) -> dict[str, Any]:
+def _found_stored(rt: Runtime, row: GatewayUpload) -> Ingested:
     media = rt.catalog.get_media(row.media_id) if row.media_id else None
     if media is None:
         raise IntegrityError(f"upload {row.id} is stored, but its media {row.media_id} is not")
     get_logger(upload=row.id, media_id=media.media_id).info("ingest_deduplicated")
-    return hooks.summarize(media, rt, chunks_total=_parts(rt, row), sent=None)
+    return Ingested(media, _parts(rt, row))
 
 
 def _parts(rt: Runtime, row: GatewayUpload) -> int:
@@ -368,19 +337,17 @@ def _parts(rt: Runtime, row: GatewayUpload) -> int:
     return session.parts_total if session is not None else 0
 
 
-def _store(
-    rt: Runtime, upload: str, request: UploadRequest | None, hooks: IngestHooks
-) -> dict[str, Any]:
+def _store(rt: Runtime, upload: str, request: UploadRequest | None) -> Ingested:
     """Take the row under its lease and store it, or return what another run stored."""
     settings = rt.settings
     leases = Leases(rt.catalog.engine, ttl_s=settings.lease_ttl_s)
-    owner = _run_owner()
+    owner = run_owner()
     timings: dict[str, float] = {}
 
-    def stored_already() -> dict[str, Any] | None:
+    def stored_already() -> Ingested | None:
         row = _row(rt, upload)
         if row.state == uploads.STORED:
-            return _summary_of_stored(rt, row, hooks)
+            return _found_stored(rt, row)
         if row.state not in TAKEABLE:
             raise _refusal(row)
         return None
@@ -390,12 +357,12 @@ def _store(
     name = upload_lease_name(upload, rt.store.url)
     with leases.hold(name, owner, wait_s=settings.lease_wait_s, on_wait=stored_already) as held:
         if held.fence is None:
-            return cast(dict[str, Any], held.found)
+            return cast(Ingested, held.found)
         fence = held.fence
         fenced = dataclasses.replace(rt, catalog=rt.catalog.fenced(fence))
         row = _take(fenced, upload, owner, fence)
         if row is None:  # stored while we took the lease
-            return _summary_of_stored(rt, _row(rt, upload), hooks)
+            return _found_stored(rt, _row(rt, upload))
         if row.session_id:
             leases.attach_session(fence, row.session_id)
         try:
@@ -407,9 +374,7 @@ def _store(
             if fence.lost and not isinstance(exc, LeaseLostError):
                 raise fence.error() from exc
             raise
-    return hooks.summarize(
-        done.media, rt, chunks_total=done.parts, sent=None, timings=timings, scan=done.scan
-    )
+    return done
 
 
 def _still_ahead(publish_at: datetime | None) -> datetime | None:
@@ -419,7 +384,6 @@ def _still_ahead(publish_at: datetime | None) -> datetime | None:
 def ingest_received(
     upload: str,
     rt: Runtime,
-    hooks: IngestHooks,
     *,
     source: str | None = None,
     origin: str | None = None,
@@ -460,21 +424,22 @@ def ingest_received(
         request = None
     if request is not None:
         _name_and_tag_run(request, row.owner)
-    summary = _store(rt, upload, request, hooks)
+    done = _store(rt, upload, request)
+    summary = summarize(done, rt)
     if request is None:  # stored by another run meanwhile: its metadata must pass now
         request = upload_request(_row(rt, upload), rt)
     summary["upload"] = upload
     summary["publish"] = None
     if request.options.publish is not None:
-        summary["publish"] = hooks.publish_or_queue(
+        summary["publish"] = publish_or_queue(
             rt,
-            summary,
+            done.media,
             dataclasses.replace(request.options.publish, again=again),
             _still_ahead(request.publish_at),
         )
     create_markdown_artifact(
-        markdown=hooks.summary_markdown(summary),
-        key=hooks.artifact_key("ingest", summary["media_id"]),
+        markdown=summary_markdown(summary),
+        key=artifact_key("ingest", summary["media_id"]),
         description=f"ingest of upload {request.filename}",
     )
     return summary

@@ -1,211 +1,80 @@
 """The ``ingest-video`` flow: validate → chunk-upload → assemble → thumbnail → store.
 
-Orchestration only: ordering, parameters, artifacts, and the abort-or-keep decision when the run
-gives up. All I/O lives in tasks/ and storage/.
+Orchestration only: ordering, parameters, artifacts. The I/O lives in tasks/ and storage/: the
+abort-or-keep decision when a run gives up is ``tasks.chunk_upload.give_up_upload``, the
+"stored already?" lookup ``tasks.s3_store.find_stored``, the run's tags and lease owner
+``flows.run_context``, the chunk pipeline ``flows.chunk_pipeline``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
-from typing import Any, Literal, cast
-from uuid import UUID
+from datetime import datetime
+from typing import Any, cast
 
 from prefect import flow
 from prefect.artifacts import (
     create_markdown_artifact,
     create_progress_artifact,
 )
-from prefect.client.orchestration import get_client
 from prefect.runtime import flow_run as current_flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.publish import (
-    check_creator_before_upload,
-    check_duration_for_creator,
-    publish_stored_media,
+from flows.chunk_pipeline import SendResult, send_source
+from flows.gateway_ingest import ingest_received
+from flows.ingest_report import (
+    Ingested,
+    artifact_key,
+    check_publish_request,
+    duration_check,
+    publish_or_queue,
+    summarize,
+    summary_markdown,
 )
+from flows.run_context import run_owner, tag_run
 from reelflow.credentials import reveal
-from reelflow.errors import LeaseLostError, ReelflowError, ValidationError
+from reelflow.errors import LeaseLostError, ValidationError
 from reelflow.event_policy import check_event_run
 from reelflow.ingest_options import check_ingest_request
 from reelflow.logging import configure_logging, get_logger, remember_settings_secrets
+from reelflow.planning import video_key
 from reelflow.progress import ProgressReporter
-from reelflow.publish_rules import PublishRequest
+from reelflow.publish_rules import Mode, Privacy
 from reelflow.rules import VideoMeta
 from reelflow.settings import Settings
 from reelflow.sources import SourceRef
-from storage.accounts import get_account
-from storage.catalog import Media
 from storage.leases import Fence, Leases, lease_name
 from storage.runtime import Runtime
-from storage.schedule import queue_publish
 from tasks.assemble import assemble_upload
-from tasks.chunk_upload import SendResult, SessionState, open_upload_session, send_source
-from tasks.s3_store import store_media
-from tasks.scan import SCAN_OFF, ScanReport, scan_video
+from tasks.chunk_upload import give_up_upload, open_upload_session
+from tasks.s3_store import StoredMedia, find_stored, store_media
+from tasks.scan import SCAN_OFF, scan_video
 from tasks.thumbnail import make_thumbnail
 from tasks.validate import validate_video, verify_assembled
 
 MAX_TASK_THREADS = 64
-Mode = Literal["direct", "inbox", "none"]
-Privacy = Literal["PUBLIC_TO_EVERYONE", "MUTUAL_FOLLOW_FRIENDS", "FOLLOWER_OF_CREATOR", "SELF_ONLY"]
 PROGRESS_EVERY_S = 1.0
 
 
-def _artifact_key(prefix: str, ident: str) -> str:
-    return f"{prefix}-{ident}".lower().replace("_", "-")
-
-
-def summarize(
-    media: Media,
+def _stage_and_store(
     rt: Runtime,
     *,
-    chunks_total: int,
-    sent: SendResult | None,
-    timings: dict[str, float] | None = None,
-    scan: ScanReport | None = None,
-) -> dict[str, Any]:
-    # No report: this run found the video stored already and did not scan it again.
-    scan = scan or (SCAN_OFF if not rt.settings.clamd_url else ScanReport("not_rescanned"))
-    return {
-        "media_id": media.media_id,
-        "sha256": media.sha256,
-        "size_bytes": media.size_bytes,
-        "content_type": media.content_type,
-        "container": media.container,
-        "duration_s": media.duration_s,
-        "width": media.width,
-        "height": media.height,
-        "fps": media.fps,
-        "video_codec": media.video_codec,
-        "bitrate": media.bitrate,
-        "has_audio": media.has_audio,
-        "audio_codec": media.audio_codec,
-        "video_uri": rt.store.uri(media.video_key),
-        "thumbnail_uri": rt.store.uri(media.thumbnail_key),
-        "metadata_uri": rt.store.uri(media.metadata_key),
-        "video_url": _link(rt, media.video_key),
-        "thumbnail_url": _link(rt, media.thumbnail_key),
-        "thumbnail_time_ms": media.thumbnail_time_ms,
-        "chunks_total": chunks_total,
-        "chunks_uploaded_this_run": sent.chunks_uploaded if sent else 0,
-        "bytes_uploaded_this_run": sent.bytes_uploaded if sent else 0,
-        "timings_s": {k: round(v, 3) for k, v in (timings or {}).items()},
-        "scan": scan.verdict,
-        "scan_engine": scan.engine,
-    }
-
-
-def _link(rt: Runtime, key: str) -> str:
-    """A link a person can open: REELFLOW_PUBLIC_BASE_URL (CDN / public bucket) when set, else
-    the store URI. Never a presigned URL: its signature and access key id would land in the
-    flow result, the summary artifact and the CLI output."""
-    base = rt.settings.public_base_url
-    if base:
-        return f"{base.rstrip('/')}/{key}"
-    return rt.store.uri(key)
-
-
-SUMMARY_FIELDS = (
-    "media_id",
-    "sha256",
-    "size_bytes",
-    "content_type",
-    "duration_s",
-    "width",
-    "height",
-    "fps",
-    "video_codec",
-    "bitrate",
-    "has_audio",
-    "video_uri",
-    "thumbnail_uri",
-    "metadata_uri",
-    "chunks_total",
-    "chunks_uploaded_this_run",
-    "bytes_uploaded_this_run",
-    "scan",
-)
-
-
-def _summary_markdown(summary: dict[str, Any]) -> str:
-    rows = "\n".join(f"| {k} | `{summary.get(k)}` |" for k in SUMMARY_FIELDS)
-    parts = [f"# Ingested {summary['media_id']}\n"]
-    thumb = summary.get("thumbnail_url", "")
-    if thumb.startswith(("http://", "https://")):
-        parts.append(f"[![thumbnail]({thumb})]({summary.get('video_url')})\n")
-    parts.append(f"| field | value |\n|---|---|\n{rows}\n")
-    publish = summary.get("publish")
-    if publish:
-        outcome = (
-            f"post id `{publish.get('post_id')}`"
-            if publish.get("post_id")
-            else f"fail reason `{publish.get('fail_reason')}`"
-            if publish.get("fail_reason")
-            else "no public post id (TikTok gives one only for public, moderated posts)"
-        )
-        parts.append(
-            f"\n## TikTok\n\npublish id `{publish.get('publish_id')}`, status "
-            f"`{publish.get('status')}`, {outcome}, chunks sent this run "
-            f"`{publish.get('chunks_sent_this_run')}` of `{publish.get('chunks_total')}`\n"
-        )
-    return "\n".join(parts)
-
-
-def _give_up(rt: Runtime, state: SessionState, exc: Exception) -> None:
-    """Every failure of steps 2-5 decides here: keep the staged upload for a later run, or abort.
-
-    Kept: retryable errors; an unexpected (non-reelflow) error once parts are stored; anything
-    when this run no longer holds the lease (the upload is the new holder's). Aborted: terminal
-    errors, and unexpected ones while nothing is stored yet (nothing worth resuming).
-    """
-    log = get_logger(session_id=state.session_id, upload_id=state.upload_id)
-    fence = rt.catalog.fence
-    if isinstance(exc, LeaseLostError) or (fence is not None and fence.lost):
-        log.warning("upload_left_to_lease_holder", error=str(exc))
-        return
-    if isinstance(exc, ReelflowError) and exc.retryable:
-        rt.catalog.update_session(state.session_id, error=str(exc)[:500])
-        log.warning("upload_kept_for_resume", error=str(exc))
-        return
-    if not isinstance(exc, ReelflowError) and rt.catalog.ledger_parts(state.upload_id):
-        rt.catalog.update_session(state.session_id, error=f"{type(exc).__name__}: {exc}"[:500])
-        log.warning("upload_kept_for_resume", error=str(exc), error_type=type(exc).__name__)
-        return
-    try:
-        rt.catalog.verify_fence()  # abort only what this run still holds
-    except LeaseLostError:
-        log.warning("upload_left_to_lease_holder", error=str(exc))
-        return
-    rt.store.abort_upload(state.staging_key, state.upload_id)
-    if rt.store.exists(state.staging_key):
-        rt.store.delete(state.staging_key)
-    rt.catalog.forget_parts(state.upload_id)
-    rt.catalog.update_session(state.session_id, status="aborted", error=str(exc)[:500])
-    log.error("upload_aborted", error=str(exc))
-
-
-def _stage_and_store(
     ref: SourceRef,
     meta: VideoMeta,
-    rt: Runtime,
     chunk_size: int,
-    parallel: int,
+    concurrency: int,
     timings: dict[str, float],
     leases: Leases,
     fence: Fence,
-) -> tuple[Media, SessionState, SendResult | None, ScanReport]:
+) -> Ingested:
     """Steps 2-5 under the source lease; terminal errors abort, the rest stay resumable.
 
     Every catalog write of these steps is fenced by the lease's token (a run that lost the
     lease is refused and stops with LeaseLostError, leaving the upload to the new holder)."""
     rt = dataclasses.replace(rt, catalog=rt.catalog.fenced(fence))
-    state = open_upload_session(ref, meta, chunk_size, rt, concurrency=parallel)
+    state = open_upload_session(ref, meta, chunk_size, rt, concurrency=concurrency)
     leases.attach_session(fence, state.session_id)
     sent: SendResult | None = None
     try:
@@ -214,7 +83,7 @@ def _stage_and_store(
         else:
             progress_id = create_progress_artifact(
                 progress=0.0,
-                key=_artifact_key("upload", state.session_id),
+                key=artifact_key("upload", state.session_id),
                 description=f"chunk upload of {ref.name} ({state.plan.count} parts)",
             )
 
@@ -223,7 +92,7 @@ def _stage_and_store(
             with ProgressReporter(progress_id, every_s=PROGRESS_EVERY_S) as progress:
                 t0 = time.perf_counter()
                 sent = send_source(
-                    ref, state, rt, concurrency=parallel, on_progress=progress.report
+                    ref, state, rt, concurrency=concurrency, on_progress=progress.report
                 )
                 timings["upload"] = time.perf_counter() - t0
                 t0 = time.perf_counter()
@@ -231,6 +100,7 @@ def _stage_and_store(
                 timings["assemble"] = time.perf_counter() - t0
             sha256_hex = sent.sha256_hex
 
+        final_key = video_key(sha256_hex, meta.container)  # the thumbnail's and the store's
         t0 = time.perf_counter()
         # The bytes stored are the bytes validated: magic + ffprobe of the assembled object.
         verify_assembled(staged, sha256_hex, meta, rt)
@@ -240,24 +110,22 @@ def _stage_and_store(
         scan = scan_video(staged, sha256_hex, meta, rt) if rt.settings.clamd_url else SCAN_OFF
         timings["scan"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        thumb = make_thumbnail(staged, sha256_hex, meta, rt)
+        thumb = make_thumbnail(staged, final_key, sha256_hex, meta, rt)
         timings["thumbnail"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        media = store_media(state.session_id, staged, sha256_hex, ref, meta, thumb, rt)
+        media = store_media(state.session_id, staged, final_key, sha256_hex, ref, meta, thumb, rt)
         timings["store"] = time.perf_counter() - t0
     except Exception as exc:
         # Kills and cancellations (BaseException) skip this: the upload stays resumable and
         # the cleanup deployment removes it if nobody comes back.
-        _give_up(rt, state, exc)
+        give_up_upload(state, exc, rt)
         if fence.lost and not isinstance(exc, LeaseLostError):
             raise fence.error() from exc  # whatever broke, this run had lost its lease first
         raise
-    return media, state, sent, scan
-
-
-def _run_owner() -> str:
-    """The lease owner: this flow run's id (the cancellation hook finds its leases by it)."""
-    return str(current_flow_run.get_id() or f"pid-{os.getpid()}")
+    get_logger(media_id=media.media_id, upload_id=state.upload_id).info(
+        "ingest_completed", chunks_uploaded=sent.chunks_uploaded if sent else 0
+    )
+    return Ingested(media, state.plan.count, sent, scan, timings)
 
 
 def record_interruption(flow: Any, flow_run: Any, state: Any) -> None:
@@ -285,18 +153,6 @@ def _basename(source: str) -> str:
 def _run_name() -> str:
     """Flow runs are named after the file, so the UI's run list reads like an upload log."""
     return f"ingest-{_basename(str(current_flow_run.parameters.get('source', '')))}"
-
-
-def _tag_run(account: str | None, mode: str) -> None:
-    """Tag this run with its account and mode (a deployment run cannot be tagged per event)."""
-    run_id = current_flow_run.get_id()
-    if not run_id:
-        return
-    wanted = {f"mode:{mode}"} | ({f"account:{account}"} if account else set())
-    with get_client(sync_client=True) as client:
-        current = set(client.read_flow_run(UUID(run_id)).tags or [])
-        if not wanted <= current:
-            client.update_flow_run(UUID(run_id), tags=sorted(current | wanted))
 
 
 @flow(
@@ -360,12 +216,8 @@ def ingest_video(
     configure_logging()
     settings = Settings()
     if upload is not None:
-        # Imported here: flows/gateway_ingest.py gets this module's steps passed in, not imported.
-        from flows.gateway_ingest import IngestHooks, ingest_received
-
-        hooks = IngestHooks(summarize, _publish_or_queue, _summary_markdown, _artifact_key)
         rt = Runtime.from_settings(settings)
-        return ingest_received(upload, rt, hooks, source=source, origin=origin, again=again)
+        return ingest_received(upload, rt, source=source, origin=origin, again=again)
     if origin:
         # Anyone who can post an event to the Prefect API can start this run: trust no field.
         check_event_run(
@@ -386,81 +238,38 @@ def ingest_video(
         settings, chunk_size_bytes, concurrency, account, caption, privacy_level, mode, publish_at
     )
     publish_mode = opts.mode
-    _tag_run(account, publish_mode)
+    tag_run(account, publish_mode)
     rt = Runtime.from_settings(settings)
     on_validated: Callable[[VideoMeta], None] | None = None
     if opts.publish is not None and account:
-        creator = _check_publish_request(rt, opts.publish)
-        on_validated = _duration_check(creator, account)
-    summary = _ingest(
+        creator = check_publish_request(rt, opts.publish)
+        on_validated = duration_check(creator, account)
+    done = _ingest(
         real_source, rt, opts.chunk_size_bytes, opts.concurrency, on_validated=on_validated
     )
+    summary = summarize(done, rt)
     summary["publish"] = None
     if opts.publish is not None:
-        summary["publish"] = _publish_or_queue(
-            rt, summary, dataclasses.replace(opts.publish, again=again), publish_at
+        summary["publish"] = publish_or_queue(
+            rt, done.media, dataclasses.replace(opts.publish, again=again), publish_at
         )
     create_markdown_artifact(
-        markdown=_summary_markdown(summary),
-        key=_artifact_key("ingest", summary["media_id"]),
+        markdown=summary_markdown(summary),
+        key=artifact_key("ingest", summary["media_id"]),
         description=f"ingest of {_basename(source)}",
     )
     return summary
-
-
-def _check_publish_request(rt: Runtime, request: PublishRequest) -> dict[str, Any]:
-    """Refuse a publish TikTok would refuse before a single byte is uploaded: an unknown
-    account, a privacy level the creator does not offer (creator_info, asked now). Returns the
-    creator's limits for the duration check once the video is validated."""
-    if get_account(rt.catalog.engine, request.account) is None:
-        raise ValidationError(
-            f"no TikTok account {request.account!r} (add it with `reelflow accounts add`)",
-            reason="unknown_account",
-        )
-    return check_creator_before_upload(rt, request)
-
-
-def _duration_check(creator: dict[str, Any], account: str) -> Callable[[VideoMeta], None]:
-    return lambda meta: check_duration_for_creator(creator, account, meta.duration_s)
-
-
-def _publish_or_queue(
-    rt: Runtime, summary: dict[str, Any], request: PublishRequest, publish_at: datetime | None
-) -> dict[str, Any]:
-    if publish_at is not None and publish_at > datetime.now(UTC):
-        row = queue_publish(
-            rt.catalog.engine,
-            media_id=summary["media_id"],
-            account=request.account,
-            mode=request.mode,
-            privacy=request.privacy,
-            caption=request.caption,
-            due_at=publish_at,
-            again=request.again,
-        )
-        get_logger(media_id=summary["media_id"]).info("publish_scheduled", due_at=str(publish_at))
-        done = json.loads(row.result_json) if row.result_json else {}
-        return {
-            "publish_id": done.get("publish_id"),
-            # queued (or already taken / done by publish-due, when it was queued before)
-            "status": "SCHEDULED" if row.status == "queued" else done.get("status", row.status),
-            "post_id": None,
-            "publish_at": row.due_at.isoformat(),
-            "chunks_total": None,
-            "chunks_sent_this_run": 0,
-        }
-    return publish_stored_media(rt, summary["media_id"], request)
 
 
 def _ingest(
     source: str,
     rt: Runtime,
     chunk_size: int,
-    parallel: int,
+    concurrency: int,
     *,
     on_validated: Callable[[VideoMeta], None] | None = None,
-) -> dict[str, Any]:
-    """Steps 1-5; returns the storage summary (deduplicated when the source is known).
+) -> Ingested:
+    """Steps 1-5 (deduplicated when the source is stored here already).
 
     ``on_validated`` may refuse the video once its metadata is known, before anything is sent.
     """
@@ -473,33 +282,32 @@ def _ingest(
     if on_validated is not None:
         on_validated(meta)
 
-    leases = Leases(rt.catalog.engine, ttl_s=settings.lease_ttl_s)
-    name = lease_name(ref.fingerprint, rt.store.url)
-    owner = _run_owner()
-
-    def stored_already() -> dict[str, Any] | None:
-        """Same source already ingested into this store (maybe by a concurrent run)."""
-        done = rt.catalog.completed_session_for(ref.fingerprint, rt.store.url)
-        media = rt.catalog.get_media(done.media_id) if done and done.media_id else None
-        if done and media and rt.store.exists(media.video_key):
-            get_logger(media_id=media.media_id).info("ingest_deduplicated", source=ref.name)
-            return summarize(media, rt, chunks_total=done.parts_total, sent=None, timings=timings)
-        return None
+    def stored_already() -> Ingested | None:
+        found = find_stored(ref, rt)
+        return _found(found, timings) if found is not None else None
 
     if (found := stored_already()) is not None:
         return found
-    with leases.hold(name, owner, wait_s=settings.lease_wait_s, on_wait=stored_already) as held:
-        if held.fence is None:
-            return cast(dict[str, Any], held.found)
+    leases = Leases(rt.catalog.engine, ttl_s=settings.lease_ttl_s)
+    name = lease_name(ref.fingerprint, rt.store.url)
+    with leases.hold(
+        name, run_owner(), wait_s=settings.lease_wait_s, on_wait=stored_already
+    ) as held:
+        if held.fence is None:  # stored by the run that held the lease while we waited
+            return cast(Ingested, held.found)
         if (found := stored_already()) is not None:  # finished while we took the lease
             return found
-        media, state, sent, scan = _stage_and_store(
-            ref, meta, rt, chunk_size, parallel, timings, leases, held.fence
+        return _stage_and_store(
+            rt,
+            ref=ref,
+            meta=meta,
+            chunk_size=chunk_size,
+            concurrency=concurrency,
+            timings=timings,
+            leases=leases,
+            fence=held.fence,
         )
-    summary = summarize(
-        media, rt, chunks_total=state.plan.count, sent=sent, timings=timings, scan=scan
-    )
-    get_logger(media_id=media.media_id, upload_id=state.upload_id).info(
-        "ingest_completed", chunks_uploaded=summary["chunks_uploaded_this_run"]
-    )
-    return summary
+
+
+def _found(stored: StoredMedia, timings: dict[str, float]) -> Ingested:
+    return Ingested(stored.media, stored.parts_total, timings=timings)

@@ -9,78 +9,64 @@ with a live session, TikTok's status, and picks exactly one way forward (:func:`
 * every byte acknowledged, or TikTok already past ``PROCESSING_UPLOAD`` → poll only, never init;
 * the upload URL expired mid-upload (403) → re-init and start over, recorded in the row.
 
-A publish is identified by (media, account) (:func:`select_publish`): asking again with an
-edited caption finds the existing publish and posts nothing, unless ``again`` is set, which
+A publish is identified by (media, account) (:func:`reelflow.publish_rules.select_publish`,
+applied by :func:`storage.publishing.find_or_make_publish`): asking again with an edited caption finds the existing publish and posts nothing, unless ``again`` is set, which
 makes one more publish (a new generation) for those options; re-running that same request
 finds that generation instead of posting a third time.
 
-Orchestration only: ordering, parameters, artifacts. TikTok I/O lives in ``tasks/``.
+Orchestration only: ordering, parameters, artifacts. The rules are :mod:`reelflow.publish_rules`,
+TikTok I/O lives in ``tasks/``, every ledger write is a function of :mod:`storage.publishing`.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 from prefect import flow
 from prefect.artifacts import (
     create_markdown_artifact,
-    create_progress_artifact,
 )
-from prefect.runtime import flow_run as current_flow_run
 
-from reelflow.errors import ReelflowError, TransientStorageError, ValidationError
+from flows.publish_run import PublishRun, artifact_key, run_summary, summary_markdown
+from flows.run_context import run_owner
+from reelflow.errors import ReelflowError, ValidationError
 from reelflow.ingest_options import check_publish_request
 from reelflow.logging import configure_logging, get_logger
-from reelflow.progress import ProgressReporter
 from reelflow.publish_rules import (
     DEFAULT_PRIVACY,
     DONE_STATES,
     FAILED,
     SETTLED_STATES,
-    UPLOADED,
     UPLOADING,
     PublishRequest,
     Step,
+    asks_creator_info,
     direct_post_info,
     needs_remote_status,
     next_step,
     post_options,
-    request_from_options,
 )
 from reelflow.settings import Settings
-from reelflow.tiktok.client import PublishStatus, TikTokClient
+from reelflow.tiktok.client import PublishStatus
 from reelflow.tiktok.errors import (
     TikTokInvalidRequest,
     UploadSessionNotFound,
     UploadUrlExpired,
 )
 from reelflow.tiktok.plan import DEFAULT_PREFERRED_CHUNK_BYTES
-from reelflow.tiktok.tokens import TokenManager
-from storage.accounts import AccountTokenStore
 from storage.catalog import Media
-from storage.clock import aware, utcnow
-from storage.crypto import secret_box
 from storage.leases import Fence, Leases
 from storage.publishing import (
     Publish,
-    ensure_publish,
+    find_or_make_publish,
     get_publish,
-    ledger_options,
-    options_hash,
-    publish_generation,
-    publish_row_id,
-    publishes_for,
+    record_all_acknowledged,
+    record_run_error,
     replace_pending_options,
-    stored_options,
-    update_publish,
 )
 from storage.runtime import Runtime
+from tasks.publish_context import PublishContext, open_publish_context
 from tasks.status_poll import (
     DEFAULT_POLL_DEADLINE_S,
     FIRST_POLL_INTERVAL_S,
@@ -88,158 +74,34 @@ from tasks.status_poll import (
     publish_failed,
     record_status,
 )
+from tasks.tiktok_chunks import send_chunks
 from tasks.tiktok_publish import (
-    PublishContext,
-    Tally,
-    UploadSession,
     check_creator,
     check_post_duration,
     fetch_upload_status,
     init_upload,
-    send_chunks,
     session_of,
-    upload_session,
 )
 
 MAX_REINITS_PER_RUN = 2  # an expired URL twice in one run means the upload cannot finish in 1 h
-SCOPE_PUBLISH = "video.publish"
-PROGRESS_INTERVAL_S = 2.0
-MAX_GENERATION_RACES = 16  # concurrent --again runs of other options taking the same generation
-
-
-def select_publish(rows: list[Publish], options: dict[str, Any], *, again: bool) -> Publish | None:
-    """Pure: the existing publish a request is, or None when a new one must be made.
-
-    ``rows`` are every publish of one media to one account. Without ``again`` the request *is*
-    the existing publish, whatever its caption: the plain one (generation 0) unless it failed,
-    else the latest that did not fail, else the latest (so the answer stays the same one).
-    With ``again`` it is an earlier ``again`` publish (generation ≥ 1) of exactly these options
-    that did not fail, so re-running the same ``--again`` never posts a third time.
-    """
-    ordered = sorted(rows, key=lambda r: (publish_generation(r), aware_ts(r.created_at)))
-    if not again:
-        alive = [r for r in ordered if r.status != FAILED]
-        plain = [r for r in alive if publish_generation(r) == 0]
-        best = plain or alive or ordered
-        return best[-1] if best else None
-    same = [
-        r
-        for r in ordered
-        if publish_generation(r) >= 1 and stored_options(r) == options and r.status != FAILED
-    ]
-    return same[-1] if same else None
-
-
-def aware_ts(value: Any) -> float:
-    """Sort key of a stored timestamp (SQLite hands them back naive)."""
-    return float(aware(value).timestamp())
-
-
-def _find_or_make_publish(engine: Any, media: Media, request: PublishRequest) -> Publish:
-    """The ledger row for this request: an existing publish, or a new one (generation 0, or the
-    next generation for ``again``), inserted before TikTok hears of it."""
-    account, again, options = request.account, request.again, post_options(request)
-    for _ in range(MAX_GENERATION_RACES):
-        rows = publishes_for(engine, media.media_id, account)
-        found = select_publish(rows, options, again=again)
-        if found is not None:
-            return found
-        generation = max((publish_generation(r) for r in rows), default=0) + 1 if again else 0
-        stored = ledger_options(options, generation)
-        row = ensure_publish(
-            engine,
-            Publish(
-                id=publish_row_id(media.media_id, account, generation),
-                media_id=media.media_id,
-                account=account,
-                options_hash=options_hash(stored),
-                options_json=json.dumps(stored, sort_keys=True),
-                mode=request.mode,
-                video_size=media.size_bytes,
-            ),
-        )
-        if not again or stored_options(row) == options:
-            return row  # ours, or a concurrent run's of the same request
-        # a concurrent --again with other options took this generation: take the next one
-    raise TransientStorageError(
-        f"publish of {media.media_id} to {account!r}: {MAX_GENERATION_RACES} concurrent "
-        "re-posts took every generation tried; run it again"
-    )
 
 
 def check_creator_before_upload(rt: Runtime, request: PublishRequest) -> dict[str, Any]:
     """creator_info for a publish that will follow an ingest, asked before any byte is sent.
 
-    Refuses (``PublishRefused``, terminal) a privacy level the creator does not offer; returns
+    Refuses (``PublishRefusedError``, terminal) a privacy level the creator does not offer; returns
     the creator's limits (``max_video_post_duration_sec``) for :func:`check_duration_for_creator`
     once the video's duration is known. Uses the same rate-limited task as the publish itself.
     """
-    settings = rt.settings
-    box = secret_box(settings)
-    with TikTokClient(
-        settings.tiktok_api_base,
-        client_key=settings.tiktok_client_key,
-        client_secret=settings.tiktok_client_secret.get_secret_value(),
-    ) as client:
-        tokens = TokenManager(
-            client, AccountTokenStore(rt.catalog.engine, box), request.account, clock=utcnow
-        )
-        if request.mode != "direct" and SCOPE_PUBLISH not in tokens.scopes:
-            return {}  # the inbox flow never asks creator_info without the publish scope
-        ctx = PublishContext(rt, client, tokens, box)
+    with open_publish_context(rt, request.account) as ctx:
+        if not asks_creator_info(request, ctx.tokens.scopes):
+            return {}
         return check_creator(ctx, request, duration_s=None)
 
 
 def check_duration_for_creator(creator: dict[str, Any], account: str, duration_s: float) -> None:
     """The validated duration against what :func:`check_creator_before_upload` returned."""
     check_post_duration(creator.get("max_video_post_duration_sec"), duration_s, account)
-
-
-def _lease_owner() -> str:
-    """This flow run (the ingest flow's crash hook frees its leases), or this thread."""
-    run_id = current_flow_run.get_id()
-    return str(run_id) if run_id else f"pid-{os.getpid()}-{threading.get_ident()}"
-
-
-def _key(prefix: str, row_id: str) -> str:
-    return f"{prefix}-{row_id}".lower().replace("_", "-")
-
-
-class _Run:
-    """One run's bookkeeping: timings, counters and the progress artifact."""
-
-    def __init__(self, ctx: PublishContext, row: Publish, media: Media) -> None:
-        self.ctx, self.row_id, self.media = ctx, row.id, media
-        self.tally = Tally()
-        self.timings: dict[str, float] = {}
-        self.progress: ProgressReporter | None = None
-        self.chunks_total = row.chunks_total
-        self.session: UploadSession | None = None  # the session this run sends to
-        size = max(1, media.size_bytes)
-        self.progress_id = create_progress_artifact(
-            progress=100.0 * row.bytes_acknowledged / size,
-            key=_key("tiktok-upload", row.id),
-            description=f"TikTok upload of {media.media_id} to {row.account}",
-        )
-
-    def on_progress(self, done: int, total: int) -> None:
-        # Each update is an API call (~20 ms measured): posted from a thread of its own, at most
-        # one per interval, so the chunk loop never waits for one; the last is posted on close.
-        if self.progress is None:
-            self.progress = ProgressReporter(self.progress_id, every_s=PROGRESS_INTERVAL_S)
-        self.progress.report(done, total)
-
-    def close_progress(self) -> None:
-        if self.progress is not None:
-            self.progress.close()
-
-    @contextmanager
-    def timed(self, name: str) -> Iterator[None]:
-        t0 = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - t0
 
 
 def _remote_status(ctx: PublishContext, publish_id: str) -> PublishStatus | None:
@@ -251,20 +113,27 @@ def _remote_status(ctx: PublishContext, publish_id: str) -> PublishStatus | None
         raise
 
 
-def _init(run: _Run, request: PublishRequest, reason: str) -> None:
+def _init(run: PublishRun, request: PublishRequest, reason: str) -> None:
     """Check the creator, then open a new upload session (recorded before this returns)."""
     ctx, media = run.ctx, run.media
     creator: dict[str, Any] = {}
-    if request.mode == "direct" or SCOPE_PUBLISH in ctx.tokens.scopes:
+    if asks_creator_info(request, ctx.tokens.scopes):
         with run.timed("creator_info"):
             creator = check_creator(ctx, request, duration_s=media.duration_s)
     post_info = direct_post_info(request, creator, media.thumbnail_time_ms)
     with run.timed("init"):
-        run.session = init_upload(ctx, run.row_id, post_info=post_info, reason=reason)
+        run.session = init_upload(
+            ctx,
+            run.row_id,
+            request,
+            video_size=run.video_size,
+            post_info=post_info,
+            reason=reason,
+        )
     run.chunks_total = run.session.plan.total_chunk_count
 
 
-def _upload(run: _Run, step: Step, request: PublishRequest) -> None:
+def _upload(run: PublishRun, step: Step, request: PublishRequest) -> None:
     """Send the chunks; on an expired or unknown upload URL re-init and start over (bounded)."""
     ctx, engine = run.ctx, run.ctx.rt.catalog.engine
     start = step.from_byte
@@ -305,42 +174,6 @@ def _upload(run: _Run, step: Step, request: PublishRequest) -> None:
             start = 0
 
 
-def _summary(run: _Run, row: Publish) -> dict[str, Any]:
-    return {
-        "publish_id": row.publish_id,
-        "status": row.tiktok_status,
-        "post_id": row.post_id,
-        "fail_reason": row.fail_reason,
-        "chunks_total": row.chunks_total or run.chunks_total,
-        "chunks_sent_this_run": run.tally.chunks,
-        "bytes_sent_this_run": run.tally.bytes,
-        "ledger_status": row.status,
-        "inits": row.inits,
-        "account": row.account,
-        "media_id": row.media_id,
-        "mode": row.mode,
-        "generation": publish_generation(row),
-        "timings_s": {k: round(v, 3) for k, v in run.timings.items()},
-    }
-
-
-def _markdown(summary: dict[str, Any], error: ReelflowError | None) -> str:
-    lines = [
-        f"# TikTok publish of {summary['media_id']} to {summary['account']}",
-        "",
-        "| field | value |",
-        "|---|---|",
-    ]
-    shown = ("publish_id", "status", "ledger_status", "post_id", "fail_reason", "inits", "mode")
-    lines += [f"| {k} | `{summary.get(k)}` |" for k in shown]
-    lines.append(f"| chunks | {summary['chunks_sent_this_run']} sent / {summary['chunks_total']} |")
-    if error is not None:
-        code = getattr(error, "code", None) or getattr(error, "reason", None)
-        lines.append(f"| error | `{code}`: {error} |")
-        lines.append(f"| log_id | `{getattr(error, 'log_id', None)}` |")
-    return "\n".join(lines) + "\n"
-
-
 def publish_stored_media(
     rt: Runtime,
     media_id: str,
@@ -349,52 +182,65 @@ def publish_stored_media(
     poll_deadline_s: float = DEFAULT_POLL_DEADLINE_S,
     poll_interval_s: float = FIRST_POLL_INTERVAL_S,
     preferred_chunk_bytes: int = DEFAULT_PREFERRED_CHUNK_BYTES,
-    row_id: str | None = None,
 ) -> dict[str, Any]:
     """Publish ``media_id`` (already in the catalog and store) as ``request`` asks; safe to re-run.
 
     A media is published to an account once: when it already was (whatever the caption), the
     existing publish is returned (``options_differ`` says the request's options were not the
     ones posted), and resumed or polled if unfinished. ``request.again`` posts once more with
-    these options (a new generation); the same request again finds that one. ``row_id`` drives
-    one given ledger row (:func:`resume_publish`) instead of choosing.
+    these options (a new generation); the same request again finds that one.
 
     Returns ``{publish_id, status, post_id, fail_reason, chunks_total, chunks_sent_this_run,
-    ...}``; ``status`` is TikTok's. Raises typed errors: ``PublishRefused`` and TikTok policy or
-    validation errors (terminal), ``TikTokPublishFailed`` (FAILED, with fail_reason and log_id),
-    ``AuthorizationRevoked``. A poll deadline is not an error: the row stays ``processing``.
+    ...}``; ``status`` is TikTok's. Raises typed errors: ``PublishRefusedError`` and TikTok
+    policy or validation errors (terminal), ``TikTokPublishFailed`` (FAILED, with fail_reason
+    and log_id), ``AuthorizationRevoked``. A poll deadline is not an error: the row stays
+    ``processing``.
     """
-    account = request.account
-    options = post_options(request)  # the rules again: a caller may have built it by hand
+    post_options(request)  # the rules again: a caller may have built the request by hand
     media = rt.catalog.get_media(media_id)
     if media is None:
         raise ValidationError(f"no stored media {media_id!r}", reason="media_not_found")
-    box = secret_box(rt.settings)
-    settings = rt.settings
-    with TikTokClient(
-        settings.tiktok_api_base,
-        client_key=settings.tiktok_client_key,
-        client_secret=settings.tiktok_client_secret.get_secret_value(),
-        session=upload_session(),
-    ) as client:
-        tokens = TokenManager(
-            client, AccountTokenStore(rt.catalog.engine, box), account, clock=utcnow
-        )
-        ctx = PublishContext(rt, client, tokens, box, preferred_chunk_bytes=preferred_chunk_bytes)
-        if row_id is not None:
-            given = get_publish(rt.catalog.engine, row_id)
-            if given is None or (given.media_id, given.account) != (media_id, account):
-                raise ValidationError(
-                    f"no publish {row_id!r} of {media_id} to {account!r}",
-                    reason="publish_not_found",
-                )
-            row = given
-        else:
-            row = _find_or_make_publish(rt.catalog.engine, media, request)
+    row = find_or_make_publish(rt.catalog.engine, media_id, media.size_bytes, request)
+    return _publish_row(
+        rt,
+        media,
+        row,
+        request,
+        poll_deadline_s=poll_deadline_s,
+        poll_interval_s=poll_interval_s,
+        preferred_chunk_bytes=preferred_chunk_bytes,
+    )
+
+
+def resume_publish(rt: Runtime, row_id: str) -> dict[str, Any]:
+    """Drive one ledger row on, by id, with the options it was made with (reconciliation)."""
+    row = get_publish(rt.catalog.engine, row_id)
+    if row is None:
+        raise ValidationError(f"no publish {row_id!r}", reason="publish_not_found")
+    media = rt.catalog.get_media(row.media_id)
+    if media is None:
+        raise ValidationError(f"no stored media {row.media_id!r}", reason="media_not_found")
+    return _publish_row(rt, media, row, None)
+
+
+def _publish_row(
+    rt: Runtime,
+    media: Media,
+    row: Publish,
+    asked: PublishRequest | None,
+    *,
+    poll_deadline_s: float = DEFAULT_POLL_DEADLINE_S,
+    poll_interval_s: float = FIRST_POLL_INTERVAL_S,
+    preferred_chunk_bytes: int = DEFAULT_PREFERRED_CHUNK_BYTES,
+) -> dict[str, Any]:
+    """Drive ``row`` under its lease; ``asked`` is the request that found it (None: the row's
+    own options are the request, as when reconciliation resumes it)."""
+    engine, account, media_id = rt.catalog.engine, row.account, media.media_id
+    again = asked.again if asked is not None else False
+    with open_publish_context(rt, account, preferred_chunk_bytes=preferred_chunk_bytes) as ctx:
         log = get_logger(account=account, media_id=media_id, publish_row=row.id)
         log.info("tiktok_publish_started", ledger_status=row.status, publish_id=row.publish_id)
-        run = _Run(ctx, row, media)
-        engine = rt.catalog.engine
+        run = PublishRun(ctx, row, media)
 
         def settled() -> bool | None:
             """While another run holds the publish: has it brought it to a resting state?"""
@@ -404,49 +250,46 @@ def publish_stored_media(
         # One live run per publish (duplicate triggers, a double click): the others wait for it,
         # then find the outcome. A killed holder on this host frees the lease at once.
         with Leases(engine).hold(
-            row.id, _lease_owner(), wait_s=settings.lease_wait_s, on_wait=settled
+            row.id, run_owner(), wait_s=rt.settings.lease_wait_s, on_wait=settled
         ) as held:
             error: ReelflowError | None = None
-            latest = get_publish(engine, row.id)
+            latest = get_publish(engine, row.id)  # as the run we may have waited for left it
             assert latest is not None
-            if stored_options(latest) != options and row_id is None:
+            wanted = post_options(asked) if asked is not None else latest.post_options
+            if latest.post_options != wanted and asked is not None:
                 # Nothing reached TikTok yet (refused before init): the new request's options
                 # replace the old ones. Anything TikTok has keeps the options it was sent.
-                replace_pending_options(engine, row.id, options, request.mode)
-                latest = get_publish(engine, row.id)
-                assert latest is not None
-            differ = stored_options(latest) != options
-            if differ:
-                log.info("tiktok_publish_exists", publish_id=latest.publish_id, again=request.again)
+                latest = replace_pending_options(engine, latest, asked)
+            if latest.post_options != wanted:
+                log.info("tiktok_publish_exists", publish_id=latest.publish_id, again=again)
             try:
                 _drive(
                     run,
-                    request_from_options(stored_options(latest), account, again=request.again),
+                    latest,
+                    latest.request(again=again),
                     poll_deadline_s,
                     poll_interval_s,
                     fence=held.fence,
                 )
             except ReelflowError as exc:
                 error = exc
-                code = getattr(exc, "code", None) or getattr(exc, "reason", None)
-                fields: dict[str, Any] = {
-                    "error_code": code,
-                    "log_id": getattr(exc, "log_id", None),
-                }
-                latest = get_publish(engine, row.id)
-                if latest is not None and latest.status != FAILED:
-                    fields["fail_reason"] = str(exc)[:500]
-                update_publish(engine, row.id, **fields)
+                record_run_error(
+                    engine,
+                    row.id,
+                    code=getattr(exc, "code", None) or getattr(exc, "reason", None),
+                    log_id=getattr(exc, "log_id", None),
+                    message=str(exc),
+                )
                 raise
             finally:
                 run.close_progress()
                 final = get_publish(engine, row.id)
                 assert final is not None
-                summary = _summary(run, final)
-                summary["options_differ"] = stored_options(final) != options
+                summary = run_summary(run, final)
+                summary["options_differ"] = final.post_options != wanted
                 create_markdown_artifact(
-                    markdown=_markdown(summary, error),
-                    key=_key("tiktok-publish", row.id),
+                    markdown=summary_markdown(summary, error),
+                    key=artifact_key("tiktok-publish", row.id),
                     description=f"TikTok publish of {media_id} to {account}",
                 )
         log.info(
@@ -460,32 +303,29 @@ def publish_stored_media(
 
 
 def _drive(
-    run: _Run,
+    run: PublishRun,
+    row: Publish,
     request: PublishRequest,
     poll_deadline_s: float,
     poll_interval_s: float,
     *,
     fence: Fence | None = None,
 ) -> None:
-    """One publish from wherever its ledger row stands. Between steps the lease is checked: a
-    run whose heartbeat lost the publish to another run stops (LeaseLostError, retryable)
-    instead of sending beside it."""
+    """One publish from wherever its ledger row (``row``, as read under the lease) stands.
+    Between steps the lease is checked: a run whose heartbeat lost the publish to another run
+    stops (LeaseLostError, retryable) instead of sending beside it."""
 
     def still_ours() -> None:
         if fence is not None:
             fence.check()
 
     ctx, engine = run.ctx, run.ctx.rt.catalog.engine
-    row = get_publish(engine, run.row_id)
-    assert row is not None
     remote = None
     if needs_remote_status(row):
         assert row.publish_id is not None
         remote = _remote_status(ctx, row.publish_id)  # the remote truth, before anything else
         if remote is not None:
-            record_status(ctx, run.row_id, remote, size=row.video_size)
-            row = get_publish(engine, run.row_id)
-            assert row is not None
+            row = record_status(ctx, run.row_id, remote, size=row.video_size)
     step = next_step(row, remote)
     if step.action == "done":
         return
@@ -499,10 +339,12 @@ def _drive(
     if step.action in ("init", "upload"):
         still_ours()
         _upload(run, step, request)
+        latest = get_publish(engine, run.row_id)  # the tasks wrote it
+        assert latest is not None
+        row = latest
     elif row.status == UPLOADING:  # TikTok holds every byte: record it, then only poll
-        update_publish(engine, run.row_id, status=UPLOADED, bytes_acknowledged=row.video_size)
-    row = get_publish(engine, run.row_id)
-    assert row is not None and row.publish_id is not None
+        row = record_all_acknowledged(engine, run.row_id, row.video_size)
+    assert row.publish_id is not None
     publish_id = row.publish_id
     if row.status in DONE_STATES:
         return
@@ -559,12 +401,3 @@ def publish_media(
         poll_deadline_s=poll_deadline_s,
         preferred_chunk_bytes=chunk_size_bytes or DEFAULT_PREFERRED_CHUNK_BYTES,
     )
-
-
-def resume_publish(rt: Runtime, row_id: str) -> dict[str, Any]:
-    """Drive one ledger row on with the options it was made with (reconciliation)."""
-    row = get_publish(rt.catalog.engine, row_id)
-    if row is None:
-        raise ValidationError(f"no publish {row_id!r}", reason="publish_not_found")
-    request = request_from_options(stored_options(row), row.account)
-    return publish_stored_media(rt, row.media_id, request, row_id=row.id)

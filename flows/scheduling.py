@@ -12,29 +12,23 @@ Orchestration only; the queue lives in storage/schedule.py, TikTok I/O in tasks/
 
 from __future__ import annotations
 
-import os
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from prefect import flow
 from prefect.artifacts import create_table_artifact
-from prefect.runtime import flow_run as current_flow_run
 
 from flows.publish import publish_stored_media, resume_publish
+from flows.run_context import run_owner
 from reelflow.errors import ReelflowError
-from reelflow.ingest_options import check_publish_request
 from reelflow.logging import configure_logging, get_logger
 from reelflow.publish_rules import PROCESSING
 from reelflow.settings import Settings
 from storage import schedule
-from storage.publishing import list_publishes
+from storage.publishing import publishes_in
 from storage.runtime import Runtime
 
 STALE_CLAIM_AFTER = timedelta(hours=1)
-
-
-def _owner() -> str:
-    return str(current_flow_run.get_id() or f"pid-{os.getpid()}")
 
 
 @flow(name="publish-due", log_prints=True)
@@ -47,7 +41,7 @@ def publish_due(limit: int = 50) -> dict[str, Any]:
     configure_logging()
     rt = Runtime.from_settings(Settings())
     engine = rt.catalog.engine
-    owner = _owner()
+    owner = run_owner()
     now = datetime.now(UTC)
     schedule.requeue_stale_claims(engine, now - STALE_CLAIM_AFTER)
     batch: list[dict[str, Any]] = []
@@ -61,10 +55,7 @@ def publish_due(limit: int = 50) -> dict[str, Any]:
             "due_at": row.due_at.isoformat(),
         }
         try:
-            request = check_publish_request(
-                row.account, row.mode, row.privacy, row.caption, again=schedule.is_again(row)
-            )
-            result = publish_stored_media(rt, row.media_id, request)
+            result = publish_stored_media(rt, row.media_id, schedule.queued_request(row))
         except ReelflowError as exc:
             # Retryable: back in the queue for the next run; terminal: reported, not retried.
             status = schedule.QUEUED if exc.retryable else schedule.FAILED
@@ -97,7 +88,7 @@ def reconcile_publishes(limit: int = 50) -> dict[str, Any]:
     """
     configure_logging()
     rt = Runtime.from_settings(Settings())
-    rows = [p for p in list_publishes(rt.catalog.engine) if p.status == PROCESSING][:limit]
+    rows = publishes_in(rt.catalog.engine, PROCESSING, limit=limit)
     done: list[dict[str, Any]] = []
     for row in rows:
         try:

@@ -32,7 +32,13 @@ from reelflow.cli_errors import (  # noqa: E402
     failing_in_one_line,
     quiet_prefect_console,
 )
-from reelflow.cli_tiktok import note_existing_publish, print_summary  # noqa: E402
+from reelflow.cli_tiktok import (  # noqa: E402
+    again_option,
+    note_existing_publish,
+    print_summary,
+    summary_json_option,
+    verbose_option,
+)
 from reelflow.cli_tiktok import register as _register_tiktok  # noqa: E402
 from reelflow.credentials import sealed  # noqa: E402
 from reelflow.errors import ValidationError  # noqa: E402
@@ -72,11 +78,9 @@ def ingest(
     publish_at: datetime | None = typer.Option(
         None, "--publish-at", help="Publish later (ISO 8601 with timezone); queued for publish-due"
     ),
-    again: bool = typer.Option(
-        False, "--again", help="Post even if this video is already on the account (once)"
-    ),
-    as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON line"),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Prefect's run logs"),
+    again: bool = again_option("video"),
+    as_json: bool = summary_json_option(),
+    verbose: bool = verbose_option(),
     upload: str | None = typer.Option(
         None, "--upload", help="A gateway upload's id: ingest it as its metadata asks"
     ),

@@ -59,6 +59,22 @@ def note_existing_publish(publish: dict[str, Any] | None) -> None:
         )
 
 
+# The options the two run commands (``ingest`` and ``publish``) share, spelled once.
+def again_option(what: str) -> Any:
+    """``--again``: post ``what`` even if it is already on the account (once)."""
+    return typer.Option(
+        False, "--again", help=f"Post even if this {what} is already on the account (once)"
+    )
+
+
+def summary_json_option() -> Any:
+    return typer.Option(False, "--json", help="Print the summary as one JSON line")
+
+
+def verbose_option() -> Any:
+    return typer.Option(False, "--verbose", "-v", help="Show Prefect's run logs")
+
+
 def print_summary(summary: dict[str, Any], as_json: bool, *, title: str) -> None:
     """A run's summary on stdout: one JSON line, or a table; credentials scrubbed either way."""
     summary = redact_value(summary)  # nothing printed carries a credential, whatever its source
@@ -191,11 +207,9 @@ def publish(
     poll_deadline_s: float | None = typer.Option(
         None, "--poll-deadline", help="Seconds to wait for TikTok's processing"
     ),
-    again: bool = typer.Option(
-        False, "--again", help="Post even if this media is already on the account (once)"
-    ),
-    as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON line"),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Prefect's run logs"),
+    again: bool = again_option("media"),
+    as_json: bool = summary_json_option(),
+    verbose: bool = verbose_option(),
 ) -> None:
     """Publish stored media to TikTok, once per account (a re-run resumes or only polls;
     another caption finds the existing post unless --again)."""

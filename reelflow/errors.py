@@ -22,6 +22,7 @@ these classes once, at the edge that calls the foreign library (``raise ... from
     ├── MediaToolError             terminal: ffmpeg/ffprobe failed on a valid input
     ├── ScannerUnavailable         retryable: clamd unreachable, timed out or answered an error
     └── PublishError               TikTok publishing (see reelflow.tiktok.errors)
+        └── PublishRefusedError    terminal: refused before TikTok would (privacy, duration)
 """
 
 from __future__ import annotations
@@ -157,6 +158,29 @@ class ScannerUnavailable(ReelflowError):
 
 class PublishError(ReelflowError):
     """Base for TikTok publishing errors (leaves live in reelflow.tiktok.errors)."""
+
+
+class PublishRefusedError(PublishError):
+    """reelflow refuses to start a publish TikTok would refuse (privacy, duration, caption).
+
+    Terminal: the same request gets the same answer until the creator's settings change.
+    ``reason`` says which rule refused it (``privacy_level_not_offered``, ``video_too_long``).
+    """
+
+    retryable = False
+    exit_code = 2
+
+    def __init__(self, message: str, *, reason: str, **context: Any) -> None:
+        super().__init__(message, reason=reason, **context)
+        self.reason = reason
+
+    def __reduce__(self) -> tuple[Any, ...]:  # Prefect pickles exceptions into task states
+        return (_rebuild_refused, (self.message, self.reason, self.context))
+
+
+def _rebuild_refused(message: str, reason: str, context: dict[str, Any]) -> PublishRefusedError:
+    context = {k: v for k, v in context.items() if k != "reason"}
+    return PublishRefusedError(message, reason=reason, **context)
 
 
 def is_retryable(exc: BaseException | None) -> bool:

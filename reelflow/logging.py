@@ -1,7 +1,9 @@
 """structlog set-up, the one redactor, and a bridge into Prefect logs.
 
 Events are past-tense snake_case facts with data in keys. Inside a Prefect flow or task run the
-rendered event also goes to ``get_run_logger()`` so it shows under the run in the UI.
+event goes to ``get_run_logger()`` instead, so it shows under the run in the UI: the message is
+the readable ``event key=value ...`` line and the fields stay structured, as the record's
+``extra`` (one attribute per field, and all of them under ``event_fields``).
 
 The redactor (:func:`redact_text`) is the only one in reelflow: structlog runs it as a processor,
 :class:`RedactingFilter` runs it on every stdlib record that reaches Prefect's handlers (console,
@@ -41,12 +43,22 @@ _SECRET_NAMES = (
     r"upload_token|access_token|refresh_token|id_token|client_secret|code_verifier|"
     r"x-amz-security-token|x-amz-signature|x-amz-credential|aws_secret_access_key|"
     r"aws_session_token|secret_key|webhook_secret|api_key|apikey|password|passwd|"
-    r"signature|sig|token|secret"
+    r"signature|sig|token|secret|proxy-authorization|authorization|credentials|credential"
 )
 _NAMED_VALUE = re.compile(
-    rf"(?<![A-Za-z0-9_.-])((?:{_SECRET_NAMES})['\"]?\s*[:=]\s*['\"]?)([^'\"&\s,;}}<>)\]]+)",
+    rf"(?<![A-Za-z0-9_.-])((?:{_SECRET_NAMES})['\"]?\s*[:=]\s*['\"]?"
+    # An Authorization value's scheme is kept, its credentials go.
+    r"(?:(?:Bearer|Basic|Token|Digest)\s+)?)"
+    r"([^'\"&\s,;}<>)\]]+)",
     re.IGNORECASE,
 )
+# A whole Cookie / Set-Cookie value (several name=value pairs, any of them a session secret).
+_COOKIE = re.compile(
+    r"(?<![A-Za-z0-9_.-])((?:set-)?cookie['\"]?\s*[:=]\s*['\"]?)([^\r\n'\"]+)", re.IGNORECASE
+)
+# The same names as structlog keys (``code_verifier=...``, ``sig=...``): the two rule sets
+# cover the same names whether a secret arrives as a key or inside text.
+_SECRET_KEY_EXACT = re.compile(rf"(?:{_SECRET_NAMES}|(?:set-)?cookie)", re.IGNORECASE)
 # ``code`` is an OAuth authorization code as a ``code=`` pair (query, form, message); TikTok's
 # JSON ``"code": "spam_risk"`` and ``tiktok_code=`` are error codes worth keeping.
 _OAUTH_CODE = re.compile(r"((?<![A-Za-z0-9_.-])code=)([^&\s\"'<>]+)", re.IGNORECASE)
@@ -127,6 +139,7 @@ def redact_text(text: str) -> str:
     if pattern is not None:
         text = pattern.sub(REDACTED, text)
     text = _USERINFO.sub(lambda m: f"{m.group(1)}{REDACTED}@", text)
+    text = _COOKIE.sub(lambda m: m.group(1) + REDACTED, text)
     text = _NAMED_VALUE.sub(lambda m: m.group(1) + REDACTED, text)
     text = _OAUTH_CODE.sub(lambda m: m.group(1) + REDACTED, text)
     text = _AUTH_SCHEME.sub(lambda m: f"{m.group(1)} {REDACTED}", text)
@@ -151,7 +164,9 @@ def redact_value(value: Any) -> Any:
 
 
 def _names_secret(key: Any) -> bool:
-    return isinstance(key, str) and key != "event" and bool(SECRET_KEY_PATTERN.search(key))
+    if not isinstance(key, str) or key == "event":
+        return False
+    return bool(SECRET_KEY_PATTERN.search(key) or _SECRET_KEY_EXACT.fullmatch(key))
 
 
 def redact_secrets(_: Any, __: str, event_dict: EventDict) -> EventDict:
@@ -234,8 +249,33 @@ def install_log_redaction(extra_loggers: Iterable[str] = ()) -> None:
             _ensure_filter(handler)
 
 
+# LogRecord's own attributes: an ``extra`` key with one of these names makes ``makeRecord``
+# raise, so such an event field reaches the record under ``event_fields`` only.
+_RECORD_ATTRS = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+
+
+def prefect_record_fields(event_dict: EventDict, taken: Any = ()) -> dict[str, Any]:
+    """The ``extra`` of the stdlib record an event becomes under a Prefect run.
+
+    Every field (``event`` and ``level`` aside) is a record attribute of its own, so handlers
+    and formatters that read attributes (a JSON formatter, a filter, a test) query it as a
+    value, not as a substring of the message. A field whose name is a LogRecord attribute or one
+    of ``taken`` (the run logger's own ``extra``: ``flow_run_id``, ``task_run_id``, ... that
+    Prefect's API handler routes the record by) is left out at the top level; ``event_fields``
+    always holds them all, and ``event`` names the event.
+    """
+    fields = {k: v for k, v in event_dict.items() if k not in {"event", "level"}}
+    reserved = _RECORD_ATTRS | set(taken) | {"event", "event_fields"}
+    extra = {k: v for k, v in fields.items() if k not in reserved}
+    extra["event"] = event_dict.get("event")
+    extra["event_fields"] = fields
+    return extra
+
+
 def to_prefect_run_logger(_: Any, method: str, event_dict: EventDict) -> EventDict:
-    """Forward the event to the current Prefect run's logger, if there is a run."""
+    """Forward the event to the current Prefect run's logger, if there is a run: the message is
+    the readable ``event key=value ...`` line, the fields ride along as the record's ``extra``
+    (:func:`prefect_record_fields`)."""
     try:
         from prefect.exceptions import MissingContextError
         from prefect.logging import get_run_logger
@@ -246,9 +286,12 @@ def to_prefect_run_logger(_: Any, method: str, event_dict: EventDict) -> EventDi
     except MissingContextError:
         return event_dict
     level = logging.getLevelName(method.upper()) if method != "exception" else logging.ERROR
-    fields = " ".join(f"{k}={v}" for k, v in event_dict.items() if k not in {"event", "level"})
+    extra = prefect_record_fields(event_dict, taken=getattr(logger, "extra", None) or ())
+    text = " ".join(f"{k}={v}" for k, v in extra["event_fields"].items())
     logger.log(
-        level if isinstance(level, int) else logging.INFO, f"{event_dict.get('event')} {fields}"
+        level if isinstance(level, int) else logging.INFO,
+        f"{event_dict.get('event')} {text}",
+        extra=extra,
     )
     raise structlog.DropEvent  # the run logger already printed it to the console
 

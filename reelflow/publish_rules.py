@@ -6,6 +6,7 @@
   of loose arguments; :func:`post_options` is what a ledger row records and TikTok is sent.
 * The ledger's local states, and :func:`next_step`: the one way forward for a ledger row and
   TikTok's view of its session.
+* :func:`select_publish`: which existing publish of a media to an account a request *is*.
 
 Must not: do I/O, read settings or the clock, or import prefect, requests, sqlmodel or storage/
 (rows and statuses are read through the small protocols below).
@@ -13,15 +14,22 @@ Must not: do I/O, read settings or the clock, or import prefect, requests, sqlmo
 
 from __future__ import annotations
 
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol, TypeVar
 
 from reelflow.errors import ValidationError
 
-MODES = ("direct", "inbox")  # how a publish reaches TikTok
+DIRECT, INBOX = "direct", "inbox"  # Direct Post, or an upload the creator finishes in the app
+MODES = (DIRECT, INBOX)  # how a publish reaches TikTok
+SCOPE_PUBLISH = "video.publish"  # the scope Direct Post and creator_info need
 PRIVACY_LEVELS = ("PUBLIC_TO_EVERYONE", "MUTUAL_FOLLOW_FRIENDS", "FOLLOWER_OF_CREATOR", "SELF_ONLY")
 DEFAULT_PRIVACY = "SELF_ONLY"  # the only level an unaudited TikTok client may post
 MAX_CAPTION_UTF16_UNITS = 2200  # TikTok's title limit, counted in UTF-16 code units
+# The same values as parameter types (Prefect turns them into the UI's choices); "none" = only
+# store the video, no publish.
+Mode = Literal["direct", "inbox", "none"]
+Privacy = Literal["PUBLIC_TO_EVERYONE", "MUTUAL_FOLLOW_FRIENDS", "FOLLOWER_OF_CREATOR", "SELF_ONLY"]
 
 # Local publish states (TikTok's own status is kept beside them in ``tiktok_status``).
 PENDING = "pending"  # row written; no live publish_id (never inited, or refused before init)
@@ -87,6 +95,10 @@ class PublishRequest:
     again: bool = False
 
     @property
+    def is_direct(self) -> bool:
+        return self.mode == DIRECT
+
+    @property
     def privacy_level(self) -> str:
         """The privacy level sent to TikTok (Direct Post) or checked against the creator."""
         return self.privacy or DEFAULT_PRIVACY
@@ -97,7 +109,7 @@ def post_options(request: PublishRequest) -> dict[str, Any]:
     check_mode(request.mode)
     check_privacy(request.privacy)
     check_caption(request.caption)
-    if request.mode == "inbox":  # the user picks caption and privacy in the app (UP)
+    if not request.is_direct:  # the user picks caption and privacy in the app (UP)
         return {"mode": request.mode}
     return {
         "mode": request.mode,
@@ -114,10 +126,16 @@ def request_from_options(
     return PublishRequest(
         account=account,
         mode=mode,
-        privacy=options.get("privacy_level", DEFAULT_PRIVACY) if mode == "direct" else None,
+        privacy=options.get("privacy_level", DEFAULT_PRIVACY) if mode == DIRECT else None,
         caption=options.get("caption") or None,
         again=again,
     )
+
+
+def asks_creator_info(request: PublishRequest, scopes: Collection[str]) -> bool:
+    """Whether a publish checks the creator first: always for Direct Post; for inbox only with
+    the publish scope (creator_info needs it, and an inbox-only grant lacks it)."""
+    return request.is_direct or SCOPE_PUBLISH in scopes
 
 
 def direct_post_info(
@@ -125,7 +143,7 @@ def direct_post_info(
 ) -> dict[str, Any] | None:
     """The ``post_info`` of a Direct Post init (None for inbox): the creator's interaction
     settings are kept as the creator set them."""
-    if request.mode != "direct":
+    if not request.is_direct:
         return None
     info: dict[str, Any] = {
         "privacy_level": request.privacy_level,
@@ -207,3 +225,43 @@ def next_step(row: LedgerRow, remote: RemoteStatus | None) -> Step:
     if uploaded >= row.video_size:
         return Step("poll")
     return Step("upload", from_byte=uploaded)
+
+
+# ----- which publish a request is ---------------------------------------------------------------
+
+
+class KnownPublish(Protocol):
+    """What :func:`select_publish` reads of an existing publish row."""
+
+    @property
+    def status(self) -> str: ...
+    @property
+    def generation(self) -> int: ...
+    @property
+    def post_options(self) -> dict[str, Any]: ...
+    @property
+    def created_ts(self) -> float: ...
+
+
+P = TypeVar("P", bound=KnownPublish)
+
+
+def select_publish(rows: Sequence[P], options: dict[str, Any], *, again: bool) -> P | None:
+    """The existing publish a request is, or None when a new one must be made.
+
+    ``rows`` are every publish of one media to one account. Without ``again`` the request *is*
+    the existing publish, whatever its caption: the plain one (generation 0) unless it failed,
+    else the latest that did not fail, else the latest (so the answer stays the same one).
+    With ``again`` it is an earlier ``again`` publish (generation ≥ 1) of exactly these options
+    that did not fail, so re-running the same ``--again`` never posts a third time.
+    """
+    ordered = sorted(rows, key=lambda r: (r.generation, r.created_ts))
+    if not again:
+        alive = [r for r in ordered if r.status != FAILED]
+        plain = [r for r in alive if r.generation == 0]
+        best = plain or alive or ordered
+        return best[-1] if best else None
+    same = [
+        r for r in ordered if r.generation >= 1 and r.post_options == options and r.status != FAILED
+    ]
+    return same[-1] if same else None

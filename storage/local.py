@@ -154,11 +154,7 @@ class LocalStore:
                     raise IntegrityError(
                         f"staged file holds {held} bytes, parts add up to {expected}"
                     )
-                fd = os.open(data, os.O_RDONLY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
+                fsync_path(data)
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(data, dest)
             elif not dest.is_file() or dest.stat().st_size != expected:
@@ -213,8 +209,7 @@ class LocalStore:
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
         shutil.copyfile(path, tmp)
-        with tmp.open("rb+") as fh:
-            os.fsync(fh.fileno())
+        fsync_path(tmp)
         os.replace(tmp, dest)
 
     def put_bytes(self, key: str, data: bytes, content_type: str) -> None:

@@ -7,7 +7,13 @@ generation): generation 0 is *the* publish of a media to an account (a second re
 another caption finds it, and posts nothing); generations 1, 2, ... are explicit re-posts
 (``--again``). The generation is kept in the row's canonical options (``options_json`` /
 ``options_hash``, key ``generation``, absent for 0), so catalogs written before it existed need
-no migration: their rows are generation 0. Each repository function is one short transaction.
+no migration: their rows are generation 0. Each repository function is one short transaction,
+except :func:`find_or_make_publish`, which retries a lost race for a generation (bounded).
+
+Every write to the ledger is a function here, named for the fact it records (``record_init``,
+``record_progress``, ``record_tiktok_status``, ``record_run_error``, ...): flows and tasks call
+them and never set columns themselves. Which existing row a request *is* is the pure rule
+:func:`reelflow.publish_rules.select_publish`, applied by :func:`find_or_make_publish`.
 
 Accounts and their tokens are :mod:`storage.accounts`.
 
@@ -30,10 +36,33 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError as SAIntegrityError
 from sqlmodel import Field, Session, SQLModel, select
 
-from reelflow.publish_rules import PENDING, UPLOADING
-from storage.clock import utcnow
+from reelflow.errors import TransientStorageError
+from reelflow.publish_rules import (
+    FAILED,
+    PENDING,
+    PROCESSING,
+    PUBLISHED,
+    SENT_TO_INBOX,
+    UPLOADED,
+    UPLOADING,
+    PublishRequest,
+    post_options,
+    request_from_options,
+    select_publish,
+)
+from storage.clock import aware, utcnow
 from storage.crypto import SecretBox
 from storage.rows import optional_timestamp_field, timestamp_field, update_row
+
+GENERATION_KEY = "generation"
+MAX_GENERATION_RACES = 16  # concurrent --again runs of other options taking the same generation
+
+# TikTok's terminal statuses and the local state each closes a row in.
+CLOSING_STATES = {
+    "PUBLISH_COMPLETE": PUBLISHED,
+    "SEND_TO_USER_INBOX": SENT_TO_INBOX,
+    "FAILED": FAILED,
+}
 
 # ----- table --------------------------------------------------------------------------------------
 
@@ -73,6 +102,26 @@ class Publish(SQLModel, table=True):
         loaded: list[dict[str, Any]] = json.loads(self.init_history or "[]")
         return loaded
 
+    @property
+    def generation(self) -> int:
+        """0 for *the* publish of the media to the account; 1, 2, ... for explicit re-posts."""
+        return int(json.loads(self.options_json or "{}").get(GENERATION_KEY, 0))
+
+    @property
+    def post_options(self) -> dict[str, Any]:
+        """The row's post options (mode, privacy_level, caption), without the generation."""
+        loaded: dict[str, Any] = json.loads(self.options_json or "{}")
+        loaded.pop(GENERATION_KEY, None)
+        return loaded
+
+    @property
+    def created_ts(self) -> float:
+        return float(aware(self.created_at).timestamp())
+
+    def request(self, *, again: bool = False) -> PublishRequest:
+        """The request this row's recorded options are (a publish is driven with its own)."""
+        return request_from_options(self.post_options, self.account, again=again)
+
 
 # ----- identities ------------------------------------------------------------------------------
 
@@ -81,9 +130,6 @@ def options_hash(options: Mapping[str, Any]) -> str:
     """SHA-256 of the canonical JSON of the post options (mode, privacy, caption, ...)."""
     canonical = json.dumps(dict(options), sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()
-
-
-GENERATION_KEY = "generation"
 
 
 def publish_row_id(media_id: str, account: str, generation: int = 0) -> str:
@@ -102,17 +148,6 @@ def ledger_options(options: Mapping[str, Any], generation: int) -> dict[str, Any
     if generation:
         stored[GENERATION_KEY] = generation
     return stored
-
-
-def stored_options(row: Publish) -> dict[str, Any]:
-    """A row's post options (mode, privacy_level, caption), without the generation."""
-    loaded: dict[str, Any] = json.loads(row.options_json or "{}")
-    loaded.pop(GENERATION_KEY, None)
-    return loaded
-
-
-def publish_generation(row: Publish) -> int:
-    return int(json.loads(row.options_json or "{}").get(GENERATION_KEY, 0))
 
 
 # ----- publishes -------------------------------------------------------------------------------
@@ -142,42 +177,71 @@ def publishes_for(engine: Engine, media_id: str, account: str) -> list[Publish]:
     with Session(engine, expire_on_commit=False) as s:
         stmt = select(Publish).where(Publish.media_id == media_id, Publish.account == account)
         rows = list(s.exec(stmt).all())
-    return sorted(rows, key=lambda r: (publish_generation(r), r.created_at))
+    return sorted(rows, key=lambda r: (r.generation, r.created_at))
 
 
-def replace_pending_options(
-    engine: Engine, row_id: str, options: Mapping[str, Any], mode: str
-) -> bool:
-    """Give a publish that never reached TikTok (``pending``, no ``publish_id``) new options.
+def replace_pending_options(engine: Engine, row: Publish, request: PublishRequest) -> Publish:
+    """Give a publish that never reached TikTok (``pending``, no ``publish_id``) the request's
+    options, and return the row as it now stands.
 
-    One conditional UPDATE: False when the row has meanwhile been inited (then its options
-    stand: TikTok has them).
+    One conditional UPDATE: a row inited meanwhile keeps its options (TikTok has them), as does
+    one whose new options an older row of this media and account already has.
     """
-    generation = publish_generation(get_publish(engine, row_id) or _missing(row_id))
-    stored = ledger_options(options, generation)
+    stored = ledger_options(post_options(request), row.generation)
     stmt = (
         sa_update(Publish)
         .where(
-            Publish.id == row_id,  # type: ignore[arg-type]
+            Publish.id == row.id,  # type: ignore[arg-type]
             Publish.status == PENDING,  # type: ignore[arg-type]
             Publish.publish_id.is_(None),  # type: ignore[union-attr]
         )
         .values(
             options_json=json.dumps(stored, sort_keys=True),
             options_hash=options_hash(stored),
-            mode=mode,
+            mode=request.mode,
             updated_at=utcnow(),
         )
     )
     try:
         with engine.begin() as conn:
-            return conn.execute(stmt).rowcount == 1
-    except SAIntegrityError:  # an old row of this media and account already has these options
-        return False
+            replaced = conn.execute(stmt).rowcount == 1
+    except SAIntegrityError:
+        replaced = False
+    return (get_publish(engine, row.id) or row) if replaced else row
 
 
-def _missing(row_id: str) -> Publish:
-    raise KeyError(row_id)
+def find_or_make_publish(
+    engine: Engine, media_id: str, video_size: int, request: PublishRequest
+) -> Publish:
+    """The ledger row for this request: an existing publish (:func:`select_publish`), or a new
+    one (generation 0, or the next generation for ``again``), inserted before TikTok hears of it."""
+    account, again, options = request.account, request.again, post_options(request)
+    for _ in range(MAX_GENERATION_RACES):
+        rows = publishes_for(engine, media_id, account)
+        found = select_publish(rows, options, again=again)
+        if found is not None:
+            return found
+        generation = max((r.generation for r in rows), default=0) + 1 if again else 0
+        stored = ledger_options(options, generation)
+        row = ensure_publish(
+            engine,
+            Publish(
+                id=publish_row_id(media_id, account, generation),
+                media_id=media_id,
+                account=account,
+                options_hash=options_hash(stored),
+                options_json=json.dumps(stored, sort_keys=True),
+                mode=request.mode,
+                video_size=video_size,
+            ),
+        )
+        if not again or row.post_options == options:
+            return row  # ours, or a concurrent run's of the same request
+        # a concurrent --again with other options took this generation: take the next one
+    raise TransientStorageError(
+        f"publish of {media_id} to {account!r}: {MAX_GENERATION_RACES} concurrent "
+        "re-posts took every generation tried; run it again"
+    )
 
 
 def get_publish(engine: Engine, row_id: str) -> Publish | None:
@@ -200,6 +264,51 @@ def record_progress(
     )
     with engine.begin() as conn:
         return conn.execute(stmt).rowcount == 1
+
+
+def record_tiktok_status(
+    engine: Engine,
+    row_id: str,
+    *,
+    status: str,
+    post_id: str | None,
+    fail_reason: str | None,
+    log_id: str | None,
+    size: int,
+) -> Publish:
+    """Write one status answer of TikTok's into the ledger (a terminal status closes the row)."""
+    local = CLOSING_STATES.get(status)
+    if local is None:
+        return update_publish(engine, row_id, tiktok_status=status)
+    fields: dict[str, Any] = {"status": local, "log_id": log_id, "completed_at": utcnow()}
+    if local == FAILED:
+        fields |= {"fail_reason": fail_reason or "", "error_code": fail_reason}
+    else:
+        fields |= {"fail_reason": None, "error_code": None, "bytes_acknowledged": size}
+    if local == PUBLISHED:
+        fields["post_id"] = post_id
+    return update_publish(engine, row_id, tiktok_status=status, **fields)
+
+
+def record_all_acknowledged(engine: Engine, row_id: str, size: int) -> Publish:
+    """TikTok holds every byte (its status said so): only polling remains."""
+    return update_publish(engine, row_id, status=UPLOADED, bytes_acknowledged=size)
+
+
+def record_poll_deadline(engine: Engine, row_id: str) -> Publish:
+    """The poll deadline passed first: the reconcile deployment finishes the row."""
+    return update_publish(engine, row_id, status=PROCESSING)
+
+
+def record_run_error(
+    engine: Engine, row_id: str, *, code: str | None, log_id: str | None, message: str
+) -> None:
+    """What stopped a run; a row TikTok failed keeps TikTok's own ``fail_reason``."""
+    fields: dict[str, Any] = {"error_code": code, "log_id": log_id}
+    latest = get_publish(engine, row_id)
+    if latest is not None and latest.status != FAILED:
+        fields["fail_reason"] = message[:500]
+    update_publish(engine, row_id, **fields)
 
 
 def record_init(
@@ -251,4 +360,16 @@ def list_publishes(engine: Engine, media_id: str | None = None) -> list[Publish]
         stmt = select(Publish).order_by(Publish.created_at)  # type: ignore[arg-type]
         if media_id is not None:
             stmt = stmt.where(Publish.media_id == media_id)
+        return list(s.exec(stmt).all())
+
+
+def publishes_in(engine: Engine, status: str, *, limit: int) -> list[Publish]:
+    """Up to ``limit`` publishes in local state ``status``, oldest first."""
+    with Session(engine) as s:
+        stmt = (
+            select(Publish)
+            .where(Publish.status == status)
+            .order_by(Publish.created_at)  # type: ignore[arg-type]
+            .limit(limit)
+        )
         return list(s.exec(stmt).all())

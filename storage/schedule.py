@@ -22,6 +22,8 @@ from sqlalchemy import update
 from sqlalchemy.engine import Engine
 from sqlmodel import DateTime, Field, Session, SQLModel, select
 
+from reelflow.ingest_options import check_publish_request
+from reelflow.publish_rules import PublishRequest
 from storage.clock import aware, utcnow
 
 QUEUED = "queued"
@@ -52,26 +54,26 @@ class ScheduledPublish(SQLModel, table=True):
 PLAIN_PREFIX, AGAIN_PREFIX = "sp_", "spa_"
 
 
-def schedule_id(
-    media_id: str,
-    account: str,
-    mode: str,
-    privacy: str | None,
-    caption: str | None,
-    *,
-    again: bool = False,
-) -> str:
+def schedule_id(media_id: str, request: PublishRequest) -> str:
     """(media, account) for a plain publish; (media, account, options) for an ``again`` one."""
-    if not again:
-        raw = json.dumps([media_id, account, "publish"])
+    if not request.again:
+        raw = json.dumps([media_id, request.account, "publish"])
         return PLAIN_PREFIX + hashlib.sha256(raw.encode()).hexdigest()[:24]
-    raw = json.dumps([media_id, account, mode, privacy, caption, "again"])
+    options = [request.mode, request.privacy, request.caption]
+    raw = json.dumps([media_id, request.account, *options, "again"])
     return AGAIN_PREFIX + hashlib.sha256(raw.encode()).hexdigest()[:24]
 
 
 def is_again(row: ScheduledPublish) -> bool:
     """Whether publish-due must post this row even if the media is already on the account."""
     return row.id.startswith(AGAIN_PREFIX)
+
+
+def queued_request(row: ScheduledPublish) -> PublishRequest:
+    """The checked request a queued row stands for (a bad row fails here, terminally)."""
+    return check_publish_request(
+        row.account, row.mode, row.privacy, row.caption, again=is_again(row)
+    )
 
 
 def queue_publish(
@@ -89,7 +91,7 @@ def queue_publish(
 
     Returns the row; a row already taken by publish-due, done or failed, is returned as it is.
     """
-    row_id = schedule_id(media_id, account, mode, privacy, caption, again=again)
+    row_id = schedule_id(media_id, PublishRequest(account, mode, privacy, caption, again))
     with Session(engine, expire_on_commit=False) as s:
         row = s.get(ScheduledPublish, row_id)
         if row is None:

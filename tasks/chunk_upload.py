@@ -1,20 +1,18 @@
-"""Step 2, chunk-upload: stage the source in the store as a resumable multipart upload.
+"""Step 2, chunk-upload: the tasks that stage a source as a resumable multipart upload.
 
 * ``open_upload_session`` finds or starts the session for (source fingerprint, store, chunk
   size), then reconciles the ledger with the store's own list of parts (ListParts).
-* ``send_source`` reads the source once, front to back, hashing the whole file from the same
-  bytes, and submits ``upload_chunk`` for every chunk the store does not hold yet. At most
-  ``concurrency`` parts are on the wire (a semaphore around UploadPart, as ``concurrency`` means
-  for boto3), and one more task is in flight, so a Prefect task's start and finish (~20 ms
-  measured, in which it sends nothing) do not leave a slot idle. Chunks are read into
-  ``concurrency + 1`` reused buffers; a thread of its own keeps the whole-file SHA-256.
 * ``upload_chunk`` is one Prefect task per part: retried with backoff + jitter on retryable
-  errors, cached by (upload id, part, range, checksum) so a re-run of the flow finds finished
-  parts ``Cached``; the ledger row is written after the store acknowledged the part.
+  errors, its result kept under (session, upload id, part number) so a re-run of the flow
+  finds finished parts ``Cached``; the ledger row is written after the store acknowledged the part. It gets the
+  chunk as a :class:`ChunkBytes` reference and the run's UploadPart slots from its caller.
+* ``give_up_upload``: keep a failed run's upload for a later run, or abort it.
 
-Arguments are checked (:func:`check_upload_args`) before a session or an upload exists, so a
-bad chunk size or concurrency leaves nothing behind. The run's catalog carries its lease's
-fence: a run that lost its lease sends no further part, and its ledger writes are refused.
+Must not: submit tasks or wait for them: reading the source and driving ``upload_chunk`` runs is
+the flow layer's (``flows/chunk_pipeline.py``). Arguments are checked (:func:`check_upload_args`)
+before a session or an upload exists, so a bad chunk size or concurrency leaves nothing behind.
+The run's catalog carries its lease's fence: a run that lost its lease sends no further part, and
+its ledger writes are refused.
 """
 
 from __future__ import annotations
@@ -22,9 +20,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import threading
-from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
-from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,7 +27,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
-from reelflow.errors import UploadNotFound, retry_if_retryable
+from reelflow.errors import LeaseLostError, ReelflowError, UploadNotFound, retry_if_retryable
 from reelflow.ingest_options import check_chunk_size, check_concurrency, check_memory_budget
 from reelflow.logging import get_logger
 from reelflow.planning import (
@@ -45,7 +40,7 @@ from reelflow.planning import (
     staging_key,
 )
 from reelflow.rules import VideoMeta
-from reelflow.sources import BufferPool, SourceRef
+from reelflow.sources import SourceRef
 from storage.base import PartReceipt
 from storage.catalog import UploadSession
 from storage.runtime import Runtime
@@ -63,26 +58,12 @@ class SessionState:
     sha256: str | None = None
 
 
-@dataclass(frozen=True)
-class SendResult:
-    sha256_hex: str
-    part_digests_b64: dict[int, str]
-    chunks_uploaded: int
-    bytes_uploaded: int
-    chunks_already_stored: int
-
-
-# A run that lost its lease leaves at most ``concurrency`` PUTs in flight; waiting for them
-# (each bounded by the store client's own timeouts) keeps the failed run from writing later.
-INFLIGHT_DRAIN_S = 300.0
-
-
 def check_upload_args(
     chunk_size: object, concurrency: object, *, memory_budget_bytes: int | None = None
 ) -> None:
     """Refuse a chunk size or concurrency no upload can use, by the one set of rules every
     caller uses (``reelflow.ingest_options``); ``concurrency`` None means "not known here"
-    (checked again by ``send_source``)."""
+    (checked again before the parts are sent)."""
     check_chunk_size(chunk_size)  # type: ignore[arg-type]
     if concurrency is None:
         return
@@ -193,17 +174,38 @@ def _adopt_completed(rt: Runtime, row: UploadSession, plan: ChunkPlan) -> Sessio
 
 CHUNK_RESULTS_PREFIX = "reelflow-chunks"
 
-# upload id -> the run's UploadPart slots (send_source sets it; a task run alone has none).
-_PUT_SLOTS: dict[str, threading.Semaphore] = {}
+
+class ChunkBytes:
+    """A reference to one chunk's bytes, in a buffer of this process, handed to ``upload_chunk``.
+
+    A task's parameters are what Prefect may hash into a cache key, resolve, or serialize; the
+    chunk itself must be none of these (hashing it would double its memory, and the buffer is
+    reused for a later chunk once the task ends). This handle is opaque to Prefect's traversal
+    (not a dataclass or a collection) and refuses to be pickled, so its bytes never leave this
+    process or enter a key: the key is what the part *is* (see ``upload_chunk``).
+    """
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes | bytearray) -> None:
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __repr__(self) -> str:
+        return f"ChunkBytes({len(self.data)} bytes)"
+
+    def __reduce__(self) -> Any:
+        raise TypeError("ChunkBytes refers to a buffer of this process; it is never serialized")
 
 
 @task(
     name="upload-chunk",
     # The cache key is what the part *is* (session = source version × store × chunk size, the
     # multipart upload, the part number), never the bytes: hashing a chunk for the key would
-    # double its memory (reference/prefect-notes.md §1). Keyed by a path rather than by task
-    # source, a code fix does not re-send finished parts, and `cleanup` can delete a finished
-    # session's records by prefix.
+    # double its memory. Keyed by a path rather than by task source, a code fix does not re-send
+    # finished parts, and `cleanup` can delete a finished session's records by prefix.
     result_storage_key=CHUNK_RESULTS_PREFIX
     + "/{parameters[session_id]}/{parameters[upload_id]}-{parameters[part_number]}.json",
     persist_result=True,
@@ -219,13 +221,20 @@ def upload_chunk(
     part_number: int,
     offset: int,
     length: int,
-    data: bytes | bytearray,
+    chunk: ChunkBytes,
     rt: Runtime,
+    put_slots: threading.Semaphore | None = None,
 ) -> dict[str, Any]:
+    """Send one part and record it in the ledger once the store acknowledged it.
+
+    ``put_slots`` is the run's bound on UploadPart requests on the wire (the chunk pipeline
+    owns it); a task run on its own has none.
+    """
+    data = chunk.data
     # Hashed here, in parallel across parts; the whole-file hash has a thread of its own.
     sha256_b64 = b64(hashlib.sha256(data).digest())
     rt.catalog.check_fence()
-    with _PUT_SLOTS.get(upload_id) or contextlib.nullcontext():
+    with put_slots or contextlib.nullcontext():
         rt.catalog.check_fence()  # the lease may have gone while this part waited for a slot
         receipt = rt.store.upload_part(
             key, upload_id, Chunk(part_number, offset, length), data, sha256_b64
@@ -242,118 +251,36 @@ def upload_chunk(
     }
 
 
-def send_source(
-    source: SourceRef,
-    state: SessionState,
-    rt: Runtime,
-    *,
-    concurrency: int,
-    on_progress: Callable[[int, int], None] = lambda done, total: None,
-) -> SendResult:
-    """Read the source once; send what the store lacks; return whole-file and per-part hashes.
+def give_up_upload(state: SessionState, exc: Exception, rt: Runtime) -> None:
+    """A failed staging run's last word on its upload: keep it for a later run, or abort it.
 
-    Parts the store already holds are not sent again; their checksum is the store's own (when it
-    reports one). They are not re-verified against the source here: the whole-file SHA-256 of
-    this read is checked against the stored object at the end, which covers them.
+    Kept: retryable errors; an unexpected (non-reelflow) error once parts are stored; anything
+    when this run no longer holds the lease (the upload is the new holder's). Aborted: terminal
+    errors, and unexpected ones while nothing is stored yet (nothing worth resuming). Not a task:
+    it runs in the flow's ``except`` for a failure a task already reported, and a kill during it
+    leaves the upload resumable (the cleanup deployment removes what nobody comes back for).
     """
-    check_upload_args(
-        state.plan.chunk_size, concurrency, memory_budget_bytes=rt.settings.memory_budget_bytes
-    )
-    _PUT_SLOTS[state.upload_id] = threading.BoundedSemaphore(concurrency)
-    try:
-        return _send(source, state, rt, concurrency=concurrency, on_progress=on_progress)
-    finally:
-        _PUT_SLOTS.pop(state.upload_id, None)
-
-
-def _send(
-    source: SourceRef,
-    state: SessionState,
-    rt: Runtime,
-    *,
-    concurrency: int,
-    on_progress: Callable[[int, int], None],
-) -> SendResult:
     log = get_logger(session_id=state.session_id, upload_id=state.upload_id)
-    whole = hashlib.sha256()
-    digests: dict[int, str] = {}
-    # (task future, its chunk buffer, the whole-file hash's future for that buffer)
-    inflight: list[tuple[Any, bytes | bytearray, Future[None]]] = []
-    # concurrency + 1 tasks hold one buffer each; the next chunk is read once one of them ends.
-    buffers = BufferPool(state.plan.chunk_size, concurrency + 1)
-    done = uploaded = bytes_uploaded = already = 0
-    total = state.plan.count
-
-    def drain(limit: int) -> None:
-        nonlocal done, uploaded, bytes_uploaded
-        while len(inflight) > limit:
-            finished, _ = wait_futures(
-                [f.wrapped_future for f, _, _ in inflight], return_when=FIRST_COMPLETED
-            )
-            for item in [x for x in inflight if x[0].wrapped_future in finished]:
-                inflight.remove(item)
-                fut, buffer, hashed = item
-                hashed.result()  # the whole-file hash is past it (it nearly always is)
-                buffers.give(buffer)  # nothing reads this buffer any more
-                result = fut.result()  # re-raises the task's final error (after its retries)
-                digests[result["part_number"]] = result["sha256_b64"]
-                if fut.state.name != "Cached":
-                    uploaded += 1
-                    bytes_uploaded += result["size"]
-                done += 1
-                on_progress(done, total)
-
-    # The whole-file SHA-256 runs on its own thread, in read order, beside the uploads: on the
-    # reading thread it cost as much as the reads themselves (measured) and held back each part.
-    hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reelflow-sha256")
+    fence = rt.catalog.fence
+    if isinstance(exc, LeaseLostError) or (fence is not None and fence.lost):
+        log.warning("upload_left_to_lease_holder", error=str(exc))
+        return
+    if isinstance(exc, ReelflowError) and exc.retryable:
+        rt.catalog.update_session(state.session_id, error=str(exc)[:500])
+        log.warning("upload_kept_for_resume", error=str(exc))
+        return
+    if not isinstance(exc, ReelflowError) and rt.catalog.ledger_parts(state.upload_id):
+        rt.catalog.update_session(state.session_id, error=f"{type(exc).__name__}: {exc}"[:500])
+        log.warning("upload_kept_for_resume", error=str(exc), error_type=type(exc).__name__)
+        return
     try:
-        for chunk, data in rt.sources.iter_chunks(source, state.plan.chunks, buffers):
-            rt.catalog.check_fence()  # lost the lease: send nothing more
-            hashed = hasher.submit(whole.update, data)
-            stored = state.confirmed.get(chunk.part_number)
-            if stored is not None:
-                hashed.result()
-                buffers.give(data)
-                if stored.sha256_b64:
-                    digests[chunk.part_number] = stored.sha256_b64
-                already += 1
-                done += 1
-                on_progress(done, total)
-                continue
-            runner = upload_chunk
-            if chunk.part_number in state.forgotten:
-                # The ledger (and so the cache) believed in a part the store does not hold.
-                runner = upload_chunk.with_options(refresh_cache=True)
-            future = runner.submit(
-                state.session_id,
-                state.upload_id,
-                state.staging_key,
-                chunk.part_number,
-                chunk.offset,
-                chunk.length,
-                data,
-                rt,
-            )
-            inflight.append((future, data, hashed))
-            del data
-            # ``concurrency`` tasks sending and one starting or finishing; the next chunk is
-            # read when one of them ends (so at most ``concurrency + 1`` chunks are held).
-            drain(concurrency)
-        drain(0)
-    except BaseException:
-        # Whatever stops this run (a lost lease, a failed part, a bug), no part it started may
-        # still be writing once it has failed: wait for the PUTs on the wire.
-        wait_futures([f.wrapped_future for f, _, _ in inflight], timeout=INFLIGHT_DRAIN_S)
-        raise
-    finally:
-        hasher.shutdown(wait=True)
-    sha = whole.hexdigest()
-    log.info(
-        "source_sent",
-        sha256=sha,
-        parts_total=total,
-        parts_uploaded=uploaded,
-        parts_already_stored=already,
-        bytes_uploaded=bytes_uploaded,
-    )
-    return SendResult(sha, digests, uploaded, bytes_uploaded, already)
+        rt.catalog.verify_fence()  # abort only what this run still holds
+    except LeaseLostError:
+        log.warning("upload_left_to_lease_holder", error=str(exc))
+        return
+    rt.store.abort_upload(state.staging_key, state.upload_id)
+    if rt.store.exists(state.staging_key):
+        rt.store.delete(state.staging_key)
+    rt.catalog.forget_parts(state.upload_id)
+    rt.catalog.update_session(state.session_id, status="aborted", error=str(exc)[:500])
+    log.error("upload_aborted", error=str(exc))

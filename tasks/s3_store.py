@@ -4,11 +4,13 @@
 beside it. The staged object is moved (server-side copy for S3) or, when the same content is
 already stored, deleted: the same bytes are stored once and keep one ``media_id``.
 Fenced like assembly: a run that lost its source's lease moves nothing and records nothing.
+:func:`find_stored` is the other side: whether a source is stored here already.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -16,7 +18,7 @@ from sqlalchemy.exc import IntegrityError as DbIntegrityError
 
 from reelflow.errors import IntegrityError, retry_if_retryable
 from reelflow.logging import get_logger
-from reelflow.planning import b64, media_id_for, metadata_key, video_key
+from reelflow.planning import b64, media_id_for, metadata_key
 from reelflow.rules import VideoMeta
 from reelflow.sources import SourceRef
 from storage.catalog import Media
@@ -36,24 +38,26 @@ from tasks.thumbnail import Thumbnail
 def store_media(
     session_id: str,
     staged_key: str,
+    final_key: str,
     sha256_hex: str,
     source: SourceRef,
     meta: VideoMeta,
     thumb: Thumbnail,
     rt: Runtime,
 ) -> Media:
+    """``final_key``: the video's content key (``videos/<sha256>.<ext>``, derived once by the
+    flow for this step and the thumbnail's)."""
     media_id = media_id_for(sha256_hex)
-    vkey = video_key(sha256_hex, meta.container)
     rt.catalog.verify_fence()
-    if rt.store.exists(vkey):
-        if staged_key != vkey and rt.store.exists(staged_key):
+    if rt.store.exists(final_key):
+        if staged_key != final_key and rt.store.exists(staged_key):
             rt.store.delete(staged_key)
     else:
-        stored_sha = rt.store.move(staged_key, vkey)
+        stored_sha = rt.store.move(staged_key, final_key)
         if stored_sha is not None and stored_sha != b64(bytes.fromhex(sha256_hex)):
             # The server's own full-object SHA-256 disagrees with the source: publish nothing.
-            rt.store.delete(vkey)
-            raise IntegrityError(f"stored object's sha256 differs from the source's ({vkey})")
+            rt.store.delete(final_key)
+            raise IntegrityError(f"stored object's sha256 differs from the source's ({final_key})")
     row = Media(
         media_id=media_id,
         sha256=sha256_hex,
@@ -69,7 +73,7 @@ def store_media(
         has_audio=meta.has_audio,
         audio_codec=meta.audio_codec,
         store_url=rt.store.url,
-        video_key=vkey,
+        video_key=final_key,
         thumbnail_key=thumb.key,
         metadata_key=metadata_key(sha256_hex),
         thumbnail_time_ms=thumb.time_ms,
@@ -80,7 +84,7 @@ def store_media(
         "media_id": media_id,
         "sha256": sha256_hex,
         "size_bytes": source.size_bytes,
-        "video_key": vkey,
+        "video_key": final_key,
         "thumbnail_key": thumb.key,
         "thumbnail_time_ms": thumb.time_ms,
     }
@@ -90,5 +94,25 @@ def store_media(
     except DbIntegrityError:  # a concurrent run stored the same content first
         stored = rt.catalog.get_media(media_id) or row
     rt.catalog.update_session(session_id, status="completed", media_id=media_id)
-    get_logger(media_id=media_id, sha256=sha256_hex).info("media_stored", video_key=vkey)
+    get_logger(media_id=media_id, sha256=sha256_hex).info("media_stored", video_key=final_key)
     return stored
+
+
+@dataclass(frozen=True)
+class StoredMedia:
+    """A source already stored in this store: its media row and how many parts its upload had."""
+
+    media: Media
+    parts_total: int
+
+
+def find_stored(source: SourceRef, rt: Runtime) -> StoredMedia | None:
+    """The same source already ingested into this store (maybe by a concurrent run): its session
+    completed, its media recorded, and the video still in the store. Not a task: the flow asks
+    it before and while it waits for the source's lease, and it only reads."""
+    done = rt.catalog.completed_session_for(source.fingerprint, rt.store.url)
+    media = rt.catalog.get_media(done.media_id) if done and done.media_id else None
+    if done and media and rt.store.exists(media.video_key):
+        get_logger(media_id=media.media_id).info("ingest_deduplicated", source=source.name)
+        return StoredMedia(media, done.parts_total)
+    return None

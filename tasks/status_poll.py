@@ -26,12 +26,11 @@ from prefect.tasks import exponential_backoff
 
 from reelflow.errors import retry_if_retryable
 from reelflow.logging import get_logger
-from reelflow.publish_rules import FAILED, PROCESSING, PUBLISHED, SENT_TO_INBOX
 from reelflow.tiktok.client import PublishStatus
 from reelflow.tiktok.errors import TikTokPublishFailed
-from storage.clock import utcnow
-from storage.publishing import update_publish
-from tasks.tiktok_publish import PublishContext, fetch_status_now
+from storage.publishing import Publish, record_poll_deadline, record_tiktok_status
+from tasks.publish_context import PublishContext
+from tasks.tiktok_publish import fetch_status_now
 
 FIRST_POLL_INTERVAL_S = 1.0
 MAX_POLL_INTERVAL_S = 15.0
@@ -59,48 +58,17 @@ def publish_failed(fail_reason: str, publish_id: str, log_id: str | None) -> Tik
     return error
 
 
-def record_status(ctx: PublishContext, row_id: str, st: PublishStatus, *, size: int) -> None:
+def record_status(ctx: PublishContext, row_id: str, st: PublishStatus, *, size: int) -> Publish:
     """Write one status answer into the ledger (terminal statuses close the row)."""
-    engine = ctx.rt.catalog.engine
-    if st.status == "PUBLISH_COMPLETE":
-        post_id = st.post_ids[0] if st.post_ids else None
-        update_publish(
-            engine,
-            row_id,
-            status=PUBLISHED,
-            tiktok_status=st.status,
-            post_id=post_id,
-            fail_reason=None,
-            error_code=None,
-            log_id=st.log_id,
-            bytes_acknowledged=size,
-            completed_at=utcnow(),
-        )
-    elif st.status == "SEND_TO_USER_INBOX":
-        update_publish(
-            engine,
-            row_id,
-            status=SENT_TO_INBOX,
-            tiktok_status=st.status,
-            fail_reason=None,
-            error_code=None,
-            log_id=st.log_id,
-            bytes_acknowledged=size,
-            completed_at=utcnow(),
-        )
-    elif st.status == "FAILED":
-        update_publish(
-            engine,
-            row_id,
-            status=FAILED,
-            tiktok_status=st.status,
-            fail_reason=st.fail_reason or "",
-            error_code=st.fail_reason,
-            log_id=st.log_id,
-            completed_at=utcnow(),
-        )
-    else:
-        update_publish(engine, row_id, tiktok_status=st.status)
+    return record_tiktok_status(
+        ctx.rt.catalog.engine,
+        row_id,
+        status=st.status,
+        post_id=st.post_ids[0] if st.post_ids else None,
+        fail_reason=st.fail_reason,
+        log_id=st.log_id,
+        size=size,
+    )
 
 
 # NO_CACHE on purpose: a status is a moment's truth. Prefect retries (5xx, 429, dropped
@@ -145,7 +113,7 @@ def poll_publish_status(
         remaining = deadline_at - time.time()
         if remaining <= 0:
             # Bytes were all acknowledged before polling started; keep that fact, mark the wait.
-            update_publish(ctx.rt.catalog.engine, row_id, status=PROCESSING)
+            record_poll_deadline(ctx.rt.catalog.engine, row_id)
             log.warning("tiktok_poll_deadline_reached", status=st.status, polls=polls)
             return PollOutcome(st.status, None, None, st.log_id, True, polls)
         time.sleep(min(interval, remaining))

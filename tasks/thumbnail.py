@@ -17,7 +17,7 @@ from prefect.cache_policies import NO_CACHE
 from reelflow import media
 from reelflow.errors import retry_if_retryable
 from reelflow.logging import get_logger
-from reelflow.planning import thumbnail_key, video_key
+from reelflow.planning import thumbnail_key
 from reelflow.rules import VideoMeta
 from storage.runtime import Runtime
 from tasks.validate import open_stored_media
@@ -37,13 +37,16 @@ class Thumbnail:
     retry_delay_seconds=[2, 10],
     retry_condition_fn=retry_if_retryable,
 )
-def make_thumbnail(staged_key: str, sha256_hex: str, meta: VideoMeta, rt: Runtime) -> Thumbnail:
+def make_thumbnail(
+    staged_key: str, final_key: str, sha256_hex: str, meta: VideoMeta, rt: Runtime
+) -> Thumbnail:
+    """``final_key``: the video's content key (the flow derives it once for this step and the
+    store step)."""
     key = thumbnail_key(sha256_hex)
     at_s = media.thumbnail_time_s(meta.duration_s)
     if rt.store.exists(key):
         return Thumbnail(key, int(at_s * 1000))
     # A resumed run may find the video already moved to its content key.
-    final_key = video_key(sha256_hex, meta.container)
     read_key = final_key if rt.store.exists(final_key) else staged_key
     with tempfile.TemporaryDirectory(prefix="reelflow-thumb-") as tmp:
         with open_stored_media(rt.store, read_key, meta.container) as inp:

@@ -8,13 +8,14 @@ from typing import Any
 import pytest
 from prefect import flow
 
+from flows.chunk_pipeline import send_source
 from flows.ingest import ingest_video
 from flows.maintenance import chunk_results_dir, cleanup
 from reelflow.planning import MIB
 from reelflow.settings import Settings
 from storage.catalog import Catalog, make_engine
 from storage.runtime import Runtime
-from tasks.chunk_upload import open_upload_session, send_source
+from tasks.chunk_upload import open_upload_session
 from tasks.validate import validate_video
 
 pytestmark = pytest.mark.usefixtures("prefect_api")

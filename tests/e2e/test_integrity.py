@@ -10,13 +10,13 @@ from typing import Any
 import pytest
 from prefect import flow
 
-from flows.ingest import _give_up
+from flows.chunk_pipeline import send_source
 from reelflow.errors import IntegrityError, ReelflowError
 from reelflow.planning import MIB
 from reelflow.settings import Settings
 from storage.runtime import Runtime
 from tasks.assemble import assemble_upload
-from tasks.chunk_upload import open_upload_session, send_source
+from tasks.chunk_upload import give_up_upload, open_upload_session
 from tasks.validate import validate_video
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
@@ -44,7 +44,7 @@ def tampered_ingest(source: str, tamper: str) -> None:
     try:
         assemble_upload(state, sent.sha256_hex, sent.part_digests_b64, rt)
     except ReelflowError as exc:
-        _give_up(rt, state, exc)
+        give_up_upload(state, exc, rt)
         raise
 
 

@@ -12,8 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -24,25 +23,19 @@ from sqlalchemy import update
 from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, select
 
-from flows.ingest import _ingest
+from flows.ingest import _ingest, summarize
 from reelflow.errors import LeaseLostError
 from reelflow.planning import MIB
 from reelflow.settings import Settings
 from storage.clock import utcnow
 from storage.leases import Fence, Lease, Leases
 from storage.runtime import Runtime
+from tests.support.waiting import wait_for
 
 CHUNK = 5 * MIB
 WAIT_S = 120.0
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
-
-
-def _until(cond: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + WAIT_S
-    while not cond():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 class GatedSource:
@@ -80,7 +73,7 @@ class CountingStore:
 def _in_thread(label: str, source: str, rt: Runtime, out: dict[str, Any]) -> threading.Thread:
     @flow(name=f"lease-takeover-{label}")
     def run() -> dict[str, Any]:
-        return _ingest(source, rt, CHUNK, 1)
+        return summarize(_ingest(source, rt, CHUNK, 1), rt)
 
     def target() -> None:
         try:
@@ -137,7 +130,7 @@ def test_run_that_lost_its_lease_stops_and_fails_retryably_while_another_takes_o
 
     out: dict[str, Any] = {}
     thread_a = _in_thread("a", str(clip), rt_a, out)
-    _until(gated.paused.is_set, "run A to send two parts")
+    wait_for(gated.paused.is_set, "run A to send two parts", timeout_s=WAIT_S, poll_s=0.05)
     assert a_store.puts == 2
 
     def lease_row() -> Lease:
@@ -151,7 +144,7 @@ def test_run_that_lost_its_lease_stops_and_fails_retryably_while_another_takes_o
         down.set()  # the heartbeat's catalog calls fail until the lease lapses
     else:
         stall.set()  # the next renewal hangs past the lease's expiry
-        _until(stalled.is_set, "A's heartbeat to stall")
+        wait_for(stalled.is_set, "A's heartbeat to stall", timeout_s=WAIT_S, poll_s=0.05)
         with Session(base.catalog.engine) as s:
             s.execute(
                 update(Lease)
@@ -160,9 +153,19 @@ def test_run_that_lost_its_lease_stops_and_fails_retryably_while_another_takes_o
             )
             s.commit()
     thread_b = _in_thread("b", str(clip), rt_b, out)
-    _until(lambda: lease_row().owner != a_owner[0], "run B to take the lease over")
+    wait_for(
+        lambda: lease_row().owner != a_owner[0],
+        "run B to take the lease over",
+        timeout_s=WAIT_S,
+        poll_s=0.05,
+    )
     unstall.set()
-    _until(lambda: any(f.owner == a_owner[0] for f in lost), "run A to notice")
+    wait_for(
+        lambda: any(f.owner == a_owner[0] for f in lost),
+        "run A to notice",
+        timeout_s=WAIT_S,
+        poll_s=0.05,
+    )
 
     thread_b.join(WAIT_S)
     assert isinstance(out.get("b"), dict), out.get("b")

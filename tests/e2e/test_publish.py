@@ -23,13 +23,18 @@ from typer.testing import CliRunner
 
 from flows.ingest import ingest_video
 from flows.publish import publish_media
+from flows.scheduling import reconcile_publishes
 from reelflow.cli_tiktok import tiktok_app
-from reelflow.errors import ConfigurationError
+from reelflow.errors import ConfigurationError, PublishRefusedError
 from reelflow.logging import configure_logging
 from reelflow.samples import make_clip
 from reelflow.settings import Settings
 from reelflow.tiktok.client import TikTokClient
-from reelflow.tiktok.errors import TikTokAuthError, TikTokPolicyError, TikTokPublishFailed
+from reelflow.tiktok.errors import (
+    TikTokAuthError,
+    TikTokPolicyError,
+    TikTokPublishFailed,
+)
 from reelflow.tiktok.plan import plan_tiktok_upload
 from reelflow.tiktok.sandbox import RunningSandbox, SandboxConfig, start_sandbox
 from reelflow.tiktok.tokens import AuthorizationRevoked
@@ -37,7 +42,7 @@ from storage.accounts import get_account
 from storage.crypto import secret_box
 from storage.publishing import list_publishes
 from storage.runtime import Runtime
-from tasks.tiktok_publish import PublishRefused
+from tasks.tiktok_limits import rate_limit_name
 from tests.support.files import sha256_file
 from tests.support.tiktok import SANDBOX_CONFIG, add_account
 
@@ -78,6 +83,12 @@ def rt(home: Path, sandbox: RunningSandbox) -> Runtime:
 def ingest(path: Path) -> str:
     media_id: str = ingest_video(source=str(path))["media_id"]
     return media_id
+
+
+def creator_media(rt: Runtime, sandbox: RunningSandbox, clip: Path) -> str:
+    """The sandbox's ``creator`` account added, and ``clip`` ingested: its media id."""
+    add_account(rt, sandbox)
+    return ingest(clip)
 
 
 def after_chunk(sb: RunningSandbox, mp: pytest.MonkeyPatch, n: int, act: Callable[[], Any]) -> None:
@@ -191,8 +202,7 @@ def test_inbox_mode_and_public_post_id(
     rt: Runtime, sandbox: RunningSandbox, base_clip: Path, tmp_path: Path
 ) -> None:
     """Inbox ends at SEND_TO_USER_INBOX; a public Direct Post (--again) records TikTok's post id."""
-    add_account(rt, sandbox)
-    media_id = ingest(sized(base_clip, 2 * MIB, tmp_path / "clip.mp4"))
+    media_id = creator_media(rt, sandbox, sized(base_clip, 2 * MIB, tmp_path / "clip.mp4"))
     inbox = publish_media(media_id=media_id, account="creator", mode="inbox")
     assert inbox["status"] == "SEND_TO_USER_INBOX" and inbox["ledger_status"] == "sent_to_inbox"
     assert inbox["publish_id"].startswith("v_inbox_file~")
@@ -222,8 +232,7 @@ def test_edited_caption_finds_the_existing_publish_and_again_posts_once(
     rt: Runtime, sandbox: RunningSandbox, base_clip: Path, tmp_path: Path
 ) -> None:
     """Another caption returns the existing post; --again posts once more, re-runs post nothing."""
-    add_account(rt, sandbox)
-    media_id = ingest(sized(base_clip, 2 * MIB, tmp_path / "clip.mp4"))
+    media_id = creator_media(rt, sandbox, sized(base_clip, 2 * MIB, tmp_path / "clip.mp4"))
     first = publish_media(media_id=media_id, account="creator", caption="take one")
     calls_before = sandbox.state.stats()["calls"]
     edited = publish_media(media_id=media_id, account="creator", caption="take two")
@@ -258,7 +267,7 @@ def test_a_publish_refused_before_init_takes_the_next_requests_options(
     """Nothing reached TikTok: a corrected privacy is posted (one row, one post), no --again."""
     add_account(rt, sandbox, privacy="private")
     media_id = ingest(sized(base_clip, MIB, tmp_path / "clip.mp4"))
-    with pytest.raises(PublishRefused):
+    with pytest.raises(PublishRefusedError):
         publish_media(media_id=media_id, account="creator", privacy="PUBLIC_TO_EVERYONE")
     fixed = publish_media(media_id=media_id, account="creator", privacy="SELF_ONLY")
     assert fixed["status"] == "PUBLISH_COMPLETE" and fixed["options_differ"] is False
@@ -277,13 +286,13 @@ def test_privacy_not_offered_and_too_long_are_refused_before_init(
     """creator_info decides: no init for a privacy the creator lacks or an over-long video."""
     add_account(rt, sandbox, privacy="private")
     media_id = ingest(sized(base_clip, MIB, tmp_path / "clip.mp4"))
-    with pytest.raises(PublishRefused) as refused:
+    with pytest.raises(PublishRefusedError) as refused:
         publish_media(media_id=media_id, account="creator", privacy="PUBLIC_TO_EVERYONE")
     assert refused.value.reason == "privacy_level_not_offered" and refused.value.exit_code == 2
     assert "FOLLOWER_OF_CREATOR" in str(refused.value)
     open_id = next(iter(sandbox.state.accounts))
     sandbox.state.set_policy(open_id, {"max_video_post_duration_sec": 2})
-    with pytest.raises(PublishRefused, match="at most 2s") as too_long:
+    with pytest.raises(PublishRefusedError, match="at most 2s") as too_long:
         publish_media(media_id=media_id, account="creator")
     assert too_long.value.reason == "video_too_long"
     assert sandbox.state.stats()["inits"] == 0
@@ -551,8 +560,7 @@ def test_poll_deadline_leaves_processing_and_rerun_only_polls(
     rt: Runtime, sandbox: RunningSandbox, base_clip: Path, tmp_path: Path
 ) -> None:
     """Slow processing past the deadline → ``processing``; later, a re-run polls to the end."""
-    add_account(rt, sandbox)
-    media_id = ingest(sized(base_clip, MIB, tmp_path / "c.mp4"))
+    media_id = creator_media(rt, sandbox, sized(base_clip, MIB, tmp_path / "c.mp4"))
     sandbox.state.set_faults({"processing_delay_s": 3600})
     first = publish_media(media_id=media_id, account="creator", poll_deadline_s=0.2)
     assert (first["status"], first["ledger_status"]) == ("PROCESSING_UPLOAD", "processing")
@@ -563,12 +571,33 @@ def test_poll_deadline_leaves_processing_and_rerun_only_polls(
     assert (sandbox.state.stats()["inits"], calls(sandbox, PUT)) == (1, puts)
 
 
+def test_reconcile_finishes_the_processing_row_by_id(
+    rt: Runtime, sandbox: RunningSandbox, base_clip: Path, tmp_path: Path
+) -> None:
+    """reconcile-publishes resumes the processing re-post itself (by id), polling only."""
+    media_id = creator_media(rt, sandbox, sized(base_clip, MIB, tmp_path / "c.mp4"))
+    plain = publish_media(media_id=media_id, account="creator")
+    sandbox.state.set_faults({"processing_delay_s": 3600})
+    slow = publish_media(
+        media_id=media_id, account="creator", caption="encore", again=True, poll_deadline_s=0.2
+    )
+    assert (slow["ledger_status"], slow["generation"]) == ("processing", 1)
+    sandbox.state.advance_clock(3600)
+    puts = calls(sandbox, PUT)
+    reconciled = reconcile_publishes()
+    assert [r["status"] for r in reconciled["rows"]] == ["PUBLISH_COMPLETE"]
+    rows = {p.publish_id: p for p in list_publishes(rt.catalog.engine, media_id)}
+    assert rows[slow["publish_id"]].status == "published"
+    assert rows[plain["publish_id"]].status == "published"
+    assert (sandbox.state.stats()["inits"], calls(sandbox, PUT)) == (2, puts)
+    assert reconcile_publishes()["reconciled"] == 0  # nothing left in processing
+
+
 def test_duplicate_concurrent_runs_publish_once(
     rt: Runtime, sandbox: RunningSandbox, base_clip: Path, tmp_path: Path
 ) -> None:
     """The same publish started twice at once (a duplicate trigger): one init, one post."""
-    add_account(rt, sandbox)
-    media_id = ingest(sized(base_clip, THREE_CHUNKS, tmp_path / "c.mp4"))
+    media_id = creator_media(rt, sandbox, sized(base_clip, THREE_CHUNKS, tmp_path / "c.mp4"))
     with ThreadPoolExecutor(2) as pool:
         done = list(
             pool.map(lambda _: publish_media(media_id=media_id, account="creator"), range(2))
@@ -591,8 +620,6 @@ def test_rate_limits_hold_across_concurrent_runs(
     (all eight are wanted within a second). The limiter spaces the waiting inits a third of a
     window apart at least (measured: 3 s apart), far more than an init's trip to the sandbox.
     """
-    import tasks.tiktok_publish as publishing
-
     window_s, runs = 5.0, 8
     monkeypatch.setenv("REELFLOW_TIKTOK_RATE_WINDOW_S", str(window_s))
     config = SandboxConfig(processing_delay_s=0.0, rate_limit_window_s=window_s)
@@ -618,7 +645,7 @@ def test_rate_limits_hold_across_concurrent_runs(
 
     with get_client(sync_client=True) as client:
         limit = client.read_global_concurrency_limit_by_name(
-            publishing.rate_limit_name("init", created["open_id"])
+            rate_limit_name("init", created["open_id"])
         )
     assert (limit.limit, limit.slot_decay_per_second) == (3, 3 / window_s)
 

@@ -34,7 +34,7 @@ import pytest
 from reelflow.tiktok.sandbox import RunningSandbox, start_sandbox
 from storage.catalog import Catalog, make_engine
 from storage.publishing import list_publishes
-from tasks.tiktok_publish import rate_limit_name
+from tasks.tiktok_limits import rate_limit_name
 from tests.support.files import sha256_file
 from tests.support.prefect_server import BIN, REPO, PrefectServer, start_process, stop_process
 from tests.support.tiktok import SANDBOX_CONFIG

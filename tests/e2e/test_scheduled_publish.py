@@ -11,6 +11,7 @@ import pytest
 from flows.ingest import ingest_video
 from flows.scheduling import publish_due
 from reelflow.errors import ValidationError
+from reelflow.settings import Settings
 from storage import schedule
 from storage.runtime import Runtime
 from tests.support.tiktok import add_account
@@ -18,14 +19,22 @@ from tests.support.tiktok import add_account
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
 
-def test_ingest_with_account_publishes_once(
-    home: Path,
-    sandbox: Any,
-    clips: Any,
-) -> None:
-    """--account on ingest: stored and posted; running it again posts nothing more."""
-    from reelflow.settings import Settings
+def make_due(engine: Any, row: schedule.ScheduledPublish) -> None:
+    """Move a queued row to just past (the creator moving the post to now)."""
+    schedule.queue_publish(
+        engine,
+        media_id=row.media_id,
+        account=row.account,
+        mode=row.mode,
+        privacy=row.privacy,
+        caption=row.caption,
+        due_at=datetime.now(UTC) - timedelta(seconds=1),
+        again=schedule.is_again(row),
+    )
 
+
+def test_ingest_with_account_publishes_once(home: Path, sandbox: Any, clips: Any) -> None:
+    """--account on ingest: stored and posted; running it again posts nothing more."""
     add_account(Runtime.from_settings(Settings()), sandbox, "creator")
     first = ingest_video(source=str(clips.valid()), account="creator", caption="hi #reelflow")
     assert first["publish"]["status"] == "PUBLISH_COMPLETE"
@@ -44,13 +53,9 @@ def test_unknown_account_is_refused_before_upload(home: Path, clips: Any) -> Non
 
 
 def test_publish_at_queues_and_publish_due_posts_exactly_once(
-    home: Path,
-    sandbox: Any,
-    clips: Any,
+    home: Path, sandbox: Any, clips: Any
 ) -> None:
     """A future publish_at stores the media and queues; publish-due posts it when due, once."""
-    from reelflow.settings import Settings
-
     rt = Runtime.from_settings(Settings())
     add_account(rt, sandbox, "creator")
     due = datetime.now(UTC) + timedelta(hours=1)
@@ -60,15 +65,7 @@ def test_publish_at_queues_and_publish_due_posts_exactly_once(
     assert publish_due()["handled"] == 0  # not due yet
 
     (row,) = schedule.list_scheduled(rt.catalog.engine, summary["media_id"])
-    schedule.queue_publish(  # the creator moves the post to now
-        rt.catalog.engine,
-        media_id=row.media_id,
-        account=row.account,
-        mode=row.mode,
-        privacy=row.privacy,
-        caption=row.caption,
-        due_at=datetime.now(UTC) - timedelta(seconds=1),
-    )
+    make_due(rt.catalog.engine, row)
     batch = publish_due()
     assert batch["handled"] == 1 and batch["batch"][0]["status"] == "PUBLISH_COMPLETE"
     assert publish_due()["handled"] == 0  # done rows are never taken again
@@ -78,14 +75,8 @@ def test_publish_at_queues_and_publish_due_posts_exactly_once(
     assert done.status == schedule.DONE
 
 
-def test_ingest_again_posts_once_more_and_only_once(
-    home: Path,
-    sandbox: Any,
-    clips: Any,
-) -> None:
+def test_ingest_again_posts_once_more_and_only_once(home: Path, sandbox: Any, clips: Any) -> None:
     """ingest with another caption posts nothing new; with again it posts once, re-runs never."""
-    from reelflow.settings import Settings
-
     add_account(Runtime.from_settings(Settings()), sandbox, "creator")
     source = str(clips.valid())
     first = ingest_video(source=source, account="creator", caption="one")
@@ -101,13 +92,9 @@ def test_ingest_again_posts_once_more_and_only_once(
 
 
 def test_scheduled_publishes_keep_exactly_once_with_and_without_again(
-    home: Path,
-    sandbox: Any,
-    clips: Any,
+    home: Path, sandbox: Any, clips: Any
 ) -> None:
     """A due plain publish of posted media posts nothing; a due again one posts once, retried."""
-    from reelflow.settings import Settings
-
     rt = Runtime.from_settings(Settings())
     engine = rt.catalog.engine
     add_account(rt, sandbox, "creator")
@@ -120,18 +107,8 @@ def test_scheduled_publishes_keep_exactly_once_with_and_without_again(
     (plain,) = schedule.list_scheduled(engine, queued["media_id"])  # the edit moved the one row
     assert plain.caption == "edited" and not schedule.is_again(plain)
     ingest_video(source=source, account="creator", caption="encore", publish_at=soon, again=True)
-    past = datetime.now(UTC) - timedelta(seconds=1)
     for row in schedule.list_scheduled(engine, queued["media_id"]):
-        schedule.queue_publish(
-            engine,
-            media_id=row.media_id,
-            account=row.account,
-            mode=row.mode,
-            privacy=row.privacy,
-            caption=row.caption,
-            due_at=past,
-            again=schedule.is_again(row),
-        )
+        make_due(engine, row)
     batch = publish_due()
     assert batch["handled"] == 2
     ids = {e["publish_id"] for e in batch["batch"]}

@@ -11,7 +11,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from storage.catalog import Catalog, make_engine
 from storage.clock import utcnow
 from storage.leases import Fence, Lease, Leases, ProcessIdentity, process_start
 from tests.support.rows import upload_session
+from tests.support.waiting import wait_for
 
 WAIT_S = 30.0
 
@@ -49,13 +49,6 @@ def _expire(catalog: Catalog, name: str) -> None:
             .values(expires_at=utcnow() - timedelta(seconds=5))
         )
         s.commit()
-
-
-def _until(cond: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + WAIT_S
-    while not cond():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def _dead_pid() -> int:
@@ -140,7 +133,7 @@ def test_heartbeat_survives_a_failed_renewal_and_keeps_the_lease(
     with leases.hold(name, "run-a", wait_s=0) as held:
         assert held.fence is not None
         # Four renewals span more than the TTL: a dead heartbeat would have let it lapse.
-        _until(lambda: len(calls) >= 4, "four heartbeats")
+        wait_for(lambda: len(calls) >= 4, "four heartbeats", timeout_s=WAIT_S, poll_s=0.05)
         assert not held.fence.lost
         assert not Leases(catalog.engine, ttl_s=1.5).try_acquire(name, "run-b")
         catalog.fenced(held.fence).verify_fence()
@@ -164,8 +157,18 @@ def test_heartbeat_that_cannot_renew_for_a_ttl_gives_the_lease_up(
     a = Leases(catalog.engine, ttl_s=1.5)
     with pytest.raises(LeaseLostError), a.hold(name, "run-a", wait_s=0) as held:
         assert held.fence is not None
-        _until(lambda: held.fence is not None and held.fence.lost, "the fence to lapse")
-        _until(lambda: other.try_acquire(name, "run-b"), "run-b to take over")
+        wait_for(
+            lambda: held.fence is not None and held.fence.lost,
+            "the fence to lapse",
+            timeout_s=WAIT_S,
+            poll_s=0.05,
+        )
+        wait_for(
+            lambda: other.try_acquire(name, "run-b"),
+            "run-b to take over",
+            timeout_s=WAIT_S,
+            poll_s=0.05,
+        )
         catalog.fenced(held.fence).verify_fence()
     assert [x.name for x in other.held_by("run-b") if x.name == name] == [name]
 
@@ -190,12 +193,17 @@ def test_heartbeat_whose_renewal_is_refused_loses_the_fence(catalog: Catalog) ->
         fence = held.fence
         assert fence is not None
         stall.set()
-        _until(stalled.is_set, "the heartbeat to stall")
+        wait_for(stalled.is_set, "the heartbeat to stall", timeout_s=WAIT_S, poll_s=0.05)
         _expire(catalog, name)  # the stall outlived the lease
         b = Leases(catalog.engine, ttl_s=600).acquire(name, "run-b")
         assert b is not None
         _released.set()
-        _until(lambda: fence.lost, "the refused renewal to lose the fence")
+        wait_for(
+            lambda: fence.lost,
+            "the refused renewal to lose the fence",
+            timeout_s=WAIT_S,
+            poll_s=0.05,
+        )
         assert "took over" in fence.reason
         with pytest.raises(LeaseLostError):
             fence.check()

@@ -188,10 +188,9 @@ def test_an_unexpected_error_aborts_an_empty_session_and_keeps_one_with_parts(
     home: Path, clips: Any, parts_sent: int
 ) -> None:
     """A non-reelflow error (a bug) decides too: nothing stored → aborted; parts stored → kept."""
-    from flows.ingest import _give_up
     from reelflow.settings import Settings
     from storage.runtime import Runtime
-    from tasks.chunk_upload import open_upload_session, upload_chunk
+    from tasks.chunk_upload import ChunkBytes, give_up_upload, open_upload_session, upload_chunk
     from tasks.validate import validate_video
 
     rt = Runtime.from_settings(Settings())
@@ -201,9 +200,16 @@ def test_an_unexpected_error_aborts_an_empty_session_and_keeps_one_with_parts(
         chunk = state.plan.chunks[0]
         data = Path(checked.source.uri.removeprefix("file://")).read_bytes()[: chunk.length]
         upload_chunk(
-            state.session_id, state.upload_id, state.staging_key, 1, 0, chunk.length, data, rt
+            state.session_id,
+            state.upload_id,
+            state.staging_key,
+            1,
+            0,
+            chunk.length,
+            ChunkBytes(data),
+            rt,
         )
-    _give_up(rt, state, ValueError("a bug"))
+    give_up_upload(state, ValueError("a bug"), rt)
     row = rt.catalog.get_session(state.session_id)
     assert row is not None
     if parts_sent:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,7 @@ from reelflow.tiktok.plan import (
 )
 from reelflow.tiktok.sandbox import SandboxConfig, start_sandbox
 from tests.support.files import sha256_file
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs ffmpeg")
 
@@ -156,12 +157,12 @@ def upload(client: TikTokClient, url: str, path: Path, plan: TikTokUploadPlan) -
 
 def settled_status(client: TikTokClient, token: str, publish_id: str) -> PublishStatus:
     """Poll status/fetch until the publish leaves PROCESSING_*."""
-    deadline = time.monotonic() + STATUS_TIMEOUT_S
-    while True:
+
+    def settled() -> PublishStatus | None:
         status = client.fetch_status(token, publish_id)
-        if not status.status.startswith("PROCESSING") or time.monotonic() > deadline:
-            return status
-        time.sleep(0.2)
+        return None if status.status.startswith("PROCESSING") else status
+
+    return wait_for(settled, f"{publish_id} to leave PROCESSING_*", STATUS_TIMEOUT_S)
 
 
 # ----- publishing -----------------------------------------------------------------------------
@@ -232,7 +233,8 @@ def test_streamed_chunks_go_out_in_large_blocks(
     sandbox: Any, client: TikTokClient, big_clip: Path
 ) -> None:
     """A file chunk is read in SEND_BLOCK_BYTES pieces, not urllib3's default 16 KiB."""
-    url, plan = _init_big(client, account(sandbox)["access_token"], big_clip)
+    big = _init_big(sandbox, client, big_clip)
+    url, plan = big.url, big.plan
     with big_clip.open("rb") as fh:
         for chunk in plan.chunks:
             fh.seek(chunk.first_byte)
@@ -513,46 +515,55 @@ def test_creator_info_spam_refusal_arrives_with_http_200(
 # ----- upload errors --------------------------------------------------------------------------
 
 
-def _init_big(client: TikTokClient, token: str, path: Path) -> tuple[str, TikTokUploadPlan]:
+@dataclass(frozen=True)
+class BigUpload:
+    """A fresh Direct Post session of ``big_clip`` in minimum-size chunks, ready to PUT."""
+
+    client: TikTokClient
+    token: str
+    url: str
+    plan: TikTokUploadPlan
+    data: bytes
+
+    def put(self, index: int, url: str | None = None) -> Any:
+        c = self.plan.chunks[index]
+        return self.client.put_chunk(
+            url or self.url,
+            data=self.data[c.first_byte : c.last_byte + 1],
+            first_byte=c.first_byte,
+            last_byte=c.last_byte,
+            total=self.plan.video_size,
+            content_type="video/mp4",
+        )
+
+
+def _init_big(sandbox: Any, client: TikTokClient, path: Path) -> BigUpload:
+    token = account(sandbox)["access_token"]
     plan = plan_tiktok_upload(path.stat().st_size, MIN_CHUNK_BYTES)
     init = open_upload(client, token, plan, {"privacy_level": "SELF_ONLY"})
-    return init.upload_url, plan
-
-
-def _put(client: TikTokClient, url: str, data: bytes, plan: TikTokUploadPlan, index: int) -> Any:
-    c = plan.chunks[index]
-    return client.put_chunk(
-        url,
-        data=data[c.first_byte : c.last_byte + 1],
-        first_byte=c.first_byte,
-        last_byte=c.last_byte,
-        total=plan.video_size,
-        content_type="video/mp4",
-    )
+    return BigUpload(client, token, init.upload_url, plan, path.read_bytes())
 
 
 def test_out_of_order_put_is_416_with_the_acknowledged_range(
     sandbox: Any, client: TikTokClient, big_clip: Path
 ) -> None:
     """Resending chunk 0 or skipping to chunk 2 is UploadOutOfSync; its range says resume at 1."""
-    token = account(sandbox)["access_token"]
-    url, plan = _init_big(client, token, big_clip)
-    data = big_clip.read_bytes()
-    assert _put(client, url, data, plan, 0).http_status == 206
+    big = _init_big(sandbox, client, big_clip)
+    assert big.put(0).http_status == 206
     for index in (0, 2):
         with pytest.raises(UploadOutOfSync) as info:
-            _put(client, url, data, plan, index)
+            big.put(index)
         error = info.value
         assert error.http_status == 416 and error.retryable
-        assert error.acknowledged_last_byte == plan.chunks[0].last_byte
-        assert error.next_byte == plan.chunks[1].first_byte
+        assert error.acknowledged_last_byte == big.plan.chunks[0].last_byte
+        assert error.next_byte == big.plan.chunks[1].first_byte
         assert "upload_token" not in str(error)
     # Reconcile as a resumed run would: TikTok's count picks the chunk to send next.
-    uploaded = client.fetch_status(token, stats_publish_id(sandbox)).uploaded_bytes
+    uploaded = client.fetch_status(big.token, stats_publish_id(sandbox)).uploaded_bytes
     assert uploaded is not None
-    resume = first_unacknowledged_chunk(plan, uploaded)
+    resume = first_unacknowledged_chunk(big.plan, uploaded)
     assert resume == 1
-    assert [_put(client, url, data, plan, i).http_status for i in (1, 2)] == [206, 201]
+    assert [big.put(i).http_status for i in (1, 2)] == [206, 201]
 
 
 def stats_publish_id(sandbox: Any) -> str:
@@ -564,53 +575,47 @@ def test_expired_upload_url_is_upload_url_expired(
     sandbox: Any, client: TikTokClient, big_clip: Path
 ) -> None:
     """A PUT after the URL's hour is 403 UploadUrlExpired, terminal, and does not quote the URL."""
-    token = account(sandbox)["access_token"]
-    url, plan = _init_big(client, token, big_clip)
+    big = _init_big(sandbox, client, big_clip)
     admin(sandbox, "clock/advance", {"seconds": 3601})
     with pytest.raises(UploadUrlExpired) as info:
-        _put(client, url, big_clip.read_bytes(), plan, 0)
+        big.put(0)
     assert info.value.http_status == 403 and not info.value.retryable
-    assert url.split("upload_token=")[1] not in str(info.value)
+    assert big.url.split("upload_token=")[1] not in str(info.value)
 
 
 def test_unknown_upload_url_is_404(sandbox: Any, client: TikTokClient, big_clip: Path) -> None:
     """A URL whose token does not match any session is UploadSessionNotFound."""
-    token = account(sandbox)["access_token"]
-    url, plan = _init_big(client, token, big_clip)
+    big = _init_big(sandbox, client, big_clip)
     with pytest.raises(UploadSessionNotFound):
-        _put(client, url + "tampered", big_clip.read_bytes(), plan, 0)
+        big.put(0, url=big.url + "tampered")
 
 
 def test_put_5xx_is_retryable(sandbox: Any, client: TikTokClient, big_clip: Path) -> None:
     """An injected 502 on a PUT is a retryable TikTokUploadError; the retry then succeeds."""
-    token = account(sandbox)["access_token"]
-    url, plan = _init_big(client, token, big_clip)
-    data = big_clip.read_bytes()
+    big = _init_big(sandbox, client, big_clip)
     admin(sandbox, "faults", {"error_rate": 1.0, "error_statuses": [502], "targets": ["upload"]})
     with pytest.raises(TikTokUploadError) as info:
-        _put(client, url, data, plan, 0)
+        big.put(0)
     assert info.value.http_status == 502 and info.value.retryable
     admin(sandbox, "faults", {"error_rate": 0.0})
-    assert _put(client, url, data, plan, 0).http_status == 206
+    assert big.put(0).http_status == 206
 
 
 def test_dropped_connection_is_a_transport_error_without_secrets(
     sandbox: Any, client: TikTokClient, big_clip: Path
 ) -> None:
     """A PUT whose connection is cut is TikTokTransportError; no upload token leaks, even chained."""
-    token = account(sandbox)["access_token"]
-    url, plan = _init_big(client, token, big_clip)
-    data = big_clip.read_bytes()
+    big = _init_big(sandbox, client, big_clip)
     admin(sandbox, "faults", {"drop_rate": 1.0})
     with pytest.raises(TikTokTransportError) as info:
-        _put(client, url, data, plan, 0)
+        big.put(0)
     error = info.value
     assert error.retryable and error.http_status is None
-    secret = url.split("upload_token=")[1]
+    secret = big.url.split("upload_token=")[1]
     assert secret not in str(error)
     assert error.__cause__ is None and error.__context__ is None
     admin(sandbox, "faults", {"drop_rate": 0.0})
-    assert _put(client, url, data, plan, 0).http_status == 206  # nothing partial was kept
+    assert big.put(0).http_status == 206  # nothing partial was kept
 
 
 def test_connection_refused_is_a_transport_error() -> None:

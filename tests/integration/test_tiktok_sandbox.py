@@ -11,7 +11,6 @@ import hashlib
 import os
 import socket
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -21,6 +20,7 @@ import pytest
 import requests
 
 from reelflow.tiktok.sandbox import RunningSandbox, SandboxConfig, start_sandbox
+from tests.support.waiting import wait_for
 
 MIB = 1024 * 1024
 HTTP_TIMEOUT_S = 30
@@ -82,15 +82,14 @@ class Client:
         return self.call(STATUS, token, {"publish_id": publish_id})
 
     def wait_terminal(self, token: str, publish_id: str) -> dict[str, Any]:
-        deadline = time.monotonic() + STATUS_DEADLINE_S
-        while time.monotonic() < deadline:
+        def terminal() -> dict[str, Any] | None:
             r = self.status(token, publish_id)
             assert r.status_code == 200, r.text
             data: dict[str, Any] = r.json()["data"]
-            if data["status"] in {"PUBLISH_COMPLETE", "SEND_TO_USER_INBOX", "FAILED"}:
-                return data
-            time.sleep(0.05)
-        raise AssertionError(f"{publish_id} did not finish within {STATUS_DEADLINE_S}s")
+            done = data["status"] in {"PUBLISH_COMPLETE", "SEND_TO_USER_INBOX", "FAILED"}
+            return data if done else None
+
+        return wait_for(terminal, f"{publish_id} to finish", STATUS_DEADLINE_S, poll_s=0.05)
 
 
 def put(url: str, data: bytes, first: int, total: int, **headers: str) -> requests.Response:

@@ -173,3 +173,56 @@ def test_only_one_redactor() -> None:
     assert (
         redact(sample) == rlog.redact_text(sample) == ("client_secret=*** X-Amz-Security-Token=***")
     )
+
+
+def test_prefect_record_fields_keep_every_field_and_never_clobber_the_record() -> None:
+    """Fields become ``extra`` keys; names the LogRecord or the run logger own are only under
+    ``event_fields``, so ``makeRecord`` never raises and the run's routing ids stay Prefect's."""
+    event = {
+        "event": "chunk_uploaded",
+        "level": "info",
+        "part_number": 3,
+        "name": "clip.mp4",
+        "message": "m",
+        "flow_run_id": "x",
+    }
+    extra = rlog.prefect_record_fields(event, taken={"flow_run_id"})
+    assert extra["event"] == "chunk_uploaded" and extra["part_number"] == 3
+    assert not {"name", "message", "flow_run_id", "level"} & set(extra)
+    assert extra["event_fields"] == {k: v for k, v in event.items() if k not in ("event", "level")}
+    record = logging.getLogger("t").makeRecord(
+        "t", logging.INFO, "f", 1, "m", (), None, extra=extra
+    )
+    assert record.part_number == 3  # type: ignore[attr-defined]
+
+
+# Every name the key rule (structlog fields) or the text rule (name=value in a message) knew
+# before the two were made to cover the same names.
+KEY_RULE_NAMES = ("token", "secret", "password", "passwd", "authorization", "api_key", "apikey")
+KEY_RULE_NAMES += ("credential", "signature", "cookie")
+TEXT_RULE_NAMES = ("upload_token", "access_token", "refresh_token", "id_token", "client_secret")
+TEXT_RULE_NAMES += ("code_verifier", "x-amz-security-token", "x-amz-signature", "x-amz-credential")
+TEXT_RULE_NAMES += ("aws_secret_access_key", "aws_session_token", "secret_key", "webhook_secret")
+TEXT_RULE_NAMES += ("sig",)
+
+
+def test_one_redactor_covers_every_name_both_rules_covered() -> None:
+    """Each name either rule masked is masked both as a structlog key and as name=value or
+    "name": "value" text, so a secret is not safe in one channel and shown in the other."""
+    for name in KEY_RULE_NAMES + TEXT_RULE_NAMES:
+        secret = f"Z9canary-{len(name)}-value"
+        event = redact_secrets(None, "info", {"event": "e", name: secret})
+        assert event[name] == REDACTED, name
+        for text in (f"{name}={secret}", f'{{"{name}": "{secret}"}}', f"{name}: {secret}"):
+            assert secret not in redact_text(text), text
+
+
+def test_header_shapes_of_the_key_rule_are_masked_in_text() -> None:
+    """Authorization keeps its scheme, a Cookie header loses every pair, prose stays."""
+    assert redact_text("Authorization: Bearer Z9abcdef") == "Authorization: Bearer ***"
+    assert redact_text("Proxy-Authorization: Basic Z9abcdef") == "Proxy-Authorization: Basic ***"
+    assert "Z9" not in redact_text("Cookie: sid=Z9abcdef; csrf=Z9ghijkl")
+    assert "Z9" not in redact_text("set-cookie: sid=Z9abcdef; Path=/; HttpOnly")
+    assert redact_text("the URL carries credentials; seal them") == (
+        "the URL carries credentials; seal them"
+    )

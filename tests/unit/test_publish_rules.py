@@ -17,12 +17,15 @@ from reelflow.publish_rules import (
     PENDING,
     POLL_ONLY_STATES,
     PRIVACY_LEVELS,
+    SCOPE_PUBLISH,
     UPLOADING,
     PublishRequest,
+    asks_creator_info,
     direct_post_info,
     next_step,
     post_options,
     request_from_options,
+    select_publish,
 )
 
 
@@ -145,3 +148,34 @@ def test_live_session_unknown_or_failed_remotely() -> None:
     assert next_step(Row(UPLOADING), None).reason == "publish_id_unknown_to_tiktok"
     assert next_step(Row(UPLOADING), Remote("FAILED")).action == "failed"
     assert next_step(Row(UPLOADING), Remote("PUBLISH_COMPLETE")).action == "poll"
+
+
+def test_creator_is_asked_for_direct_post_and_for_inbox_with_the_publish_scope() -> None:
+    """Direct Post always checks the creator; inbox only when creator_info is allowed at all."""
+    direct = PublishRequest("creator", "direct", "SELF_ONLY", None)
+    inbox = PublishRequest("creator", "inbox", None, None)
+    assert asks_creator_info(direct, frozenset())
+    assert asks_creator_info(inbox, {SCOPE_PUBLISH, "video.upload"})
+    assert not asks_creator_info(inbox, {"video.upload"})
+
+
+@dataclass(frozen=True)
+class Known:
+    status: str
+    generation: int
+    post_options: dict[str, str]
+    created_ts: float
+
+
+def test_select_publish_plain_then_again_of_the_same_options() -> None:
+    """Plain requests find generation 0 (whatever its caption); again finds its own options."""
+    one, two = {"mode": "direct", "caption": "one"}, {"mode": "direct", "caption": "two"}
+    plain = Known("published", 0, one, 1.0)
+    encore = Known("published", 1, two, 2.0)
+    assert select_publish([], one, again=False) is None
+    assert select_publish([encore, plain], two, again=False) is plain
+    assert select_publish([plain, encore], two, again=True) is encore
+    assert select_publish([plain, encore], one, again=True) is None  # a new generation
+    failed = Known("failed", 0, one, 1.0)
+    assert select_publish([failed, encore], one, again=False) is encore  # the latest alive
+    assert select_publish([failed], one, again=False) is failed  # the same answer every time
