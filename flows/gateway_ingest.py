@@ -51,11 +51,11 @@ from flows.publish import check_duration_for_creator
 from flows.run_context import run_owner
 from reelflow.errors import (
     ConfigurationError,
-    IntegrityError,
+    InputRejectedError,
+    IntegrityCheckError,
     LeaseLostError,
     ReelflowError,
     TransientStorageError,
-    ValidationError,
 )
 from reelflow.event_policy import GATEWAY_SOURCE_PREFIX, check_event_run, printable
 from reelflow.ingest_options import IngestOptions, check_ingest_options
@@ -102,7 +102,7 @@ def upload_request(row: GatewayUpload, rt: Runtime) -> UploadRequest:
     try:
         meta = json.loads(row.metadata_json or "{}")
     except ValueError as exc:
-        raise ValidationError(
+        raise InputRejectedError(
             f"upload {row.id}: unreadable metadata", reason="bad_upload_metadata"
         ) from exc
     publish_at: datetime | None = None
@@ -110,12 +110,12 @@ def upload_request(row: GatewayUpload, rt: Runtime) -> UploadRequest:
         try:
             publish_at = datetime.fromisoformat(str(meta["publish_at"]))
         except ValueError as exc:
-            raise ValidationError(
+            raise InputRejectedError(
                 f"upload {row.id}: publish_at {meta['publish_at']!r} is not ISO 8601",
                 reason="bad_upload_metadata",
             ) from exc
         if publish_at.tzinfo is None:
-            raise ValidationError(
+            raise InputRejectedError(
                 f"upload {row.id}: publish_at needs a timezone", reason="naive_publish_at"
             )
     # Nothing is uploaded by this run: the part size and concurrency rules (and the settings'
@@ -134,7 +134,7 @@ def upload_request(row: GatewayUpload, rt: Runtime) -> UploadRequest:
         now=datetime.now(UTC),
     )
     if publish_at is not None and options.publish is None:
-        raise ValidationError("publish_at needs an account to publish to", reason="no_account")
+        raise InputRejectedError("publish_at needs an account to publish to", reason="no_account")
     filename = printable(str(meta.get("filename") or row.id))[:MAX_RUN_NAME_CHARS]
     return UploadRequest(filename, options, publish_at)
 
@@ -161,14 +161,16 @@ def _name_and_tag_run(request: UploadRequest, owner: str) -> None:
 def _row(rt: Runtime, upload: str) -> GatewayUpload:
     row = uploads.get(rt.catalog.engine, upload)
     if row is None:
-        raise ValidationError(f"no gateway upload {printable(upload)!r}", reason="unknown_upload")
+        raise InputRejectedError(
+            f"no gateway upload {printable(upload)!r}", reason="unknown_upload"
+        )
     return row
 
 
-def _refusal(row: GatewayUpload) -> ValidationError:
+def _refusal(row: GatewayUpload) -> InputRejectedError:
     reason = f"upload_{row.state}"
     detail = f": {row.error}" if row.error and row.state == uploads.FAILED else ""
-    return ValidationError(
+    return InputRejectedError(
         f"upload {row.id} is {row.state}{detail}; nothing to ingest", reason=reason
     )
 
@@ -255,7 +257,7 @@ def _readable_key(rt: Runtime, staging_key: str, sha256_hex: str) -> str:
     for ext in CONTAINER_EXT.values():
         if rt.store.exists(key := video_key(sha256_hex, ext)):
             return key
-    raise IntegrityError(f"the assembled object {staging_key} is gone")
+    raise IntegrityCheckError(f"the assembled object {staging_key} is gone")
 
 
 def _stored_media(rt: Runtime, row: GatewayUpload) -> Media | None:
@@ -327,7 +329,7 @@ def _process(
 def _found_stored(rt: Runtime, row: GatewayUpload) -> Ingested:
     media = rt.catalog.get_media(row.media_id) if row.media_id else None
     if media is None:
-        raise IntegrityError(f"upload {row.id} is stored, but its media {row.media_id} is not")
+        raise IntegrityCheckError(f"upload {row.id} is stored, but its media {row.media_id} is not")
     get_logger(upload=row.id, media_id=media.media_id).info("ingest_deduplicated")
     return Ingested(media, _parts(rt, row))
 
@@ -402,7 +404,7 @@ def ingest_received(
         upload=upload,
     )
     if source != source_for(upload):
-        raise ValidationError(
+        raise InputRejectedError(
             f"an upload's run has source {source_for(upload)}", reason="bad_upload_source"
         )
     remember_settings_secrets(settings)
@@ -416,7 +418,7 @@ def ingest_received(
         raise _refusal(row)
     try:
         request: UploadRequest | None = upload_request(row, rt)
-    except ValidationError:
+    except InputRejectedError:
         if row.state == uploads.STORED:
             raise
         # Taken and failed under the lease (_process refuses it again): else the row would

@@ -35,7 +35,7 @@ from flows.ingest_report import (
 )
 from flows.run_context import run_owner, tag_run
 from reelflow.credentials import reveal
-from reelflow.errors import LeaseLostError, ValidationError
+from reelflow.errors import InputRejectedError, LeaseLostError
 from reelflow.event_policy import check_event_run
 from reelflow.ingest_options import check_ingest_request
 from reelflow.logging import configure_logging, get_logger, remember_settings_secrets
@@ -229,7 +229,7 @@ def ingest_video(
             source_secret=source_secret,
         )
     if options_error:
-        raise ValidationError(options_error, reason="bad_publish_options")
+        raise InputRejectedError(options_error, reason="bad_publish_options")
     remember_settings_secrets(settings)
     # The real URL (credentials and all) exists only in this process, never as a parameter.
     real_source = reveal(source, source_secret)

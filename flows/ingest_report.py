@@ -17,7 +17,7 @@ from flows.publish import (
     check_duration_for_creator,
     publish_stored_media,
 )
-from reelflow.errors import ValidationError
+from reelflow.errors import InputRejectedError
 from reelflow.logging import get_logger
 from reelflow.publish_rules import PublishRequest
 from reelflow.rules import VideoMeta
@@ -139,7 +139,7 @@ def check_publish_request(rt: Runtime, request: PublishRequest) -> dict[str, Any
     account, a privacy level the creator does not offer (creator_info, asked now). Returns the
     creator's limits for the duration check once the video is validated."""
     if get_account(rt.catalog.engine, request.account) is None:
-        raise ValidationError(
+        raise InputRejectedError(
             f"no TikTok account {request.account!r} (add it with `reelflow accounts add`)",
             reason="unknown_account",
         )

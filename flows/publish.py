@@ -30,7 +30,7 @@ from prefect.artifacts import (
 
 from flows.publish_run import PublishRun, artifact_key, run_summary, summary_markdown
 from flows.run_context import run_owner
-from reelflow.errors import ReelflowError, ValidationError
+from reelflow.errors import InputRejectedError, ReelflowError
 from reelflow.ingest_options import check_publish_request
 from reelflow.logging import configure_logging, get_logger
 from reelflow.publish_rules import (
@@ -50,9 +50,9 @@ from reelflow.publish_rules import (
 from reelflow.settings import Settings
 from reelflow.tiktok.client import PublishStatus
 from reelflow.tiktok.errors import (
-    TikTokInvalidRequest,
-    UploadSessionNotFound,
-    UploadUrlExpired,
+    TikTokInvalidRequestError,
+    UploadSessionNotFoundError,
+    UploadUrlExpiredError,
 )
 from reelflow.tiktok.plan import DEFAULT_PREFERRED_CHUNK_BYTES
 from storage.catalog import Media
@@ -107,7 +107,7 @@ def check_duration_for_creator(creator: dict[str, Any], account: str, duration_s
 def _remote_status(ctx: PublishContext, publish_id: str) -> PublishStatus | None:
     try:
         return fetch_upload_status(ctx, publish_id)
-    except TikTokInvalidRequest as exc:
+    except TikTokInvalidRequestError as exc:
         if exc.code in ("invalid_publish_id", "token_not_authorized_for_specified_publish_id"):
             return None
         raise
@@ -152,7 +152,7 @@ def _upload(run: PublishRun, step: Step, request: PublishRequest) -> None:
                     on_progress=run.on_progress,
                 )
             return
-        except (UploadUrlExpired, UploadSessionNotFound) as exc:
+        except (UploadUrlExpiredError, UploadSessionNotFoundError) as exc:
             row = get_publish(engine, run.row_id)
             assert row is not None and row.publish_id is not None
             remote = _remote_status(ctx, row.publish_id)
@@ -163,7 +163,9 @@ def _upload(run: PublishRun, step: Step, request: PublishRequest) -> None:
                 return  # TikTok has everything, or gave up: the caller polls / reports it
             if attempt == MAX_REINITS_PER_RUN:
                 raise
-            reason = "upload_url_expired" if isinstance(exc, UploadUrlExpired) else "upload_lost"
+            reason = (
+                "upload_url_expired" if isinstance(exc, UploadUrlExpiredError) else "upload_lost"
+            )
             get_logger(account=ctx.tokens.name, media_id=run.media.media_id).warning(
                 "tiktok_upload_restarted",
                 reason=reason,
@@ -192,14 +194,14 @@ def publish_stored_media(
 
     Returns ``{publish_id, status, post_id, fail_reason, chunks_total, chunks_sent_this_run,
     ...}``; ``status`` is TikTok's. Raises typed errors: ``PublishRefusedError`` and TikTok
-    policy or validation errors (terminal), ``TikTokPublishFailed`` (FAILED, with fail_reason
-    and log_id), ``AuthorizationRevoked``. A poll deadline is not an error: the row stays
+    policy or validation errors (terminal), ``TikTokPublishFailedError`` (FAILED, with fail_reason
+    and log_id), ``AuthorizationRevokedError``. A poll deadline is not an error: the row stays
     ``processing``.
     """
     post_options(request)  # the rules again: a caller may have built the request by hand
     media = rt.catalog.get_media(media_id)
     if media is None:
-        raise ValidationError(f"no stored media {media_id!r}", reason="media_not_found")
+        raise InputRejectedError(f"no stored media {media_id!r}", reason="media_not_found")
     row = find_or_make_publish(rt.catalog.engine, media_id, media.size_bytes, request)
     return _publish_row(
         rt,
@@ -216,10 +218,10 @@ def resume_publish(rt: Runtime, row_id: str) -> dict[str, Any]:
     """Drive one ledger row on, by id, with the options it was made with (reconciliation)."""
     row = get_publish(rt.catalog.engine, row_id)
     if row is None:
-        raise ValidationError(f"no publish {row_id!r}", reason="publish_not_found")
+        raise InputRejectedError(f"no publish {row_id!r}", reason="publish_not_found")
     media = rt.catalog.get_media(row.media_id)
     if media is None:
-        raise ValidationError(f"no stored media {row.media_id!r}", reason="media_not_found")
+        raise InputRejectedError(f"no stored media {row.media_id!r}", reason="media_not_found")
     return _publish_row(rt, media, row, None)
 
 

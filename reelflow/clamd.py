@@ -28,7 +28,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from reelflow.errors import ConfigurationError, ScanLimitExceeded, ScannerUnavailable
+from reelflow.errors import ConfigurationError, ScanLimitExceededError, ScannerUnavailableError
 
 # A frame is sent whole before the next one is read from the caller; 1 MiB keeps syscalls few
 # and memory flat (clamd itself reads the stream in pieces of its own size).
@@ -107,18 +107,18 @@ def parse_scan_reply(reply: bytes) -> str | None:
     """The signature clamd found, or None for a clean stream; limits and errors raise.
 
     ``INSTREAM size limit exceeded`` and ``Heuristics.Limits.Exceeded.*`` mean clamd did not see
-    (or did not scan) the whole object, so there is no verdict: :class:`ScanLimitExceeded`.
-    Any other ``... ERROR`` or an unparseable reply: :class:`ScannerUnavailable` (retryable).
+    (or did not scan) the whole object, so there is no verdict: :class:`ScanLimitExceededError`.
+    Any other ``... ERROR`` or an unparseable reply: :class:`ScannerUnavailableError` (retryable).
     """
     text = reply.rstrip(b"\x00\n").decode("utf-8", "replace").strip()
     if text.startswith(_SIZE_LIMIT_REPLY):
-        raise ScanLimitExceeded(
+        raise ScanLimitExceededError(
             "clamd stopped reading the stream at its StreamMaxLength: raise StreamMaxLength in "
             "clamd.conf to at least the largest accepted source (4096M)",
             limit="StreamMaxLength",
         )
     if text.endswith(" ERROR"):
-        raise ScannerUnavailable(f"clamd answered an error: {text[: -len(' ERROR')]}")
+        raise ScannerUnavailableError(f"clamd answered an error: {text[: -len(' ERROR')]}")
     body = text.split(":", 1)[1].strip() if text.startswith("stream:") else None
     if body == "OK":
         return None
@@ -126,19 +126,21 @@ def parse_scan_reply(reply: bytes) -> str | None:
         signature = body[: -len(" FOUND")].strip()
         if signature.startswith(_LIMIT_SIGNATURE_PREFIX):
             limit = signature[len(_LIMIT_SIGNATURE_PREFIX) :].strip(".") or "a scan limit"
-            raise ScanLimitExceeded(
+            raise ScanLimitExceededError(
                 f"clamd did not scan the whole object ({signature}): raise {limit} in "
                 "clamd.conf (or the object is larger than ClamAV can scan)",
                 limit=limit,
             )
         return signature
-    raise ScannerUnavailable(f"clamd sent a reply reelflow does not understand: {text[:200]!r}")
+    raise ScannerUnavailableError(
+        f"clamd sent a reply reelflow does not understand: {text[:200]!r}"
+    )
 
 
 def check_scannable(size_bytes: int) -> None:
     """Fail closed on what ClamAV cannot scan: it would answer OK without looking."""
     if size_bytes > CLAMAV_MAX_SCAN_BYTES:
-        raise ScanLimitExceeded(
+        raise ScanLimitExceededError(
             f"the object is {size_bytes} bytes; ClamAV cannot scan more than "
             f"{CLAMAV_MAX_SCAN_BYTES} bytes (2 GiB) in one piece, so it cannot be accepted "
             "while scanning is on",
@@ -154,10 +156,10 @@ class ClamdClient:
         self.timeout_s = timeout_s
 
     def ping(self) -> None:
-        """Raises :class:`ScannerUnavailable` unless clamd answers PONG."""
+        """Raises :class:`ScannerUnavailableError` unless clamd answers PONG."""
         reply = self._command(b"zPING\x00").decode("utf-8", "replace").strip("\x00\n ")
         if reply != "PONG":
-            raise ScannerUnavailable(f"clamd answered PING with {reply[:200]!r}")
+            raise ScannerUnavailableError(f"clamd answered PING with {reply[:200]!r}")
 
     def version(self) -> str:
         """``ClamAV 1.4.6/<signature db version>/<db date>``."""
@@ -221,11 +223,13 @@ class ClamdClient:
                 break
             buf += data
             if len(buf) > MAX_REPLY_BYTES:
-                raise ScannerUnavailable(
+                raise ScannerUnavailableError(
                     f"clamd at {self.endpoint.describe()} sent an endless reply"
                 )
         if not buf:
-            raise ScannerUnavailable(f"clamd at {self.endpoint.describe()} hung up without a reply")
+            raise ScannerUnavailableError(
+                f"clamd at {self.endpoint.describe()} hung up without a reply"
+            )
         return bytes(buf.split(b"\x00", 1)[0])
 
     def _reply_after_failure(self, sock: socket.socket) -> bytes | None:
@@ -233,12 +237,12 @@ class ClamdClient:
         try:
             sock.settimeout(min(self.timeout_s, 1.0))
             return self._read_reply(sock)
-        except (OSError, ScannerUnavailable):
+        except (OSError, ScannerUnavailableError):
             return None
 
-    def _unavailable(self, what: str, exc: BaseException) -> ScannerUnavailable:
+    def _unavailable(self, what: str, exc: BaseException) -> ScannerUnavailableError:
         detail = type(exc).__name__ if isinstance(exc, TimeoutError) else str(exc)
-        return ScannerUnavailable(f"clamd at {self.endpoint.describe()} {what}: {detail}")
+        return ScannerUnavailableError(f"clamd at {self.endpoint.describe()} {what}: {detail}")
 
 
 def _readable(sock: socket.socket) -> bool:

@@ -41,7 +41,7 @@ from reelflow.cli_tiktok import (  # noqa: E402
 )
 from reelflow.cli_tiktok import register as _register_tiktok  # noqa: E402
 from reelflow.credentials import sealed  # noqa: E402
-from reelflow.errors import ValidationError  # noqa: E402
+from reelflow.errors import InputRejectedError  # noqa: E402
 from reelflow.ingest_options import check_ingest_request  # noqa: E402
 from reelflow.logging import install_log_redaction, redact_text  # noqa: E402
 from reelflow.samples import make_clip  # noqa: E402
@@ -125,7 +125,7 @@ def _ingest_upload(
     may, to retry an upload); the options are the upload's own metadata."""
     with failing_in_one_line():
         if upload is None or source is not None:
-            raise ValidationError(
+            raise InputRejectedError(
                 "give a SOURCE, or --upload ID alone (an upload's options are its metadata)",
                 reason="bad_usage",
             )

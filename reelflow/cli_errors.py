@@ -25,7 +25,7 @@ from typing import Any
 import typer
 from typer.core import TyperGroup
 
-from reelflow.errors import ConfigurationError, PublishError, ReelflowError, ValidationError
+from reelflow.errors import ConfigurationError, InputRejectedError, PublishError, ReelflowError
 from reelflow.logging import redact_text, remember_environment_secrets
 
 # Typer (0.29) carries its own copy of click; its exception classes are matched by name, which
@@ -55,7 +55,7 @@ def error_line(reason: str, message: str) -> str:
 def exit_code_for(exc: BaseException) -> int:
     """2 for terminal errors a re-run cannot fix (bad input, TikTok refusals, bad settings);
     1 for everything else."""
-    terminal_kinds = (ValidationError, PublishError, ConfigurationError)
+    terminal_kinds = (InputRejectedError, PublishError, ConfigurationError)
     if isinstance(exc, ReelflowError) and not exc.retryable and isinstance(exc, terminal_kinds):
         return 2
     return 1

@@ -33,7 +33,7 @@ os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
 # load prefect, SQLAlchemy or the sandbox's web server (seconds), which `--help` and a refused
 # option must not wait for.
 from reelflow.cli_errors import OneLineErrors, failing_in_one_line, quiet_prefect_console  # noqa: E402
-from reelflow.errors import ValidationError  # noqa: E402
+from reelflow.errors import InputRejectedError  # noqa: E402
 from reelflow.ingest_options import (  # noqa: E402
     check_account_name,
     check_publish_request,
@@ -155,7 +155,7 @@ def accounts_add(
             expires_in, refresh_expires_in = tokens.expires_in, tokens.refresh_expires_in
             open_id, scopes = tokens.open_id or open_id, tokens.scope or scopes
         elif not access_token or not refresh_token:
-            raise ValidationError(
+            raise InputRejectedError(
                 "give --access-token and --refresh-token, or --code", reason="missing_tokens"
             )
         assert access_token is not None and refresh_token is not None
@@ -216,7 +216,7 @@ def publish(
     with failing_in_one_line():
         check_publish_request(account, mode, privacy, caption)  # before anything starts
         if poll_deadline_s is not None and not poll_deadline_s >= 0:
-            raise ValidationError(
+            raise InputRejectedError(
                 f"--poll-deadline {poll_deadline_s} must be 0 or more seconds",
                 reason="invalid_poll_deadline",
             )

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlsplit, urlunsplit
 
-from reelflow.errors import ConfigurationError, ValidationError
+from reelflow.errors import ConfigurationError, InputRejectedError
 from reelflow.logging import redact_text, remember_secret
 
 PUBLIC_VALUE = "REDACTED"
@@ -152,7 +152,7 @@ def reveal(source: str, ref: str | None) -> str:
     """
     if not ref:
         if has_credentials(source):
-            raise ValidationError(
+            raise InputRejectedError(
                 f"the source URL {public_url(source)} carries credentials; seal them "
                 "(`reelflow ingest` does) or put the URL in a Prefect Secret block and pass "
                 "its name as source_secret (README: Secrets)",
@@ -171,7 +171,7 @@ def reveal(source: str, ref: str | None) -> str:
         real = _load_secret_block(ref)
         _remember_parts(real)
     if public_url(real) != source:
-        raise ValidationError(
+        raise InputRejectedError(
             f"source {source} is not the public form of the URL in source_secret "
             f"({public_url(real)})",
             reason="source_secret_mismatch",

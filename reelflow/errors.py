@@ -6,23 +6,36 @@ and nothing else decides retries. Foreign exceptions (botocore, requests, ffmpeg
 these classes once, at the edge that calls the foreign library (``raise ... from exc``).
 
     ReelflowError
-    ├── ValidationError            terminal: the input is not a publishable video (exit code 2)
-    │   ├── SourceNotFound         terminal: path/key/URL does not exist or cannot be read
-    │   ├── SourceRefusedError     terminal: scheme/address/redirect policy refused a URL (SSRF)
-    │   ├── SourceChangedError     terminal: the source is not the version pinned for the run
-    │   └── Infected               terminal: the virus scanner found a signature (``signature``)
-    ├── ConfigurationError         terminal: settings are wrong
-    │   └── ScanLimitExceeded      terminal: clamd could not scan it whole (raise its limit)
-    ├── StorageError               object store or catalog failure
-    │   ├── TransientStorageError  retryable: 5xx, throttling, connection reset
-    │   ├── UploadNotFound         the multipart upload no longer exists (aborted/expired)
-    │   ├── LeaseLostError         retryable by a later run: another run holds the source's lease
-    │   ├── IntegrityError         terminal: parts/checksums/sha256 do not match the plan
-    │   └── SourceTimeoutError     terminal: the source's total read deadline passed
-    ├── MediaToolError             terminal: ffmpeg/ffprobe failed on a valid input
-    ├── ScannerUnavailable         retryable: clamd unreachable, timed out or answered an error
-    └── PublishError               TikTok publishing (see reelflow.tiktok.errors)
-        └── PublishRefusedError    terminal: refused before TikTok would (privacy, duration)
+    ├── InputRejectedError             terminal: the input or a request is refused (exit code 2)
+    │   ├── SourceNotFoundError        terminal: path/key/URL does not exist or cannot be read
+    │   ├── SourceRefusedError         terminal: scheme/address/redirect policy refused a URL (SSRF)
+    │   ├── SourceChangedError         terminal: the source is not the version pinned for the run
+    │   ├── InfectedError              terminal: the virus scanner found a signature
+    │   ├── MalformedNotificationError terminal: an S3 event notification that cannot be read
+    │   └── LengthExceededError        terminal: a tus PATCH body past Upload-Length (storage.tus_writer)
+    ├── ConfigurationError             terminal: settings are wrong
+    │   └── ScanLimitExceededError     terminal: clamd could not scan it whole (raise its limit)
+    ├── StorageError                   object store or catalog failure
+    │   ├── TransientStorageError      retryable: 5xx, throttling, connection reset
+    │   ├── UploadNotFoundError        the multipart upload no longer exists (aborted/expired)
+    │   ├── LeaseLostError             retryable by a later run: another run holds the lease
+    │   ├── IntegrityCheckError        terminal: parts/checksums/sha256 do not match the plan
+    │   ├── SourceTimeoutError         terminal: the source's total read deadline passed
+    │   └── UploadConflictError        a tus upload changed under this request (storage.tus_writer)
+    ├── ChecksumMismatchError          terminal: a tus PATCH body is not its Upload-Checksum (460)
+    ├── TusError                       a tus request refused with a status (reelflow.tus)
+    ├── TokenError                     a gateway bearer token missing/expired/forged (401)
+    ├── MediaToolError                 terminal: ffmpeg/ffprobe failed on a valid input
+    ├── ScannerUnavailableError        retryable: clamd unreachable, timed out or answered an error
+    ├── EventDeliveryError             the S3-event bridge could not hand an event on
+    └── PublishError                   TikTok publishing (leaves in reelflow.tiktok.errors)
+        ├── PublishRefusedError        terminal: refused before TikTok would (privacy, duration)
+        └── TikTokApiError             one class per TikTok error code (AuthorizationRevokedError
+                                       in reelflow.tiktok.tokens)
+
+The names of pydantic's ``ValidationError`` and SQLAlchemy's ``IntegrityError`` are not reused,
+so no module needs an alias for either. The TikTok sandbox (an emulator of TikTok's side) has
+errors of its own outside this tree.
 """
 
 from __future__ import annotations
@@ -48,7 +61,7 @@ class ReelflowError(Exception):
         return self.message
 
 
-class ValidationError(ReelflowError):
+class InputRejectedError(ReelflowError):
     """The input was rejected before anything was uploaded; retrying cannot help."""
 
     exit_code = 2
@@ -58,7 +71,7 @@ class ValidationError(ReelflowError):
         self.reason = reason
 
 
-class SourceNotFound(ValidationError):
+class SourceNotFoundError(InputRejectedError):
     """The source path, object or URL does not exist or cannot be read."""
 
     def __init__(self, message: str, **context: Any) -> None:
@@ -69,7 +82,7 @@ class ConfigurationError(ReelflowError):
     """A setting is missing or inconsistent."""
 
 
-class SourceRefusedError(ValidationError):
+class SourceRefusedError(InputRejectedError):
     """A URL source was refused before anything was fetched from it: a scheme other than
     http(s), an address that is not public, or a redirect chain that breaks those rules."""
 
@@ -77,7 +90,7 @@ class SourceRefusedError(ValidationError):
         super().__init__(message, reason=reason, **context)
 
 
-class SourceChangedError(ValidationError):
+class SourceChangedError(InputRejectedError):
     """The source is no longer the version resolved at the start of the run (ETag, VersionId,
     size/mtime), or the bytes read for upload are not the video that was validated. Terminal
     for this run: a new run pins the new version and validates it."""
@@ -86,7 +99,7 @@ class SourceChangedError(ValidationError):
         super().__init__(message, reason="source_changed", **context)
 
 
-class Infected(ValidationError):
+class InfectedError(InputRejectedError):
     """ClamAV found a signature in the assembled object: it is never stored or published."""
 
     def __init__(self, message: str, *, signature: str, **context: Any) -> None:
@@ -94,7 +107,7 @@ class Infected(ValidationError):
         self.signature = signature
 
 
-class ScanLimitExceeded(ConfigurationError):
+class ScanLimitExceededError(ConfigurationError):
     """clamd stopped before it saw the whole object (StreamMaxLength, MaxFileSize, MaxScanSize,
     MaxScanTime, or ClamAV's own 2 GiB ceiling): no verdict, and retrying cannot get one."""
 
@@ -115,7 +128,7 @@ class TransientStorageError(StorageError):
     retryable = True
 
 
-class UploadNotFound(StorageError):
+class UploadNotFoundError(StorageError):
     """The staged multipart upload is gone (aborted or expired); a new one must be started."""
 
 
@@ -128,7 +141,7 @@ class LeaseLostError(StorageError):
     reason = "lease_lost"
 
 
-class IntegrityError(StorageError):
+class IntegrityCheckError(StorageError):
     """What the store holds does not match the plan (part count, sizes, checksums, sha256)."""
 
 
@@ -149,7 +162,7 @@ class MediaToolError(ReelflowError):
         self.stderr_tail = stderr_tail
 
 
-class ScannerUnavailable(ReelflowError):
+class ScannerUnavailableError(ReelflowError):
     """clamd could not be reached, timed out, dropped the stream or answered an error."""
 
     retryable = True

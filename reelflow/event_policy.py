@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
-from reelflow.errors import ConfigurationError, ValidationError
+from reelflow.errors import ConfigurationError, InputRejectedError
 
 ORIGIN_S3_EVENT = "s3-event"  # fixed in prefect.yaml's trigger, never taken from the event
 ORIGIN_GATEWAY = "gateway"  # fixed in the upload-received trigger, likewise
@@ -228,7 +228,7 @@ def check_event_run(
     if not origin:
         return
     if origin not in KNOWN_ORIGINS:
-        raise ValidationError(
+        raise InputRejectedError(
             f"unknown run origin {printable(origin)!r} (known: {', '.join(sorted(KNOWN_ORIGINS))})",
             reason="unknown_origin",
         )
@@ -238,14 +238,14 @@ def check_event_run(
         )
         return
     if source_secret:
-        raise ValidationError(
+        raise InputRejectedError(
             "a run started by a bucket event reads its s3:// source as named; it takes no "
             "source_secret",
             reason="event_source_not_s3",
         )
     if not source.startswith("s3://"):
         # Not echoed: a path or URL may carry credentials, and says nothing the sender needs.
-        raise ValidationError(
+        raise InputRejectedError(
             f"a run started by a bucket event reads only s3:// sources in {BUCKETS_ENV}; "
             "this event named a local path or URL",
             reason="event_source_not_s3",
@@ -255,7 +255,7 @@ def check_event_run(
     policy = EventPolicy.parse(event_buckets, event_accounts)
     refusal = policy.refuses(bucket, key)
     if refusal is not None:
-        raise ValidationError(
+        raise InputRejectedError(
             f"a run started by a bucket event refused s3://{printable(bucket)}/{printable(key)}: "
             f"{refusal}",
             reason="event_source_not_allowed",
@@ -263,7 +263,7 @@ def check_event_run(
     if account:
         refusal = policy.account_refusal(bucket, key, account)
         if refusal is not None:
-            raise ValidationError(
+            raise InputRejectedError(
                 f"a run started by a bucket event refused to publish: {refusal}",
                 reason="event_account_not_allowed",
             )
@@ -277,13 +277,13 @@ def check_gateway_run(
     upload's own validated metadata says where to publish). The flow then takes that upload only
     while it is ``received`` or ``processing`` (storage decides, not this pure check)."""
     if not upload or source != f"{GATEWAY_SOURCE_PREFIX}{upload}":
-        raise ValidationError(
+        raise InputRejectedError(
             "a run started by an upload-received event ingests one gateway upload: source "
             f"must be {GATEWAY_SOURCE_PREFIX}<upload> with the same upload parameter",
             reason="event_source_not_upload",
         )
     if account or source_secret:
-        raise ValidationError(
+        raise InputRejectedError(
             "a run started by an upload-received event takes its account and options from the "
             "upload's own metadata, never from the event",
             reason="event_options_not_allowed",

@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 
 import jwt
 
-from reelflow.errors import ConfigurationError, ReelflowError, ValidationError
+from reelflow.errors import ConfigurationError, InputRejectedError, ReelflowError
 from reelflow.ingest_options import check_account_name
 
 ALGORITHM = "HS256"
@@ -91,7 +91,7 @@ def _check_subject(subject: str) -> str:
         or len(subject) > MAX_SUBJECT_CHARS
         or not subject.isprintable()
     ):
-        raise ValidationError(
+        raise InputRejectedError(
             f"token subject must be 1-{MAX_SUBJECT_CHARS} printable characters",
             reason="invalid_subject",
         )
@@ -116,24 +116,24 @@ def mint(
     """A signed token for ``subject``, valid ``ttl_s`` seconds from ``now``.
 
     ``accounts`` are the accounts its uploads may publish to (none: store only); ``max_size``
-    lowers the gateway's upload limit for it. Bad arguments are a ValidationError."""
+    lowers the gateway's upload limit for it. Bad arguments are a InputRejectedError."""
     key = check_secret(secret)
     _check_subject(subject)
     for account in accounts:
         check_account_name(account)
     if isinstance(ttl_s, bool) or not isinstance(ttl_s, int) or not 1 <= ttl_s <= MAX_TTL_S:
-        raise ValidationError(
+        raise InputRejectedError(
             f"token ttl must be 1..{MAX_TTL_S} seconds, not {ttl_s!r}", reason="invalid_ttl"
         )
     if max_size is not None and (
         isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < 1
     ):
-        raise ValidationError(
+        raise InputRejectedError(
             f"token max size must be a positive number of bytes, not {max_size!r}",
             reason="invalid_max_size",
         )
     if scope not in SCOPES:
-        raise ValidationError(
+        raise InputRejectedError(
             f"token scope {scope!r} is not one of {', '.join(SCOPES)}", reason="invalid_scope"
         )
     issued = _timestamp(now)

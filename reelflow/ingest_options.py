@@ -2,7 +2,7 @@
 
 Every entry point (the CLI, ``ingest_video`` / ``publish_media`` called from Python, the Prefect
 UI form, an S3 event) runs these same rules *before* anything starts: no Prefect run, no read of
-the source, no TikTok call. A refusal is a :class:`~reelflow.errors.ValidationError` whose
+the source, no TikTok call. A refusal is a :class:`~reelflow.errors.InputRejectedError` whose
 ``reason`` names the rule and whose message says the numbers (exit 2, one line, no retries).
 
 Must not: do I/O, read settings or the clock (defaults, the budget and ``now`` are arguments),
@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from reelflow.errors import ValidationError
+from reelflow.errors import InputRejectedError
 from reelflow.planning import S3_MAX_PART_BYTES, upload_buffer_bytes
 
 # The post options' rules have one home, reelflow.publish_rules; they are part of every
@@ -51,12 +51,12 @@ def _size(n: int) -> str:
 def check_chunk_size(chunk_size_bytes: int) -> int:
     """A part size in bytes: 1 byte to 5 GiB (small sizes are raised to S3's 5 MiB later)."""
     if isinstance(chunk_size_bytes, bool) or not isinstance(chunk_size_bytes, int):
-        raise ValidationError(
+        raise InputRejectedError(
             f"chunk size must be a whole number of bytes, not {chunk_size_bytes!r}",
             reason="invalid_chunk_size",
         )
     if not 1 <= chunk_size_bytes <= MAX_CHUNK_BYTES:
-        raise ValidationError(
+        raise InputRejectedError(
             f"chunk size {chunk_size_bytes} bytes is outside 1..{MAX_CHUNK_BYTES} "
             f"(at most {_size(MAX_CHUNK_BYTES)}, S3's largest part)",
             reason="invalid_chunk_size",
@@ -67,12 +67,12 @@ def check_chunk_size(chunk_size_bytes: int) -> int:
 def check_concurrency(concurrency: int) -> int:
     """UploadPart requests at once: 1 to :data:`MAX_UPLOAD_CONCURRENCY`."""
     if isinstance(concurrency, bool) or not isinstance(concurrency, int):
-        raise ValidationError(
+        raise InputRejectedError(
             f"concurrency must be a whole number, not {concurrency!r}",
             reason="invalid_concurrency",
         )
     if not 1 <= concurrency <= MAX_UPLOAD_CONCURRENCY:
-        raise ValidationError(
+        raise InputRejectedError(
             f"concurrency {concurrency} is outside 1..{MAX_UPLOAD_CONCURRENCY}",
             reason="invalid_concurrency",
         )
@@ -86,7 +86,7 @@ def check_memory_budget(chunk_size_bytes: int, concurrency: int, budget_bytes: i
     """
     need = upload_buffer_bytes(chunk_size_bytes, concurrency)
     if need > budget_bytes:
-        raise ValidationError(
+        raise InputRejectedError(
             f"chunk size {_size(chunk_size_bytes)} x (concurrency {concurrency} + 1) needs "
             f"{_size(need)} ({need} bytes) of upload buffers, over the memory budget of "
             f"{_size(budget_bytes)} ({budget_bytes} bytes, REELFLOW_MEMORY_BUDGET_BYTES); "
@@ -102,7 +102,7 @@ def check_account_name(name: str) -> str:
     """A local account name: a letter or digit, then letters, digits, ``. _ @ + -``; ≤ 64."""
     if not isinstance(name, str) or ACCOUNT_NAME.fullmatch(name) is None:
         shown = name if isinstance(name, str) and name.isprintable() else ascii(name)
-        raise ValidationError(
+        raise InputRejectedError(
             f"account name {shown!r} is not valid: 1-64 characters, letters, digits and "
             "'._@+-', starting with a letter or digit",
             reason="invalid_account_name",
@@ -115,13 +115,13 @@ def check_publish_at(publish_at: datetime | None, now: datetime) -> datetime | N
     if publish_at is None:
         return None
     if publish_at.tzinfo is None or publish_at.utcoffset() is None:
-        raise ValidationError(
+        raise InputRejectedError(
             f"publish_at {publish_at.isoformat()} needs a timezone "
             "(e.g. 2026-12-01T18:00:00+00:00)",
             reason="naive_publish_at",
         )
     if publish_at < now - PUBLISH_AT_PAST_GRACE:
-        raise ValidationError(
+        raise InputRejectedError(
             f"publish_at {publish_at.isoformat()} is in the past (now "
             f"{now.isoformat(timespec='seconds')}); leave it out to publish now",
             reason="publish_at_in_past",
@@ -184,11 +184,11 @@ def check_ingest_options(
         check_account_name(account)
     publish_mode = check_mode(mode or ("direct" if account else "none"), INGEST_MODES)
     if publish_mode != "none" and not account:
-        raise ValidationError(
+        raise InputRejectedError(
             f"mode {publish_mode!r} needs an account (--account)", reason="no_account"
         )
     if publish_at is not None and publish_mode == "none":
-        raise ValidationError(
+        raise InputRejectedError(
             "publish_at needs an account to publish to (--account)", reason="no_account"
         )
     request = None

@@ -18,7 +18,7 @@ from typing import Any
 
 import ffmpeg
 
-from reelflow.errors import MediaToolError, ValidationError
+from reelflow.errors import InputRejectedError, MediaToolError
 
 PROBE_TIMEOUT_S = 60
 THUMBNAIL_WIDTH_PX = 640
@@ -78,12 +78,12 @@ def _tail(stderr: bytes | None, limit: int = 600) -> str:
 
 
 def probe(inp: MediaInput) -> dict[str, Any]:
-    """ffprobe ``inp``; an input ffprobe cannot parse is a ValidationError (bad input)."""
+    """ffprobe ``inp``; an input ffprobe cannot parse is a InputRejectedError (bad input)."""
     try:
         result: dict[str, Any] = ffmpeg.probe(inp.url, **input_options(inp))
     except ffmpeg.Error as exc:
         tail = _tail(exc.stderr)
-        raise ValidationError(
+        raise InputRejectedError(
             f"ffprobe cannot read the file as a video: {tail.splitlines()[-1] if tail else ''}",
             reason="unreadable_media",
             stderr_tail=tail,

@@ -18,7 +18,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, TypeVar
 
-from reelflow.errors import ValidationError
+from reelflow.errors import InputRejectedError
 
 DIRECT, INBOX = "direct", "inbox"  # Direct Post, or an upload the creator finishes in the app
 MODES = (DIRECT, INBOX)  # how a publish reaches TikTok
@@ -54,7 +54,7 @@ def utf16_units(text: str) -> int:
 
 def check_caption(caption: str | None) -> str | None:
     if caption is not None and utf16_units(caption) > MAX_CAPTION_UTF16_UNITS:
-        raise ValidationError(
+        raise InputRejectedError(
             f"the caption is {utf16_units(caption)} UTF-16 units; TikTok allows "
             f"{MAX_CAPTION_UTF16_UNITS}",
             reason="caption_too_long",
@@ -64,7 +64,7 @@ def check_caption(caption: str | None) -> str | None:
 
 def check_privacy(privacy: str | None) -> str | None:
     if privacy is not None and privacy not in PRIVACY_LEVELS:
-        raise ValidationError(
+        raise InputRejectedError(
             f"privacy {privacy!r} is not one of {', '.join(PRIVACY_LEVELS)}",
             reason="invalid_privacy",
         )
@@ -73,7 +73,7 @@ def check_privacy(privacy: str | None) -> str | None:
 
 def check_mode(mode: str, allowed: tuple[str, ...] = MODES) -> str:
     if mode not in allowed:
-        raise ValidationError(
+        raise InputRejectedError(
             f"mode {mode!r} is not one of {', '.join(allowed)}", reason="invalid_mode"
         )
     return mode

@@ -1,7 +1,7 @@
 """Pure media rules: what bytes and what ffprobe output make a publishable video.
 
 Input is plain data (the first bytes of a file, ffprobe's JSON as a dict); output is a
-``VideoMeta`` or a ``ValidationError`` saying exactly which rule failed. The limits are
+``VideoMeta`` or a ``InputRejectedError`` saying exactly which rule failed. The limits are
 TikTok's (Content Posting API media transfer guide): MP4/MOV/WebM, H.264/H.265/VP8/VP9,
 23-60 fps, 360-4096 px each side, at most 4 GB, at most 10 minutes through the API.
 """
@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 from fractions import Fraction
 from typing import Any
 
-from reelflow.errors import ValidationError
+from reelflow.errors import InputRejectedError
 from reelflow.planning import CONTENT_TYPES, MAX_SOURCE_BYTES
 
 MIN_FPS = 23.0
@@ -88,7 +88,7 @@ def _is_mpegts(head: bytes) -> bool:
 
 
 def sniff_container(head: bytes) -> str:
-    """Return ``mp4``, ``mov`` or ``webm`` from the first bytes, or raise ValidationError.
+    """Return ``mp4``, ``mov`` or ``webm`` from the first bytes, or raise InputRejectedError.
 
     ISO BMFF files start with a box whose type is ``ftyp`` at offset 4; QuickTime files may
     also start with ``wide``/``moov``/``mdat``/``free`` boxes. WebM is EBML (1A 45 DF A3)
@@ -97,26 +97,26 @@ def sniff_container(head: bytes) -> str:
     which name other files instead of holding the video.
     """
     if not head:
-        raise ValidationError("the file is empty (0 bytes)", reason="empty")
+        raise InputRejectedError("the file is empty (0 bytes)", reason="empty")
     if head[:4] == b"\x1a\x45\xdf\xa3":
         doctype = ebml_doctype(head)
         if doctype == "webm":
             return "webm"
         if doctype == "matroska":
-            raise ValidationError(
+            raise InputRejectedError(
                 "a Matroska file (video/x-matroska), not WebM: TikTok takes MP4, MOV or WebM "
                 "(remux it to MP4)",
                 reason="container",
             )
-        raise ValidationError(f"an EBML file of type {doctype!r}, not WebM", reason="container")
+        raise InputRejectedError(f"an EBML file of type {doctype!r}, not WebM", reason="container")
     text = head.lstrip(b"\xef\xbb\xbf \t\r\n")
     if text.startswith(b"#EXTM3U") or text.startswith(b"ffconcat") or b"<MPD" in text[:512]:
-        raise ValidationError(
+        raise InputRejectedError(
             "a playlist (HLS/DASH/concat) that names other files, not a video",
             reason="playlist",
         )
     if _is_mpegts(head):
-        raise ValidationError(
+        raise InputRejectedError(
             "an MPEG transport stream (video/mp2t): TikTok takes MP4, MOV or WebM",
             reason="container",
         )
@@ -126,7 +126,7 @@ def sniff_container(head: bytes) -> str:
         return "mov" if brand == b"qt  " else "mp4"
     if box in (b"moov", b"mdat", b"wide", b"free", b"skip"):
         return "mov"
-    raise ValidationError(
+    raise InputRejectedError(
         "not a video container: expected MP4/MOV ('ftyp' box) or WebM (EBML) magic bytes",
         reason="bad_magic",
     )
@@ -134,9 +134,9 @@ def sniff_container(head: bytes) -> str:
 
 def check_size(size_bytes: int) -> None:
     if size_bytes == 0:
-        raise ValidationError("the file is empty (0 bytes)", reason="empty")
+        raise InputRejectedError("the file is empty (0 bytes)", reason="empty")
     if size_bytes > MAX_SOURCE_BYTES:
-        raise ValidationError(
+        raise InputRejectedError(
             f"the file is {size_bytes} bytes; the limit is {MAX_SOURCE_BYTES} (4 GiB)",
             reason="too_large",
         )
@@ -165,7 +165,7 @@ def _duration(probe: dict[str, Any], stream: dict[str, Any]) -> float:
 
 
 def interpret_probe(probe: dict[str, Any], *, container: str, max_duration_s: float) -> VideoMeta:
-    """Turn ffprobe's JSON into ``VideoMeta`` or raise ``ValidationError`` naming the rule."""
+    """Turn ffprobe's JSON into ``VideoMeta`` or raise ``InputRejectedError`` naming the rule."""
     streams = probe.get("streams", [])
     # Cover art in MP4 shows up as a video stream flagged attached_pic; it is not a video.
     videos = [
@@ -175,42 +175,44 @@ def interpret_probe(probe: dict[str, Any], *, container: str, max_duration_s: fl
     ]
     audios = [s for s in streams if s.get("codec_type") == "audio"]
     if not videos:
-        raise ValidationError(
+        raise InputRejectedError(
             "no video stream found (audio-only or not a video)", reason="no_video"
         )
     v = videos[0]
     codec_name = str(v.get("codec_name", "unknown"))
     format_names = str(probe.get("format", {}).get("format_name", ""))
     if codec_name in {"mjpeg", "png", "bmp", "gif", "webp"} or "image2" in format_names:
-        raise ValidationError(f"a still image ({codec_name}), not a video", reason="still_image")
+        raise InputRejectedError(f"a still image ({codec_name}), not a video", reason="still_image")
     if codec_name not in ALLOWED_CODECS:
-        raise ValidationError(
+        raise InputRejectedError(
             f"video codec {codec_name!r} is not accepted (H.264, H.265, VP8, VP9)",
             reason="codec",
         )
     width, height = int(v.get("width") or 0), int(v.get("height") or 0)
     for side, px in (("width", width), ("height", height)):
         if not MIN_SIDE_PX <= px <= MAX_SIDE_PX:
-            raise ValidationError(
+            raise InputRejectedError(
                 f"{side} {px}px is outside {MIN_SIDE_PX}-{MAX_SIDE_PX}px ({width}x{height})",
                 reason="resolution",
             )
     if container == "webm" and codec_name not in WEBM_CODECS:
-        raise ValidationError(
+        raise InputRejectedError(
             f"a WebM file must hold VP8 or VP9, this one holds {codec_name}: a Matroska file "
             "(video/x-matroska) labelled WebM",
             reason="container",
         )
     if _duration(probe, v) <= 0 or str(v.get("nb_frames", "")) == "0":
-        raise ValidationError("the video has no measurable duration (no frames)", reason="duration")
+        raise InputRejectedError(
+            "the video has no measurable duration (no frames)", reason="duration"
+        )
     fps = _fps(v)
     if not MIN_FPS <= fps <= MAX_FPS:
-        raise ValidationError(
+        raise InputRejectedError(
             f"frame rate {fps:.2f} fps is outside {MIN_FPS:g}-{MAX_FPS:g} fps", reason="fps"
         )
     duration = _duration(probe, v)
     if duration > max_duration_s:
-        raise ValidationError(
+        raise InputRejectedError(
             f"duration {duration:.1f}s exceeds the maximum of {max_duration_s:g}s",
             reason="too_long",
         )

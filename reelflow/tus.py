@@ -59,7 +59,7 @@ from email.utils import format_datetime
 from typing import Any, Literal, Protocol
 from urllib.parse import urlsplit
 
-from reelflow.errors import ConfigurationError, ReelflowError, ValidationError
+from reelflow.errors import ConfigurationError, InputRejectedError, ReelflowError
 from reelflow.ingest_options import IngestOptions, check_ingest_options
 from reelflow.publish_rules import PublishRequest
 from reelflow.settings import Settings
@@ -700,7 +700,7 @@ def upload_options(
             memory_budget_bytes=settings.memory_budget_bytes,
             now=now,
         )
-    except ValidationError as exc:
+    except InputRejectedError as exc:
         if exc.reason in _SETTINGS_REASONS:  # the operator's to fix, not the client's
             raise ConfigurationError(exc.message) from exc
         raise _bad(exc.message, exc.reason) from exc

@@ -103,7 +103,7 @@ class GatewayUpload(SQLModel, table=True):
 
 
 def create(engine: Engine, row: GatewayUpload) -> GatewayUpload:
-    """Insert a new row (``version`` 0); an existing id raises the database's IntegrityError."""
+    """Insert a new row (``version`` 0); an existing id raises the database's IntegrityCheckError."""
     with Session(engine, expire_on_commit=False) as s:
         s.add(row)
         s.commit()

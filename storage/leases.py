@@ -36,7 +36,7 @@ from typing import Any
 
 from sqlalchemy import BigInteger, Column, Integer, or_, select, update
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import IntegrityError as DbIntegrityError
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Field, Session, SQLModel, col
 from sqlmodel import select as sm_select
 
@@ -254,7 +254,7 @@ class Leases:
                 s.add(Lease(name=name))
                 try:
                     s.commit()
-                except DbIntegrityError:
+                except IntegrityError:
                     s.rollback()
                 row = s.get(Lease, name)
             assert row is not None

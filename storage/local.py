@@ -25,7 +25,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from reelflow.durable import fsync_path
-from reelflow.errors import IntegrityError, StorageError, UploadNotFound
+from reelflow.errors import IntegrityCheckError, StorageError, UploadNotFoundError
 from reelflow.planning import Chunk, composite_sha256
 from storage.base import PartReceipt, PendingUpload
 
@@ -57,7 +57,7 @@ class LocalStore:
 
     def _upload_dir(self, upload_id: str) -> Path:
         if not valid_upload_id(upload_id):
-            raise UploadNotFound(
+            raise UploadNotFoundError(
                 f"not an upload id of this store: {upload_id!r}", reason="invalid_upload_id"
             )
         return self.root / UPLOADS_DIR / upload_id
@@ -67,9 +67,9 @@ class LocalStore:
         try:
             meta = json.loads((d / "meta.json").read_text())
         except (OSError, ValueError) as exc:
-            raise UploadNotFound(f"no such upload: {upload_id}", upload_id=upload_id) from exc
+            raise UploadNotFoundError(f"no such upload: {upload_id}", upload_id=upload_id) from exc
         if key is not None and meta.get("key") != key:  # S3 answers NoSuchUpload too
-            raise UploadNotFound(f"upload {upload_id} is not for {key!r}", upload_id=upload_id)
+            raise UploadNotFoundError(f"upload {upload_id} is not for {key!r}", upload_id=upload_id)
         return d
 
     @staticmethod
@@ -103,13 +103,13 @@ class LocalStore:
         d = self._require(upload_id, key)
         digest = base64.b64encode(hashlib.sha256(data).digest()).decode()
         if digest != sha256_b64:  # what S3 answers with BadDigest
-            raise IntegrityError(
+            raise IntegrityCheckError(
                 f"part {chunk.part_number}: checksum mismatch", part_number=chunk.part_number
             )
         try:
             fd = os.open(d / "data", os.O_WRONLY)
         except FileNotFoundError as exc:  # completed (renamed away) or aborted meanwhile
-            raise UploadNotFound(f"no such upload: {upload_id}", upload_id=upload_id) from exc
+            raise UploadNotFoundError(f"no such upload: {upload_id}", upload_id=upload_id) from exc
         try:
             written = os.pwrite(fd, data, chunk.offset)
             os.fsync(fd)
@@ -151,14 +151,14 @@ class LocalStore:
             if data.exists():
                 held = data.stat().st_size
                 if held != expected:
-                    raise IntegrityError(
+                    raise IntegrityCheckError(
                         f"staged file holds {held} bytes, parts add up to {expected}"
                     )
                 fsync_path(data)
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(data, dest)
             elif not dest.is_file() or dest.stat().st_size != expected:
-                raise IntegrityError(
+                raise IntegrityCheckError(
                     f"upload {upload_id} holds no data and {key!r} is not its completed file"
                 )
             fsync_path(dest.parent)

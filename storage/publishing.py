@@ -33,7 +33,7 @@ from typing import Any
 from sqlalchemy import UniqueConstraint
 from sqlalchemy import update as sa_update
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError as SAIntegrityError
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Field, Session, SQLModel, select
 
 from reelflow.errors import TransientStorageError
@@ -162,7 +162,7 @@ def ensure_publish(engine: Engine, row: Publish) -> Publish:
         s.add(row)
         try:
             s.commit()
-        except SAIntegrityError:  # a concurrent run inserted it first
+        except IntegrityError:  # a concurrent run inserted it first
             s.rollback()
             existing = s.get(Publish, row.id)
             if existing is None:
@@ -205,7 +205,7 @@ def replace_pending_options(engine: Engine, row: Publish, request: PublishReques
     try:
         with engine.begin() as conn:
             replaced = conn.execute(stmt).rowcount == 1
-    except SAIntegrityError:
+    except IntegrityError:
         replaced = False
     return (get_publish(engine, row.id) or row) if replaced else row
 

@@ -20,11 +20,11 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from reelflow.errors import (
     ConfigurationError,
-    IntegrityError,
+    IntegrityCheckError,
     ReelflowError,
     StorageError,
     TransientStorageError,
-    UploadNotFound,
+    UploadNotFoundError,
 )
 from reelflow.planning import Chunk
 from storage.base import PartReceipt, PendingUpload
@@ -76,9 +76,9 @@ def map_s3_error(exc: Exception, what: str, **context: Any) -> ReelflowError:
         code = str(err.get("Code", ""))
         status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
         if code == "NoSuchUpload":
-            return UploadNotFound(f"{what}: the multipart upload no longer exists", **context)
+            return UploadNotFoundError(f"{what}: the multipart upload no longer exists", **context)
         if code in ("BadDigest", "InvalidDigest", "InvalidPart", "InvalidPartOrder"):
-            return IntegrityError(f"{what}: {code}: {err.get('Message', '')}", **context)
+            return IntegrityCheckError(f"{what}: {code}: {err.get('Message', '')}", **context)
         if code == "NoSuchBucket":
             return ConfigurationError(f"{what}: bucket does not exist", **context)
         if code in TRANSIENT_CODES or status >= 500 or status == 429:
@@ -191,7 +191,7 @@ class S3Store:
         return str(value) if value else None
 
     def abort_upload(self, key: str, upload_id: str) -> None:
-        with contextlib.suppress(UploadNotFound):
+        with contextlib.suppress(UploadNotFoundError):
             self._call(
                 "AbortMultipartUpload",
                 self.client.abort_multipart_upload,

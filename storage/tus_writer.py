@@ -23,7 +23,7 @@ Errors: ``UploadConflictError`` (another request changed the row first, or it is
 receiving: 409; a held lease is the handler's 423), ``LeaseLostError`` (the fence went stale:
 423), ``ChecksumMismatchError`` (460: nothing changed), ``LengthExceededError`` (400: bytes past
 Upload-Length; what this PATCH had not committed yet is dropped, whole parts it committed
-stay), ``ValidationError`` from
+stay), ``InputRejectedError`` from
 ``first_bytes_check`` (the handler answers 415 and terminates the upload). Store failures
 propagate as the store's typed errors, with the offset counting only what was committed.
 
@@ -82,10 +82,10 @@ from typing import Any, Protocol, cast
 
 from reelflow.errors import (
     ConfigurationError,
-    IntegrityError,
+    InputRejectedError,
+    IntegrityCheckError,
     ReelflowError,
     StorageError,
-    ValidationError,
 )
 from reelflow.logging import get_logger
 from reelflow.planning import S3_MAX_PART_BYTES, S3_MAX_PARTS, S3_MIN_PART_BYTES, Chunk, b64
@@ -122,7 +122,7 @@ class ChecksumMismatchError(ReelflowError):
     reason = "checksum_mismatch"
 
 
-class LengthExceededError(ValidationError):
+class LengthExceededError(InputRejectedError):
     """The body goes past ``Upload-Length`` (or a declared length is below the offset)."""
 
     def __init__(self, message: str, **context: Any) -> None:
@@ -226,9 +226,9 @@ class TusWriter:
 
     def _check_length(self, length: int) -> None:
         if length < 0:
-            raise ValidationError(f"Upload-Length must be >= 0, got {length}", reason="length")
+            raise InputRejectedError(f"Upload-Length must be >= 0, got {length}", reason="length")
         if parts_for(length, self.part_size) > S3_MAX_PARTS:
-            raise ValidationError(
+            raise InputRejectedError(
                 f"{length} bytes need more than {S3_MAX_PARTS} parts of {self.part_size}",
                 reason="length",
             )
@@ -336,7 +336,7 @@ class TusWriter:
         if cur.state != uploads.RECEIVING:
             raise UploadConflictError(f"the upload is {cur.state}", upload_id=row.id)
         if not cur.upload_id or not cur.session_id:
-            raise IntegrityError("the upload has no staged multipart upload", upload_id=row.id)
+            raise IntegrityCheckError("the upload has no staged multipart upload", upload_id=row.id)
         return cur
 
     def _cas(self, cur: GatewayUpload, fence: Fence | None, **fields: Any) -> GatewayUpload:
@@ -433,12 +433,12 @@ class _Append:
         if row.tail_size == 0:
             return
         if not row.tail_key or row.tail_size >= self.part_size:
-            raise IntegrityError(
+            raise IntegrityCheckError(
                 f"the row counts a {row.tail_size}-byte tail it cannot hold", upload_id=row.id
             )
         size = self.w.store.size(row.tail_key)
         if size != row.tail_size:
-            raise IntegrityError(
+            raise IntegrityCheckError(
                 f"the tail object holds {size} bytes, the row counts {row.tail_size}",
                 upload_id=row.id,
             )
@@ -448,14 +448,14 @@ class _Append:
                 row.tail_key, pos, min(TAIL_READ_BYTES, row.tail_size - pos)
             )
             if not piece:
-                raise IntegrityError("the tail object ended early", upload_id=row.id)
+                raise IntegrityCheckError("the tail object ended early", upload_id=row.id)
             self.buf[pos : pos + len(piece)] = piece
             digest.update(piece)
             pos += len(piece)
         # A PutObject carries no checksum of its own: a tail damaged in transit or at rest must
         # not become part of a part whose checksum is computed from it.
         if b64(digest.digest()) != row.tail_sha256:
-            raise IntegrityError(
+            raise IntegrityCheckError(
                 "the tail object does not hold the bytes the row counts", upload_id=row.id
             )
         self.fill = row.tail_size

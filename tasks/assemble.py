@@ -19,7 +19,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
-from reelflow.errors import IntegrityError, UploadNotFound, retry_if_retryable
+from reelflow.errors import IntegrityCheckError, UploadNotFoundError, retry_if_retryable
 from reelflow.logging import get_logger
 from reelflow.planning import check_parts_against_plan, composite_sha256
 from storage.runtime import Runtime
@@ -29,11 +29,15 @@ from tasks.chunk_upload import SessionState
 def _verify_whole(rt: Runtime, key: str, sha256_hex: str, size_bytes: int) -> None:
     stored_size = rt.store.size(key)
     if stored_size != size_bytes:
-        raise IntegrityError(f"assembled object has {stored_size} bytes, expected {size_bytes}")
+        raise IntegrityCheckError(
+            f"assembled object has {stored_size} bytes, expected {size_bytes}"
+        )
     if rt.settings.verify_readback_for(rt.store.url):
         actual = rt.store.sha256_hex(key)
         if actual != sha256_hex:
-            raise IntegrityError(f"assembled object sha256 {actual} != source sha256 {sha256_hex}")
+            raise IntegrityCheckError(
+                f"assembled object sha256 {actual} != source sha256 {sha256_hex}"
+            )
 
 
 # NO_CACHE on purpose: idempotence comes from the session status in the catalog, which a
@@ -56,12 +60,12 @@ def assemble_upload(
         return state.staging_key
     try:
         remote = rt.store.list_parts(state.staging_key, state.upload_id)
-    except UploadNotFound as exc:
-        raise IntegrityError("the staged upload vanished before assembly") from exc
+    except UploadNotFoundError as exc:
+        raise IntegrityCheckError("the staged upload vanished before assembly") from exc
     ledger = rt.catalog.ledger_parts(state.upload_id)
     problems = check_parts_against_plan(state.plan, remote, part_digests_b64, ledger)
     if problems:
-        raise IntegrityError("parts do not match the plan: " + "; ".join(problems[:5]))
+        raise IntegrityCheckError("parts do not match the plan: " + "; ".join(problems[:5]))
     parts = [remote[c.part_number] for c in state.plan.chunks]
     rt.catalog.verify_fence()
     # The intent, before the store acts: a run killed right after completion finds the object
@@ -78,9 +82,9 @@ def assemble_upload(
     )
     try:
         if reported and expected and reported.split("-")[0] != expected.split("-")[0]:
-            raise IntegrityError(f"store composite checksum {reported} != expected {expected}")
+            raise IntegrityCheckError(f"store composite checksum {reported} != expected {expected}")
         _verify_whole(rt, state.staging_key, sha256_hex, state.plan.size_bytes)
-    except IntegrityError:
+    except IntegrityCheckError:
         rt.store.delete(state.staging_key)  # nothing half-verified may stay around
         raise
     rt.catalog.update_session(state.session_id, status="assembled", sha256=sha256_hex)

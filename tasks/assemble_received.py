@@ -24,7 +24,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
-from reelflow.errors import IntegrityError, UploadNotFound, retry_if_retryable
+from reelflow.errors import IntegrityCheckError, UploadNotFoundError, retry_if_retryable
 from reelflow.logging import get_logger
 from reelflow.planning import Chunk, ChunkPlan, check_parts_against_plan, composite_sha256
 from storage import gateway_uploads
@@ -45,7 +45,7 @@ def received_plan(length: int, part_size: int) -> ChunkPlan:
     """The parts the gateway wrote: ``part_size`` each, the last one shorter; a 0-byte upload is
     one empty part (S3 needs at least one). Exactly the writer's cut, never re-planned."""
     if part_size <= 0:
-        raise IntegrityError(f"upload part size {part_size} is not positive")
+        raise IntegrityCheckError(f"upload part size {part_size} is not positive")
     chunks = tuple(
         Chunk(part_number=i + 1, offset=off, length=min(part_size, length - off))
         for i, off in enumerate(range(0, length, part_size))
@@ -56,7 +56,7 @@ def received_plan(length: int, part_size: int) -> ChunkPlan:
 def _hash_whole(rt: Runtime, key: str, size_bytes: int) -> str:
     stored = rt.store.size(key)
     if stored != size_bytes:
-        raise IntegrityError(f"assembled object has {stored} bytes, expected {size_bytes}")
+        raise IntegrityCheckError(f"assembled object has {stored} bytes, expected {size_bytes}")
     return rt.store.sha256_hex(key)  # the one read of the bytes this step makes
 
 
@@ -74,7 +74,9 @@ def assemble_received(upload: str, rt: Runtime) -> Assembled:
     """Complete the staged multipart upload of gateway upload ``upload``; its SHA-256."""
     row = gateway_uploads.get(rt.catalog.engine, upload)
     if row is None or row.length is None or not row.upload_id or not row.session_id:
-        raise IntegrityError(f"gateway upload {upload} has no complete staged upload to assemble")
+        raise IntegrityCheckError(
+            f"gateway upload {upload} has no complete staged upload to assemble"
+        )
     key, length = row.staging_key, row.length
     plan = received_plan(length, row.part_size)
     log = get_logger(upload=upload, session_id=row.session_id)
@@ -83,10 +85,10 @@ def assemble_received(upload: str, rt: Runtime) -> Assembled:
         return Assembled(key, session.sha256, length, plan.count)
     try:
         remote = rt.store.list_parts(key, row.upload_id)
-    except UploadNotFound:
+    except UploadNotFoundError:
         # Completed by a run killed before it wrote "assembled" (or aborted: then no object).
         if rt.store.size(key) != length:
-            raise IntegrityError(
+            raise IntegrityCheckError(
                 f"the staged upload of {upload} vanished before assembly"
             ) from None
         rt.catalog.verify_fence()
@@ -103,7 +105,7 @@ def assemble_received(upload: str, rt: Runtime) -> Assembled:
         if c.part_number in ledger and c.part_number not in digests
     ]
     if problems:
-        raise IntegrityError("parts do not match the upload: " + "; ".join(problems[:5]))
+        raise IntegrityCheckError("parts do not match the upload: " + "; ".join(problems[:5]))
     rt.catalog.verify_fence()
     # The store's ETags with the ledger's SHA-256s (some servers' ListParts omit checksums).
     parts = [
@@ -114,9 +116,9 @@ def assemble_received(upload: str, rt: Runtime) -> Assembled:
     expected = composite_sha256([base64.b64decode(digests[c.part_number]) for c in plan.chunks])
     try:
         if reported and reported.split("-")[0] != expected.split("-")[0]:
-            raise IntegrityError(f"store composite checksum {reported} != ledger's {expected}")
+            raise IntegrityCheckError(f"store composite checksum {reported} != ledger's {expected}")
         sha256_hex = _hash_whole(rt, key, length)
-    except IntegrityError:
+    except IntegrityCheckError:
         rt.store.delete(key)  # nothing half-verified may stay around
         raise
     rt.catalog.update_session(row.session_id, status="assembled", sha256=sha256_hex)

@@ -27,7 +27,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
-from reelflow.errors import LeaseLostError, ReelflowError, UploadNotFound, retry_if_retryable
+from reelflow.errors import LeaseLostError, ReelflowError, UploadNotFoundError, retry_if_retryable
 from reelflow.ingest_options import check_chunk_size, check_concurrency, check_memory_budget
 from reelflow.logging import get_logger
 from reelflow.planning import (
@@ -126,7 +126,7 @@ def open_upload_session(
     upload_id = str(row.upload_id)
     try:
         remote = rt.store.list_parts(row.staging_key, upload_id)
-    except UploadNotFound:
+    except UploadNotFoundError:
         if (adopted := _adopt_completed(rt, row, plan)) is not None:
             return adopted
         # Aborted or expired behind our back (lifecycle rule, cleanup): start over, cleanly.

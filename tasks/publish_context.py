@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from reelflow.errors import IntegrityError
+from reelflow.errors import IntegrityCheckError
 from reelflow.tiktok.client import TikTokClient
 from reelflow.tiktok.plan import DEFAULT_PREFERRED_CHUNK_BYTES
 from reelflow.tiktok.tokens import TokenManager
@@ -53,7 +53,7 @@ class PublishContext:
         if url is None:
             row = get_publish(self.rt.catalog.engine, row_id)
             if row is None or row.publish_id != publish_id or not row.upload_url_enc:
-                raise IntegrityError(f"publish {row_id} is no longer session {publish_id}")
+                raise IntegrityCheckError(f"publish {row_id} is no longer session {publish_id}")
             url = self._upload_urls[publish_id] = self.box.open(row.upload_url_enc)
         return url
 

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-from sqlalchemy.exc import IntegrityError as DbIntegrityError
+from sqlalchemy.exc import IntegrityError
 
-from reelflow.errors import IntegrityError, retry_if_retryable
+from reelflow.errors import IntegrityCheckError, retry_if_retryable
 from reelflow.logging import get_logger
 from reelflow.planning import b64, media_id_for, metadata_key
 from reelflow.rules import VideoMeta
@@ -57,7 +57,9 @@ def store_media(
         if stored_sha is not None and stored_sha != b64(bytes.fromhex(sha256_hex)):
             # The server's own full-object SHA-256 disagrees with the source: publish nothing.
             rt.store.delete(final_key)
-            raise IntegrityError(f"stored object's sha256 differs from the source's ({final_key})")
+            raise IntegrityCheckError(
+                f"stored object's sha256 differs from the source's ({final_key})"
+            )
     row = Media(
         media_id=media_id,
         sha256=sha256_hex,
@@ -91,7 +93,7 @@ def store_media(
     rt.store.put_bytes(row.metadata_key, json.dumps(doc, indent=2).encode(), "application/json")
     try:
         stored = rt.catalog.upsert_media(row)
-    except DbIntegrityError:  # a concurrent run stored the same content first
+    except IntegrityError:  # a concurrent run stored the same content first
         stored = rt.catalog.get_media(media_id) or row
     rt.catalog.update_session(session_id, status="completed", media_id=media_id)
     get_logger(media_id=media_id, sha256=sha256_hex).info("media_stored", video_key=final_key)

@@ -2,7 +2,7 @@
 
 The bytes scanned are the bytes stored: the object is read back from the store (local file or
 S3 ranged GETs) in fixed blocks, hashed on the way, and that hash must equal the SHA-256 the
-assemble step verified. A signature found is :class:`~reelflow.errors.Infected` (terminal: the
+assemble step verified. A signature found is :class:`~reelflow.errors.InfectedError` (terminal: the
 flow aborts the staged upload, nothing is stored); clamd unreachable is retryable.
 ``REELFLOW_CLAMD_URL`` unset means scanning is off and the flow does not call this task.
 
@@ -20,7 +20,12 @@ from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
 from reelflow.clamd import ClamdClient, check_scannable
-from reelflow.errors import Infected, IntegrityError, ScannerUnavailable, retry_if_retryable
+from reelflow.errors import (
+    InfectedError,
+    IntegrityCheckError,
+    ScannerUnavailableError,
+    retry_if_retryable,
+)
 from reelflow.logging import get_logger
 from reelflow.planning import video_key
 from reelflow.rules import VideoMeta
@@ -51,7 +56,7 @@ def read_blocks(
     while offset < size_bytes:
         block = store.read_range(key, offset, min(block_bytes, size_bytes - offset))
         if not block:
-            raise IntegrityError(
+            raise IntegrityCheckError(
                 f"{key} ended at {offset} bytes while scanning; expected {size_bytes}"
             )
         offset += len(block)
@@ -84,7 +89,7 @@ def scan_video(staged_key: str, sha256_hex: str, meta: VideoMeta, rt: Runtime) -
     key = final_key if rt.store.exists(final_key) else staged_key
     size = rt.store.size(key)
     if size is None:
-        raise IntegrityError(f"{key} vanished before it was scanned")
+        raise IntegrityCheckError(f"{key} vanished before it was scanned")
     check_scannable(size)
     client = ClamdClient(url, timeout_s=rt.settings.clamd_timeout_s)
     engine = client.version()
@@ -92,15 +97,15 @@ def scan_video(staged_key: str, sha256_hex: str, meta: VideoMeta, rt: Runtime) -
     result = client.scan(_hashing(read_blocks(rt.store, key, size), digest))
     if result.signature:
         log.error("malware_found", signature=result.signature, key=key, engine=engine)
-        raise Infected(
+        raise InfectedError(
             f"ClamAV found {result.signature} in the video; it was not stored",
             signature=result.signature,
         )
     if result.bytes_scanned != size:
-        raise ScannerUnavailable(
+        raise ScannerUnavailableError(
             f"clamd answered after {result.bytes_scanned} of {size} bytes; no verdict"
         )
     if digest.hexdigest() != sha256_hex:
-        raise IntegrityError(f"the scanned bytes of {key} do not hash to {sha256_hex}")
+        raise IntegrityCheckError(f"the scanned bytes of {key} do not hash to {sha256_hex}")
     log.info("video_scanned", verdict="clean", engine=engine, size=size)
     return ScanReport("clean", engine, size)

@@ -7,7 +7,7 @@ rate limit) and records every answer in the ledger:
   as ``post_id`` when TikTok sent one (only public, moderated posts get one);
 * ``SEND_TO_USER_INBOX`` → ``sent_to_inbox``, the practical end of an inbox upload;
 * ``FAILED`` → ``failed`` with TikTok's ``fail_reason`` and ``log_id``; the caller raises
-  :class:`~reelflow.tiktok.errors.TikTokPublishFailed` (not raised here: a Prefect retry of this
+  :class:`~reelflow.tiktok.errors.TikTokPublishFailedError` (not raised here: a Prefect retry of this
   task could only read the same FAILED again);
 * the deadline passing first → ``processing``, which a later run (or the reconcile deployment)
   picks up by polling again, never by a new init.
@@ -27,7 +27,7 @@ from prefect.tasks import exponential_backoff
 from reelflow.errors import retry_if_retryable
 from reelflow.logging import get_logger
 from reelflow.tiktok.client import PublishStatus
-from reelflow.tiktok.errors import TikTokPublishFailed
+from reelflow.tiktok.errors import TikTokPublishFailedError
 from storage.publishing import Publish, record_poll_deadline, record_tiktok_status
 from tasks.publish_context import PublishContext
 from tasks.tiktok_publish import fetch_status_now
@@ -49,9 +49,11 @@ class PollOutcome:
     polls: int
 
 
-def publish_failed(fail_reason: str, publish_id: str, log_id: str | None) -> TikTokPublishFailed:
+def publish_failed(
+    fail_reason: str, publish_id: str, log_id: str | None
+) -> TikTokPublishFailedError:
     """The FAILED error, its message naming TikTok's log_id too (what TikTok support asks for)."""
-    error = TikTokPublishFailed(fail_reason, publish_id, log_id)
+    error = TikTokPublishFailedError(fail_reason, publish_id, log_id)
     if log_id and log_id not in error.message:
         error.message = f"{error.message} [log_id {log_id}]"
         error.args = (error.message,)

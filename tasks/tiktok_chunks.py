@@ -30,11 +30,11 @@ from prefect.runtime import task_run as current_task_run
 from prefect.tasks import exponential_backoff
 from sqlalchemy.engine import Engine
 
-from reelflow.errors import IntegrityError, retry_if_retryable
+from reelflow.errors import IntegrityCheckError, retry_if_retryable
 from reelflow.logging import get_logger
 from reelflow.publish_rules import UPLOADED, UPLOADING
 from reelflow.tiktok.cursor import UploadCursor
-from reelflow.tiktok.errors import UploadOutOfSync
+from reelflow.tiktok.errors import UploadOutOfSyncError
 from reelflow.tiktok.plan import PlannedChunk, TikTokUploadPlan, first_unacknowledged_chunk
 from storage.base import ObjectStore
 from storage.publishing import record_progress
@@ -100,7 +100,7 @@ def put_chunk(
                 total=total,
                 content_type=content_type,
             )
-    except UploadOutOfSync as exc:
+    except UploadOutOfSyncError as exc:
         # TikTok is elsewhere than this chunk (an earlier copy landed, or the ledger is behind):
         # continue from the byte TikTok expects; ask status/fetch when the reply did not say.
         next_byte = exc.next_byte
@@ -127,7 +127,7 @@ def put_chunk(
 def _record(engine: Engine, row_id: str, publish_id: str, next_byte: int, total: int) -> None:
     status = UPLOADED if next_byte >= total else UPLOADING
     if not record_progress(engine, row_id, publish_id, bytes_acknowledged=next_byte, status=status):
-        raise IntegrityError(f"publish {row_id} is no longer session {publish_id}")
+        raise IntegrityCheckError(f"publish {row_id} is no longer session {publish_id}")
 
 
 @dataclass
@@ -221,7 +221,7 @@ def send_chunks(
         except Exception:
             if not failing:  # the first error is the one to report
                 raise
-    raise IntegrityError(
+    raise IntegrityCheckError(
         f"publish {row_id}: TikTok's upload position did not advance", publish_id=publish_id
     )
 

@@ -25,7 +25,7 @@ from prefect.concurrency.sync import rate_limit
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
 from reelflow.logging import install_log_redaction
-from reelflow.tiktok.errors import TikTokApiError, TikTokRateLimited
+from reelflow.tiktok.errors import TikTokApiError, TikTokRateLimitedError
 
 # Per user token, per minute (DP, UP: init 6; CI: creator_info 20; ST: status 30).
 RATE_LIMITS_PER_MIN = {"init": 6, "creator_info": 20, "status": 30}
@@ -86,7 +86,7 @@ class RateLimits:
         try:
             rate_limit(name, timeout_seconds=RATE_WAIT_TIMEOUT_S, strict=True)
         except TimeoutError:
-            raise TikTokRateLimited(
+            raise TikTokRateLimitedError(
                 f"no {kind} slot for account {account!r} within {RATE_WAIT_TIMEOUT_S:.0f}s",
                 code="local_rate_limit_wait",
                 http_status=None,

@@ -26,7 +26,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
-from reelflow.errors import IntegrityError, PublishRefusedError, retry_if_retryable
+from reelflow.errors import IntegrityCheckError, PublishRefusedError, retry_if_retryable
 from reelflow.logging import get_logger
 from reelflow.publish_rules import PublishRequest, check_caption
 from reelflow.tiktok.client import PublishStatus
@@ -104,7 +104,7 @@ class UploadSession:
 def session_of(row: Publish) -> UploadSession:
     """The session a ledger row records (a resumed run continues it with the same plan)."""
     if row.publish_id is None or row.chunk_size is None:
-        raise IntegrityError(f"publish {row.id} has no upload session to send to")
+        raise IntegrityCheckError(f"publish {row.id} has no upload session to send to")
     return UploadSession(
         row.publish_id, plan_tiktok_upload_with_chunk_size(row.video_size, row.chunk_size)
     )

@@ -3,7 +3,7 @@ and, after assembly, that the bytes staged in the store are that same video.
 
 Order matters for clear errors and no wasted work: resolve (exists, readable, allowed, pinned)
 → size → magic bytes → ffprobe through the loopback relay with the demuxer the magic bytes chose
-(range reads, no download) → the rules in ``reelflow.rules``. A ValidationError is terminal;
+(range reads, no download) → the rules in ``reelflow.rules``. A InputRejectedError is terminal;
 only transient reads are retried.
 
 ``verify_assembled`` repeats magic bytes + ffprobe on the **assembled** object, before the
@@ -22,7 +22,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from reelflow import media, rules
-from reelflow.errors import SourceChangedError, ValidationError, retry_if_retryable
+from reelflow.errors import InputRejectedError, SourceChangedError, retry_if_retryable
 from reelflow.logging import get_logger
 from reelflow.media import MediaInput
 from reelflow.planning import video_key
@@ -115,7 +115,7 @@ def verify_stored_bytes(key: str, meta: VideoMeta, rt: Runtime) -> VideoMeta:
         )
     except SourceChangedError:
         raise
-    except ValidationError as exc:
+    except InputRejectedError as exc:
         raise SourceChangedError(
             f"the uploaded bytes are not the video that was validated: {exc}"
         ) from exc

@@ -4,7 +4,7 @@ A tus upload has no source to validate before it is sent (the gateway only sniff
 bytes): the assembled object itself is judged, where it lies in the store (the local file, or S3
 through the loopback relay's range reads): size → magic bytes → ffprobe with the demuxer the
 magic bytes chose → ``reelflow.rules.interpret_probe`` (codec, resolution, fps, duration up to
-``REELFLOW_MAX_DURATION_S``). A ``ValidationError`` is terminal (the flow deletes the upload).
+``REELFLOW_MAX_DURATION_S``). A ``InputRejectedError`` is terminal (the flow deletes the upload).
 
 Must not: move, delete or record anything.
 """
@@ -15,7 +15,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from reelflow import media, rules
-from reelflow.errors import IntegrityError, retry_if_retryable
+from reelflow.errors import IntegrityCheckError, retry_if_retryable
 from reelflow.logging import get_logger
 from reelflow.rules import VideoMeta
 from storage.runtime import Runtime
@@ -23,10 +23,10 @@ from tasks.validate import open_stored_media
 
 
 def probe_stored(key: str, rt: Runtime) -> VideoMeta:
-    """Magic bytes + ffprobe of the object at ``key`` → its VideoMeta (or ValidationError)."""
+    """Magic bytes + ffprobe of the object at ``key`` → its VideoMeta (or InputRejectedError)."""
     size = rt.store.size(key)
     if size is None:
-        raise IntegrityError(f"the assembled object {key} is gone")
+        raise IntegrityCheckError(f"the assembled object {key} is gone")
     rules.check_size(size)
     container = rules.sniff_container(rt.store.read_range(key, 0, rules.MAGIC_BYTES_NEEDED))
     with open_stored_media(rt.store, key, container) as inp:

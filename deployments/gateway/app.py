@@ -38,10 +38,10 @@ from deployments.gateway.handoff import Handoff, default_handoff
 from deployments.gateway.uploads import Gateway
 from reelflow import tus
 from reelflow.errors import (
+    InputRejectedError,
     LeaseLostError,
     ReelflowError,
-    UploadNotFound,
-    ValidationError,
+    UploadNotFoundError,
 )
 from reelflow.logging import get_logger
 from reelflow.settings import Settings
@@ -123,9 +123,9 @@ def status_for(exc: BaseException) -> tuple[int, dict[str, str], str]:
         return 409, {}, "conflict"  # the client asks HEAD for the offset and resumes
     if isinstance(exc, LeaseLostError):
         return 423, {}, "locked"
-    if isinstance(exc, UploadNotFound):
+    if isinstance(exc, UploadNotFoundError):
         return 410, {}, "upload_gone"  # the staged upload was aborted (expired, cleaned up)
-    if isinstance(exc, ValidationError):
+    if isinstance(exc, InputRejectedError):
         return 400, {}, exc.reason
     if isinstance(exc, ReelflowError) and exc.retryable:
         return 503, {"Retry-After": str(RETRY_AFTER_S)}, getattr(exc, "reason", "unavailable")

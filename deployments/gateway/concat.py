@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
-from reelflow.errors import IntegrityError
+from reelflow.errors import IntegrityCheckError
 from reelflow.tus import TusError
 from storage import gateway_uploads as uploads
 from storage.base import ObjectStore
@@ -35,10 +35,12 @@ def complete_partial(store: ObjectStore, catalog: Catalog, row: GatewayUpload) -
     if store.exists(row.staging_key):
         return
     if not row.upload_id:
-        raise IntegrityError("the partial upload has no staged multipart upload", upload_id=row.id)
+        raise IntegrityCheckError(
+            "the partial upload has no staged multipart upload", upload_id=row.id
+        )
     parts = catalog.ledger_parts(row.upload_id)
     if not parts:
-        raise IntegrityError("the partial upload's ledger holds no part", upload_id=row.id)
+        raise IntegrityCheckError("the partial upload's ledger holds no part", upload_id=row.id)
     store.complete_upload(row.staging_key, row.upload_id, [parts[n] for n in sorted(parts)])
 
 
@@ -50,7 +52,7 @@ def partial_bytes(store: ObjectStore, partials: Sequence[GatewayUpload]) -> Iter
         while pos < length:
             block = store.read_range(row.staging_key, pos, min(READ_BLOCK_BYTES, length - pos))
             if not block:
-                raise IntegrityError(
+                raise IntegrityCheckError(
                     f"partial upload ended at byte {pos} of {length}", upload_id=row.id
                 )
             pos += len(block)

@@ -41,7 +41,7 @@ from deployments.gateway.auth import authenticate, not_found
 from deployments.gateway.body import declared_length, has_body, with_body
 from deployments.gateway.handoff import Handoff
 from reelflow import tus
-from reelflow.errors import ValidationError
+from reelflow.errors import InputRejectedError
 from reelflow.gateway_tokens import Claims
 from reelflow.logging import get_logger
 from reelflow.rules import sniff_container
@@ -67,21 +67,21 @@ def _log() -> Any:
 
 
 class _MagicCheck:
-    """``sniff_container`` for the writer, remembering its refusal: a ValidationError the
+    """``sniff_container`` for the writer, remembering its refusal: a InputRejectedError the
     writer raises is then known to be "not a video" (415), not a length error (400)."""
 
     def __init__(self) -> None:
-        self.refusal: ValidationError | None = None
+        self.refusal: InputRejectedError | None = None
 
     def __call__(self, head: bytes) -> object:
         try:
             return sniff_container(head)
-        except ValidationError as exc:
+        except InputRejectedError as exc:
             self.refusal = exc
             raise
 
 
-def _not_a_video(exc: ValidationError) -> tus.TusError:
+def _not_a_video(exc: InputRejectedError) -> tus.TusError:
     return tus.TusError(415, f"not a video: {exc.message}", reason=exc.reason)
 
 
@@ -338,7 +338,7 @@ class Gateway:
         """A single upload of 0 bytes is no video: refused before anything is staged."""
         try:
             sniff_container(b"")
-        except ValidationError as exc:
+        except InputRejectedError as exc:
             raise _not_a_video(exc) from exc
 
     def _create(self, row: GatewayUpload) -> GatewayUpload:
@@ -376,7 +376,7 @@ class Gateway:
                 result = self.writer.append(
                     row, concat.partial_bytes(self.store, partials), first_bytes_check=check
                 )
-            except ValidationError as exc:
+            except InputRejectedError as exc:
                 self.writer.terminate(row)
                 if check.refusal is exc:  # not a video: nothing of it is kept
                     for p, fence in zip(partials, fences, strict=True):
@@ -521,7 +521,7 @@ class Gateway:
                 result = self.writer.append(
                     row, chunks, checksum=checksum, first_bytes_check=check, fence=fence
                 )
-            except ValidationError as exc:
+            except InputRejectedError as exc:
                 if check is not None and check.refusal is exc:
                     self.writer.terminate(row, fence=fence)
                     _log().info("upload_refused_not_video", upload=upload_id, reason=exc.reason)

@@ -30,7 +30,7 @@ from deployments.s3_events.options import (
     resolve_options,
 )
 from deployments.s3_events.sinks import EventSink
-from reelflow.errors import ValidationError
+from reelflow.errors import InputRejectedError
 from reelflow.event_policy import EventPolicy, printable
 from reelflow.logging import get_logger
 from storage.s3 import map_s3_error
@@ -98,7 +98,7 @@ def read_object_options(s3: Any, obj: S3Object) -> ObjectOptions | None:
         options = resolve_options(
             metadata=metadata, sidecar=sidecar, object_name=where, sidecar_name=side_where
         )
-    except ValidationError as exc:
+    except InputRejectedError as exc:
         return ObjectOptions(sidecar_key=found_key, error=str(exc), **identity)
     return ObjectOptions(options=options, sidecar_key=found_key, **identity)
 
@@ -138,7 +138,7 @@ class Bridge:
 
     def handle(self, body: bytes | str) -> list[str]:
         """Emit one event per new video object in ``body``; raises before emitting anything
-        on a malformed body (:class:`MalformedNotification`) or a failed S3 lookup."""
+        on a malformed body (:class:`MalformedNotificationError`) or a failed S3 lookup."""
         events = []
         for obj in parse_notification(body):
             refusal = self.policy.refuses(obj.bucket, obj.key)

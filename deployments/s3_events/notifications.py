@@ -4,7 +4,7 @@ Owns: parsing notification bodies (AWS ``Records[]``, the ``s3:TestEvent``, SNS 
 MinIO/Ceph webhook bodies) into :class:`S3Object` values, the key filter, and where a video's
 sidecar sits.
 
-Pure: bytes, strings and mappings in, plain values or :class:`MalformedNotification` out. Must
+Pure: bytes, strings and mappings in, plain values or :class:`MalformedNotificationError` out. Must
 not import boto3, prefect or starlette, read settings, or touch the network.
 """
 
@@ -17,13 +17,13 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote_plus
 
-from reelflow.errors import ConfigurationError, ValidationError
+from reelflow.errors import ConfigurationError, InputRejectedError
 
 DEFAULT_SUFFIXES = (".mp4", ".mov", ".webm")
 SIDECAR_SUFFIX = ".json"
 
 
-class MalformedNotification(ValidationError):
+class MalformedNotificationError(InputRejectedError):
     """The body is not an S3 notification this bridge understands; retrying cannot help."""
 
     def __init__(self, message: str, **context: Any) -> None:
@@ -58,20 +58,20 @@ def parse_notification(body: bytes | str | Mapping[str, Any]) -> list[S3Object]:
     """
     doc = _load_json(body) if not isinstance(body, Mapping) else body
     if not isinstance(doc, Mapping):
-        raise MalformedNotification("notification body is not a JSON object")
+        raise MalformedNotificationError("notification body is not a JSON object")
     if doc.get("Type") == "Notification" and "Message" in doc:
         message = doc["Message"]
         if not isinstance(message, str):
-            raise MalformedNotification("SNS envelope's Message is not a string")
+            raise MalformedNotificationError("SNS envelope's Message is not a string")
         inner = _load_json(message)
         if not isinstance(inner, Mapping) or inner.get("Type") == "Notification":
-            raise MalformedNotification("SNS Message is not an S3 notification")
+            raise MalformedNotificationError("SNS Message is not an S3 notification")
         return parse_notification(inner)
     if doc.get("Event") == "s3:TestEvent":
         return []
     records = doc.get("Records")
     if not isinstance(records, list):
-        raise MalformedNotification("notification has no Records list")
+        raise MalformedNotificationError("notification has no Records list")
     return [obj for i, r in enumerate(records) if (obj := _parse_record(r, i)) is not None]
 
 
@@ -79,16 +79,16 @@ def _load_json(body: bytes | str) -> Any:
     try:
         return json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise MalformedNotification(f"notification body is not JSON: {exc}") from exc
+        raise MalformedNotificationError(f"notification body is not JSON: {exc}") from exc
 
 
 def _parse_record(record: Any, index: int) -> S3Object | None:
     where = f"Records[{index}]"
     if not isinstance(record, Mapping):
-        raise MalformedNotification(f"{where} is not an object")
+        raise MalformedNotificationError(f"{where} is not an object")
     name = record.get("eventName")
     if not isinstance(name, str):
-        raise MalformedNotification(f"{where}.eventName is missing")
+        raise MalformedNotificationError(f"{where}.eventName is missing")
     # MinIO and Ceph prefix the name with "s3:"; AWS does not.
     name = name.removeprefix("s3:")
     if not name.startswith("ObjectCreated:"):
@@ -97,15 +97,15 @@ def _parse_record(record: Any, index: int) -> S3Object | None:
     bucket = s3.get("bucket") if isinstance(s3, Mapping) else None
     obj = s3.get("object") if isinstance(s3, Mapping) else None
     if not isinstance(bucket, Mapping) or not isinstance(obj, Mapping):
-        raise MalformedNotification(f"{where}.s3.bucket/object is missing")
+        raise MalformedNotificationError(f"{where}.s3.bucket/object is missing")
     bucket_name, raw_key = bucket.get("name"), obj.get("key")
     if not isinstance(bucket_name, str) or not bucket_name:
-        raise MalformedNotification(f"{where}.s3.bucket.name is missing")
+        raise MalformedNotificationError(f"{where}.s3.bucket.name is missing")
     if not isinstance(raw_key, str) or not raw_key:
-        raise MalformedNotification(f"{where}.s3.object.key is missing")
+        raise MalformedNotificationError(f"{where}.s3.object.key is missing")
     size = obj.get("size")
     if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 0):
-        raise MalformedNotification(f"{where}.s3.object.size is not a byte count")
+        raise MalformedNotificationError(f"{where}.s3.object.size is not a byte count")
     etag = _opt_str(obj, "eTag", where)
     time = record.get("eventTime")
     return S3Object(
@@ -125,7 +125,7 @@ def _opt_str(obj: Mapping[str, Any], name: str, where: str) -> str | None:
     if value is None or value == "":
         return None
     if not isinstance(value, str):
-        raise MalformedNotification(f"{where}.s3.object.{name} is not a string")
+        raise MalformedNotificationError(f"{where}.s3.object.{name} is not a string")
     return value
 
 

@@ -7,7 +7,7 @@ up. The rules themselves (privacy levels, modes, the caption limit, account name
 publish_at's timezone) are :mod:`reelflow.ingest_options`'s, the same every entry point runs;
 this module only applies them and names the file or object in the message.
 
-Pure: bytes and mappings in, values or :class:`~reelflow.errors.ValidationError` out. Must not
+Pure: bytes and mappings in, values or :class:`~reelflow.errors.InputRejectedError` out. Must not
 define a rule of its own, import boto3 or prefect, read settings or the clock.
 """
 
@@ -20,11 +20,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, field_validator
-from pydantic import ValidationError as PydanticValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 from pydantic_core import PydanticCustomError
 
-from reelflow.errors import ValidationError
+from reelflow.errors import InputRejectedError
 from reelflow.ingest_options import (
     INGEST_MODES,
     check_account_name,
@@ -51,7 +50,7 @@ def _rule(check: Callable[[T], object], value: T) -> T:
     becomes a field error whose type is the rule's reason and whose text is the rule's."""
     try:
         check(value)
-    except ValidationError as exc:
+    except InputRejectedError as exc:
         # The message goes in as context, never as the template: it may quote braces.
         raise PydanticCustomError(exc.reason, "{detail}", {"detail": exc.message}) from exc
     return value
@@ -124,17 +123,19 @@ class ObjectOptions:
 def options_from_sidecar(data: bytes, *, where: str) -> dict[str, Any]:
     """The raw fields of a sidecar file; ``where`` names it in errors (``bucket/key``)."""
     if len(data) > MAX_SIDECAR_BYTES:
-        raise ValidationError(
+        raise InputRejectedError(
             f"sidecar {where}: larger than {MAX_SIDECAR_BYTES} bytes", reason="bad_sidecar"
         )
     try:
         doc = json.loads(data.decode("utf-8"))
     except UnicodeDecodeError as exc:
-        raise ValidationError(f"sidecar {where}: not UTF-8 ({exc})", reason="bad_sidecar") from exc
+        raise InputRejectedError(
+            f"sidecar {where}: not UTF-8 ({exc})", reason="bad_sidecar"
+        ) from exc
     except ValueError as exc:
-        raise ValidationError(f"sidecar {where}: not JSON: {exc}", reason="bad_sidecar") from exc
+        raise InputRejectedError(f"sidecar {where}: not JSON: {exc}", reason="bad_sidecar") from exc
     if not isinstance(doc, dict):
-        raise ValidationError(f"sidecar {where}: must be a JSON object", reason="bad_sidecar")
+        raise InputRejectedError(f"sidecar {where}: must be a JSON object", reason="bad_sidecar")
     return doc
 
 
@@ -149,7 +150,7 @@ def options_from_metadata(metadata: Mapping[str, str], *, where: str) -> dict[st
         if short not in METADATA_FIELDS:
             # A typo (reelflow-acount) silently ignored would publish with the wrong options.
             known = ", ".join(METADATA_PREFIX + k for k in METADATA_FIELDS)
-            raise ValidationError(
+            raise InputRejectedError(
                 f"metadata of {where}: unknown x-amz-meta-{name} (known: {known})",
                 reason="bad_metadata",
             )
@@ -188,10 +189,10 @@ def resolve_options(
 def _validate(fields: Mapping[str, Any], what: str, *, reason: str) -> PublishOptions:
     try:
         return PublishOptions.model_validate(dict(fields))
-    except PydanticValidationError as exc:
+    except ValidationError as exc:
         errors = exc.errors()
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in errors
         )
         rules = tuple(str(e["type"]) for e in errors)
-        raise ValidationError(f"{what}: {problems}", reason=reason, rules=rules) from exc
+        raise InputRejectedError(f"{what}: {problems}", reason=reason, rules=rules) from exc

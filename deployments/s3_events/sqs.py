@@ -21,7 +21,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from deployments.s3_events.bridge import Bridge, log
-from deployments.s3_events.notifications import MalformedNotification
+from deployments.s3_events.notifications import MalformedNotificationError
 from reelflow.errors import ConfigurationError, ReelflowError
 from storage.s3 import map_s3_error
 
@@ -113,7 +113,7 @@ def _handle_message(
     receives = message.get("Attributes", {}).get("ApproximateReceiveCount")
     try:
         ids = bridge.handle(message.get("Body", ""))
-    except MalformedNotification as exc:
+    except MalformedNotificationError as exc:
         log().error(
             "sqs_message_malformed", message_id=message_id, receives=receives, error=str(exc)
         )

@@ -21,7 +21,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from deployments.s3_events.bridge import Bridge, log
-from deployments.s3_events.notifications import MalformedNotification
+from deployments.s3_events.notifications import MalformedNotificationError
 from reelflow.errors import ConfigurationError, ReelflowError
 
 MAX_WEBHOOK_BODY_BYTES = 1024 * 1024
@@ -90,7 +90,7 @@ def make_webhook_app(bridge: Bridge, *, secret: str) -> Starlette:
         try:
             # boto3 and the Prefect client block; keep them off the event loop.
             ids = await run_in_threadpool(bridge.handle, body)
-        except MalformedNotification as exc:
+        except MalformedNotificationError as exc:
             log().warning("webhook_body_malformed", error=str(exc))
             return JSONResponse({"error": str(exc)}, status_code=400)
         except ReelflowError as exc:

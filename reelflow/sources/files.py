@@ -14,7 +14,7 @@ import stat
 from collections.abc import Iterator
 from pathlib import Path
 
-from reelflow.errors import SourceChangedError, SourceNotFound, ValidationError
+from reelflow.errors import InputRejectedError, SourceChangedError, SourceNotFoundError
 from reelflow.sources.ref import READ_BLOCK_BYTES, SourceRef
 
 _OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -41,13 +41,15 @@ def resolve_file(source: str) -> SourceRef:
     try:
         st = os.stat(path)  # stat first: it never blocks, whatever the file is
     except (FileNotFoundError, NotADirectoryError) as exc:
-        raise SourceNotFound(f"no such file: {path}") from exc
+        raise SourceNotFoundError(f"no such file: {path}") from exc
     except OSError as exc:
-        raise ValidationError(f"cannot read {path}: {exc.strerror}", reason="unreadable") from exc
+        raise InputRejectedError(
+            f"cannot read {path}: {exc.strerror}", reason="unreadable"
+        ) from exc
     if stat.S_ISDIR(st.st_mode):
-        raise ValidationError(f"{path} is a directory, not a video file", reason="unreadable")
+        raise InputRejectedError(f"{path} is a directory, not a video file", reason="unreadable")
     if not stat.S_ISREG(st.st_mode):
-        raise ValidationError(
+        raise InputRejectedError(
             f"{path} is a {_file_type(st.st_mode)}, not a regular file",
             reason="not_regular_file",
         )
@@ -55,13 +57,15 @@ def resolve_file(source: str) -> SourceRef:
     try:
         fd = os.open(real, _OPEN_FLAGS)
     except OSError as exc:
-        raise ValidationError(f"cannot read {path}: {exc.strerror}", reason="unreadable") from exc
+        raise InputRejectedError(
+            f"cannot read {path}: {exc.strerror}", reason="unreadable"
+        ) from exc
     try:
         opened = os.fstat(fd)
     finally:
         os.close(fd)
     if not stat.S_ISREG(opened.st_mode):  # swapped between stat and open
-        raise ValidationError(
+        raise InputRejectedError(
             f"{path} is a {_file_type(opened.st_mode)}, not a regular file",
             reason="not_regular_file",
         )

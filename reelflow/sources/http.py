@@ -19,10 +19,10 @@ import urllib3
 
 from reelflow import netguard
 from reelflow.errors import (
+    InputRejectedError,
     SourceChangedError,
-    SourceNotFound,
+    SourceNotFoundError,
     TransientStorageError,
-    ValidationError,
 )
 from reelflow.safehttp import public_url
 from reelflow.sources.ref import CONTENT_RANGE, READ_BLOCK_BYTES, SourceRef
@@ -39,14 +39,14 @@ def resolve_http(source: str, get: Get) -> SourceRef:
     resp.close()
     status = resp.status_code
     if status in (404, 410):
-        raise SourceNotFound(f"{public} answered HTTP {status}")
+        raise SourceNotFoundError(f"{public} answered HTTP {status}")
     if status >= 500 or status == 429:
         raise TransientStorageError(f"{public} answered HTTP {status}")
     unsatisfiable = resp.headers.get("Content-Range", "").strip() == "bytes */0"
     if status >= 400 and not (status == 416 and unsatisfiable):
-        raise ValidationError(f"{public} answered HTTP {status}", reason="unreadable")
+        raise InputRejectedError(f"{public} answered HTTP {status}", reason="unreadable")
     if status == 200:
-        raise ValidationError(
+        raise InputRejectedError(
             f"{public} ignores range requests; reelflow reads sources in ranges",
             reason="no_ranges",
         )
@@ -54,12 +54,12 @@ def resolve_http(source: str, get: Get) -> SourceRef:
     m = CONTENT_RANGE.match(resp.headers.get("Content-Range", "").strip())
     size = 0 if status == 416 else int(m.group(3)) if m else -1
     if size < 0:
-        raise ValidationError(f"{public} does not report its size", reason="unreadable")
+        raise InputRejectedError(f"{public} does not report its size", reason="unreadable")
     etag = resp.headers.get("ETag")
     strong = etag if etag and not etag.startswith("W/") else None
     modified = None if strong else resp.headers.get("Last-Modified")
     if size and not (strong or modified):
-        raise ValidationError(
+        raise InputRejectedError(
             f"{public} sends neither a strong ETag nor Last-Modified, so its content "
             "cannot be pinned for the run",
             reason="unpinnable_source",
@@ -107,7 +107,7 @@ def iter_http(ref: SourceRef, start: int, length: int, get: Get) -> Iterator[byt
 def refuse_encoded(resp: requests.Response, public: str) -> None:
     encoding = resp.headers.get("Content-Encoding", "identity").strip().lower()
     if encoding not in ("", "identity"):
-        raise ValidationError(
+        raise InputRejectedError(
             f"{public} sends the video {encoding}-encoded; reelflow reads raw bytes",
             reason="encoded_source",
         )

@@ -46,11 +46,11 @@ import requests
 
 from reelflow import netguard
 from reelflow.errors import (
+    InputRejectedError,
     SourceChangedError,
     SourceRefusedError,
     SourceTimeoutError,
     TransientStorageError,
-    ValidationError,
 )
 from reelflow.media import MediaInput
 from reelflow.planning import Chunk
@@ -110,7 +110,7 @@ class SourceReader:
     # --- resolution ---------------------------------------------------------------------------
     def resolve(self, source: str) -> SourceRef:
         if "\x00" in source:
-            raise ValidationError("the source contains a NUL byte", reason="bad_path")
+            raise InputRejectedError("the source contains a NUL byte", reason="bad_path")
         kind = source_kind(source)
         if kind == "refused":
             scheme = source.split(":", 1)[0].lower()

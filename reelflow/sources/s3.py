@@ -14,10 +14,10 @@ import urllib3
 from botocore.exceptions import BotoCoreError, ClientError
 
 from reelflow.errors import (
+    InputRejectedError,
     SourceChangedError,
-    SourceNotFound,
+    SourceNotFoundError,
     TransientStorageError,
-    ValidationError,
 )
 from reelflow.sources.ref import CONTENT_RANGE, READ_BLOCK_BYTES, SourceRef
 
@@ -36,9 +36,9 @@ def resolve_s3(s3: Any, source: str) -> SourceRef:
         code = str(exc.response.get("Error", {}).get("Code", ""))
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
         if code in ("404", "NoSuchKey", "NotFound", "NoSuchBucket") or status == 404:
-            raise SourceNotFound(f"no such object: {source}") from exc
+            raise SourceNotFoundError(f"no such object: {source}") from exc
         if status == 403:
-            raise ValidationError(f"access denied to {source}", reason="unreadable") from exc
+            raise InputRejectedError(f"access denied to {source}", reason="unreadable") from exc
         raise TransientStorageError(f"cannot read {source}: {code}") from exc
     except BotoCoreError as exc:
         raise TransientStorageError(f"cannot reach the source store: {exc}") from exc

@@ -25,7 +25,7 @@ from typing import IO, Any, Self
 
 import requests
 
-from reelflow.errors import IntegrityError
+from reelflow.errors import IntegrityCheckError
 from reelflow.tiktok.errors import (
     UPLOAD_ENDPOINT,
     error_from_response,
@@ -225,7 +225,7 @@ class TikTokClient:
         Returns on 206/201; any other status raises a :class:`TikTokUploadError` subclass.
         """
         if not 0 <= first_byte <= last_byte < total:
-            raise IntegrityError(
+            raise IntegrityCheckError(
                 f"invalid chunk range {first_byte}-{last_byte} of {total} bytes",
                 first_byte=first_byte,
                 last_byte=last_byte,
@@ -236,7 +236,7 @@ class TikTokClient:
         if isinstance(data, bytes | bytearray | memoryview):
             body = bytes(data)
             if len(body) != length:
-                raise IntegrityError(
+                raise IntegrityCheckError(
                     f"chunk body is {len(body)} bytes but its range {first_byte}-{last_byte} "
                     f"needs {length}",
                     first_byte=first_byte,

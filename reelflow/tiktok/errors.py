@@ -8,17 +8,17 @@ for success. Callers act on the class and on ``retryable``; nothing else decides
     PublishError (reelflow.errors)
     └── TikTokApiError               code, http_status, log_id, retryable, retry_after_s, endpoint
         ├── TikTokAuthError          terminal: scope missing, OAuth grant/client refused
-        │   └── AccessTokenInvalid   terminal for this token: refresh once, then call again
-        ├── TikTokRateLimited        retryable: 429 rate_limit_exceeded (honour retry_after_s)
+        │   └── AccessTokenInvalidError   terminal for this token: refresh once, then call again
+        ├── TikTokRateLimitedError        retryable: 429 rate_limit_exceeded (honour retry_after_s)
         ├── TikTokServerError        retryable: 5xx, internal_error, OAuth server_error, bad body
         ├── TikTokTransportError     retryable: no HTTP reply at all (refused, reset, timeout)
         ├── TikTokPolicyError        terminal: spam/cap/privacy/audit/URL-ownership refusals
-        ├── TikTokInvalidRequest     terminal: invalid_params, invalid_publish_id, invalid_request
+        ├── TikTokInvalidRequestError     terminal: invalid_params, invalid_publish_id, invalid_request
         ├── TikTokUploadError        a chunk PUT was refused (retryable for 5xx and 429)
-        │   ├── UploadUrlExpired     terminal for this session: 403, the URL's hour is over
-        │   ├── UploadSessionNotFound  terminal: 404, no upload task matches the URL
-        │   └── UploadOutOfSync      416: Content-Range disagrees with TikTok's progress
-        └── TikTokPublishFailed      status FAILED; terminal unless fail_reason is "internal"
+        │   ├── UploadUrlExpiredError     terminal for this session: 403, the URL's hour is over
+        │   ├── UploadSessionNotFoundError  terminal: 404, no upload task matches the URL
+        │   └── UploadOutOfSyncError      416: Content-Range disagrees with TikTok's progress
+        └── TikTokPublishFailedError      status FAILED; terminal unless fail_reason is "internal"
 
 This module must not send requests and must never put a secret in a message: access, refresh and
 upload tokens, authorization codes and client secrets are redacted by :func:`redact`, and upload
@@ -92,7 +92,7 @@ class TikTokAuthError(TikTokApiError):
     """The token, its scopes or the OAuth grant were refused; the user may need to re-authorize."""
 
 
-class AccessTokenInvalid(TikTokAuthError):
+class AccessTokenInvalidError(TikTokAuthError):
     """401 ``access_token_invalid``: the access token is unknown or expired.
 
     Not retryable with the same token, but a caller holding a refresh token should refresh once
@@ -102,7 +102,7 @@ class AccessTokenInvalid(TikTokAuthError):
     refreshable = True
 
 
-class TikTokRateLimited(TikTokApiError):
+class TikTokRateLimitedError(TikTokApiError):
     """429 ``rate_limit_exceeded`` (per token, one-minute sliding window)."""
 
     retryable = True
@@ -133,7 +133,7 @@ class TikTokPolicyError(TikTokApiError):
     """
 
 
-class TikTokInvalidRequest(TikTokApiError):
+class TikTokInvalidRequestError(TikTokApiError):
     """The request itself is wrong (``invalid_params``, unknown ``publish_id``, OAuth
     ``invalid_request``); retrying cannot help."""
 
@@ -171,15 +171,15 @@ class TikTokUploadError(TikTokApiError):
         return self.acknowledged.last if self.acknowledged is not None else None
 
 
-class UploadUrlExpired(TikTokUploadError):
+class UploadUrlExpiredError(TikTokUploadError):
     """403 on a PUT: the upload URL's one-hour validity is over; a new init is needed."""
 
 
-class UploadSessionNotFound(TikTokUploadError):
+class UploadSessionNotFoundError(TikTokUploadError):
     """404 on a PUT: TikTok has no upload task for this URL."""
 
 
-class UploadOutOfSync(TikTokUploadError):
+class UploadOutOfSyncError(TikTokUploadError):
     """416 on a PUT: the Content-Range did not start where TikTok's progress is.
 
     ``acknowledged`` holds the range TikTok reported, when it sent one. Resending the same range
@@ -197,7 +197,7 @@ class UploadOutOfSync(TikTokUploadError):
         return None if last is None else last + 1
 
 
-class TikTokPublishFailed(TikTokApiError):
+class TikTokPublishFailedError(TikTokApiError):
     """``status/fetch`` reported FAILED (HTTP 200, ``error.code`` ok) with ``fail_reason``.
 
     Only ``internal`` is retryable (TikTok documents it so); a retry is a new init and upload.
@@ -220,18 +220,18 @@ class TikTokPublishFailed(TikTokApiError):
 # A code decides the class; the HTTP status is only a fallback, because creator_info returns the
 # spam and cap codes with HTTP 200 and OAuth error statuses are undocumented.
 _CODE_CLASSES: dict[str, type[TikTokApiError]] = {
-    "access_token_invalid": AccessTokenInvalid,
+    "access_token_invalid": AccessTokenInvalidError,
     "scope_not_authorized": TikTokAuthError,
     "scope_permission_missed": TikTokAuthError,
-    "rate_limit_exceeded": TikTokRateLimited,
+    "rate_limit_exceeded": TikTokRateLimitedError,
     "internal_error": TikTokServerError,
-    "invalid_params": TikTokInvalidRequest,
-    "invalid_param": TikTokInvalidRequest,  # the reference pages' spelling
-    "invalid_file_upload": TikTokInvalidRequest,
-    "invalid_publish_id": TikTokInvalidRequest,
-    "token_not_authorized_for_specified_publish_id": TikTokInvalidRequest,
-    "publish_not_cancellable": TikTokInvalidRequest,
-    "app_version_check_failed": TikTokInvalidRequest,
+    "invalid_params": TikTokInvalidRequestError,
+    "invalid_param": TikTokInvalidRequestError,  # the reference pages' spelling
+    "invalid_file_upload": TikTokInvalidRequestError,
+    "invalid_publish_id": TikTokInvalidRequestError,
+    "token_not_authorized_for_specified_publish_id": TikTokInvalidRequestError,
+    "publish_not_cancellable": TikTokInvalidRequestError,
+    "app_version_check_failed": TikTokInvalidRequestError,
     "spam_risk_too_many_posts": TikTokPolicyError,
     "spam_risk_user_banned_from_posting": TikTokPolicyError,
     "spam_risk_too_many_pending_share": TikTokPolicyError,
@@ -245,9 +245,9 @@ _CODE_CLASSES: dict[str, type[TikTokApiError]] = {
     "unauthorized_client": TikTokAuthError,
     "access_denied": TikTokAuthError,
     "invalid_scope": TikTokAuthError,
-    "invalid_request": TikTokInvalidRequest,
-    "unsupported_grant_type": TikTokInvalidRequest,
-    "unsupported_response_type": TikTokInvalidRequest,
+    "invalid_request": TikTokInvalidRequestError,
+    "unsupported_grant_type": TikTokInvalidRequestError,
+    "unsupported_response_type": TikTokInvalidRequestError,
     "server_error": TikTokServerError,
     "temporarily_unavailable": TikTokServerError,
 }
@@ -348,7 +348,7 @@ def _build(
         text += f": {message}"
     if log_id:
         text += f" [log_id {log_id}]"
-    retry_after = _retry_after_s(resp) if cls is TikTokRateLimited or status >= 500 else None
+    retry_after = _retry_after_s(resp) if cls is TikTokRateLimitedError or status >= 500 else None
     return cls(
         text,
         code=code,
@@ -365,11 +365,11 @@ def _class_for_status(status: int) -> type[TikTokApiError]:
     if status == 403:
         return TikTokPolicyError
     if status == 429:
-        return TikTokRateLimited
+        return TikTokRateLimitedError
     if status >= 500:
         return TikTokServerError
     if 400 <= status < 500:
-        return TikTokInvalidRequest
+        return TikTokInvalidRequestError
     return TikTokApiError  # an unknown non-ok code on a 2xx: terminal until someone reads it
 
 
@@ -379,9 +379,9 @@ def _upload_error(resp: requests.Response) -> TikTokUploadError | None:
         return None
     acknowledged = parse_content_range(resp.headers.get("Content-Range"))
     cls: type[TikTokUploadError] = {
-        403: UploadUrlExpired,
-        404: UploadSessionNotFound,
-        416: UploadOutOfSync,
+        403: UploadUrlExpiredError,
+        404: UploadSessionNotFoundError,
+        416: UploadOutOfSyncError,
     }.get(status, TikTokUploadError)
     meaning = {
         400: "malformed headers or Content-Length does not match the body",

@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from reelflow.errors import IntegrityError, ValidationError
+from reelflow.errors import InputRejectedError, IntegrityCheckError
 
 MIB = 1024 * 1024
 MIN_CHUNK_BYTES = 5 * MIB  # 5,242,880: "5 MB" under the binary reading, so safe under both
@@ -84,7 +84,7 @@ def file_upload_source(
 
 
 def check_tiktok_chunk_rules(video_size: int, chunk_size: int, total_chunk_count: int) -> None:
-    """Raise :class:`ValidationError` unless the three init numbers obey the safe rules."""
+    """Raise :class:`InputRejectedError` unless the three init numbers obey the safe rules."""
     _check_video_size(video_size)
     if video_size < MIN_CHUNK_BYTES:
         if chunk_size != video_size or total_chunk_count != 1:
@@ -145,7 +145,7 @@ def plan_tiktok_upload(
     """
     _check_video_size(video_size)
     if preferred_chunk_bytes <= 0:
-        raise ValidationError(
+        raise InputRejectedError(
             f"preferred_chunk_bytes must be positive, got {preferred_chunk_bytes}",
             reason="invalid_chunk_plan",
         )
@@ -163,7 +163,7 @@ def plan_tiktok_upload(
 
 
 def plan_tiktok_upload_with_chunk_size(video_size: int, chunk_size: int) -> TikTokUploadPlan:
-    """Plan with exactly ``chunk_size`` (no adjusting); raise :class:`ValidationError` if unsafe.
+    """Plan with exactly ``chunk_size`` (no adjusting); raise :class:`InputRejectedError` if unsafe.
 
     Use it to rebuild the plan a session was initialised with (the ledger stores ``chunk_size``),
     or to replay TikTok's worked example (50,000,123 bytes in 10,000,000-byte chunks).
@@ -222,7 +222,7 @@ def first_unacknowledged_chunk(plan: TikTokUploadPlan, uploaded_bytes: int) -> i
     been acknowledged.
     """
     if uploaded_bytes < 0 or uploaded_bytes > plan.video_size:
-        raise IntegrityError(
+        raise IntegrityCheckError(
             f"TikTok reports {uploaded_bytes} uploaded bytes for a {plan.video_size}-byte plan",
             uploaded_bytes=uploaded_bytes,
             video_size=plan.video_size,
@@ -247,14 +247,14 @@ def _build(video_size: int, chunk_size: int) -> TikTokUploadPlan:
 
 def _check_video_size(video_size: int) -> None:
     if not 0 < video_size <= MAX_VIDEO_BYTES:
-        raise ValidationError(
+        raise InputRejectedError(
             f"video size {video_size} bytes is outside TikTok's range (1 .. {MAX_VIDEO_BYTES})",
             reason="video_size_out_of_range",
             video_size=video_size,
         )
 
 
-def _invalid(message: str, video_size: int, chunk_size: int) -> ValidationError:
-    return ValidationError(
+def _invalid(message: str, video_size: int, chunk_size: int) -> InputRejectedError:
+    return InputRejectedError(
         message, reason="invalid_chunk_plan", video_size=video_size, chunk_size=chunk_size
     )

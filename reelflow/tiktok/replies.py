@@ -10,7 +10,7 @@ from typing import Any
 
 import requests
 
-from reelflow.tiktok.errors import TikTokPublishFailed, malformed_response
+from reelflow.tiktok.errors import TikTokPublishFailedError, malformed_response
 
 
 @dataclass(frozen=True)
@@ -47,11 +47,11 @@ class PublishStatus:
     downloaded_bytes: int | None = None
     log_id: str | None = None
 
-    def failure(self) -> TikTokPublishFailed | None:
+    def failure(self) -> TikTokPublishFailedError | None:
         """The typed error for a FAILED status (terminal unless ``internal``), else None."""
         if self.status != "FAILED":
             return None
-        return TikTokPublishFailed(self.fail_reason or "", self.publish_id, self.log_id)
+        return TikTokPublishFailedError(self.fail_reason or "", self.publish_id, self.log_id)
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ clock it is given, so this module knows no database:
 * ``call(fn)``: a 401 ``access_token_invalid`` triggers exactly one refresh and one more call; a
   second 401 is terminal;
 * a refused refresh (``invalid_grant``: revoked, expired, or rotated away) is terminal
-  (:class:`AuthorizationRevoked`) unless another run rotated the token meanwhile, which a
+  (:class:`AuthorizationRevokedError`) unless another run rotated the token meanwhile, which a
   re-read of the row tells apart.
 
 Must not: log, return in a message, or keep in ``repr`` any token; retry anything itself (errors
@@ -30,7 +30,7 @@ from typing import Protocol, TypeVar
 from reelflow.errors import ConfigurationError
 from reelflow.logging import get_logger
 from reelflow.tiktok.client import TOKEN_PATH, TikTokClient
-from reelflow.tiktok.errors import AccessTokenInvalid, TikTokAuthError
+from reelflow.tiktok.errors import AccessTokenInvalidError, TikTokAuthError
 
 T = TypeVar("T")
 
@@ -38,7 +38,7 @@ REFRESH_AHEAD_MAX_S = 300.0  # refresh at most 5 minutes before expiry...
 REFRESH_AHEAD_FRACTION = 0.1  # ...or a tenth of the lifetime, for short-lived tokens
 
 
-class AuthorizationRevoked(TikTokAuthError):
+class AuthorizationRevokedError(TikTokAuthError):
     """The account's refresh token was refused or has expired: a person must re-authorize."""
 
 
@@ -139,7 +139,7 @@ class TokenManager:
         token = self.access_token()
         try:
             return fn(token)
-        except AccessTokenInvalid as exc:
+        except AccessTokenInvalidError as exc:
             self._log.info("access_token_rejected", code=exc.code, log_id=exc.log_id)
             token = self.refresh(rejected=token)
         return fn(token)  # a second rejection is terminal and propagates
@@ -160,7 +160,7 @@ class TokenManager:
                 return current  # someone refreshed while we waited for the lock
             refresh_expires = account.refresh_expires_at
             if refresh_expires is not None and refresh_expires <= now:
-                raise AuthorizationRevoked(
+                raise AuthorizationRevokedError(
                     f"TikTok account {self.name!r}: the refresh token expired at "
                     f"{refresh_expires.isoformat()}; re-authorize with `reelflow accounts add`",
                     code="refresh_token_expired",
@@ -175,7 +175,7 @@ class TokenManager:
                     # Another run rotated the refresh token between our read and our call.
                     self._log.info("access_token_refreshed_elsewhere")
                     return latest.access_token.reveal()
-                raise AuthorizationRevoked(
+                raise AuthorizationRevokedError(
                     f"TikTok account {self.name!r}: refresh refused ({exc.code}); the "
                     "authorization was revoked or expired; re-authorize with "
                     f"`reelflow accounts add` [log_id {exc.log_id}]",

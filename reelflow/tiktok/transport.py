@@ -22,7 +22,7 @@ import structlog
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
-from reelflow.errors import IntegrityError
+from reelflow.errors import IntegrityCheckError
 from reelflow.tiktok.errors import TikTokApiError, TikTokTransportError, redact
 
 # The name the events had before the split: log routing and filters select on it.
@@ -164,7 +164,7 @@ class ChunkReader:
         piece = self._raw.read(want)
         if not piece:
             # Sending fewer bytes than Content-Length would leave TikTok waiting; fail loudly.
-            raise IntegrityError(
+            raise IntegrityCheckError(
                 f"chunk stream ended {remaining} bytes before its {self._length}-byte range",
                 expected=self._length,
                 sent=self._sent,

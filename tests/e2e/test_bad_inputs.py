@@ -71,10 +71,10 @@ def test_unreadable_file(home: Path, clips: Any, tmp_path: Path) -> None:
     clip.chmod(0)
     code = (
         "from reelflow.sources import SourceReader\n"
-        "from reelflow.errors import ValidationError\n"
+        "from reelflow.errors import InputRejectedError\n"
         "import sys\n"
         "try:\n    SourceReader(lambda: None).resolve(sys.argv[1])\n"
-        "except ValidationError as e:\n    print(e.reason); sys.exit(2)\n"
+        "except InputRejectedError as e:\n    print(e.reason); sys.exit(2)\n"
     )
     proc = subprocess.run(
         [

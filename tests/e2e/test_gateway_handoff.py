@@ -31,7 +31,7 @@ from deployments.gateway.pipeline import (
     event_id,
     resume_stalled,
 )
-from reelflow.errors import ValidationError
+from reelflow.errors import InputRejectedError
 from reelflow.planning import MIB
 from reelflow.rules import sniff_container
 from reelflow.settings import Settings
@@ -244,7 +244,7 @@ def test_video_header_followed_by_garbage_fails_and_leaves_nothing(
     rt = _runtime()
     row = receive(rt, clips.bad("truncated"))
 
-    with pytest.raises(ValidationError):
+    with pytest.raises(InputRejectedError):
         ingest(row.id)
 
     failed = row_of(rt, row.id)
@@ -253,7 +253,7 @@ def test_video_header_followed_by_garbage_fails_and_leaves_nothing(
     assert leftovers(rt, row) == ([], [])
     assert row.upload_id and rt.catalog.ledger_parts(row.upload_id) == {}
     assert [m for m in rt.catalog.list_media() if m.source_uri == f"tus:{row.id}"] == []
-    with pytest.raises(ValidationError, match="failed"):
+    with pytest.raises(InputRejectedError, match="failed"):
         ingest(row.id)  # refused from then on
 
 
@@ -265,7 +265,7 @@ def test_upload_whose_metadata_is_refused_now_fails_once_and_leaves_nothing(
     rt = _runtime()
     row = receive(rt, clips.valid(), mode="direct")
 
-    with pytest.raises(ValidationError, match="needs an account"):
+    with pytest.raises(InputRejectedError, match="needs an account"):
         ingest(row.id)
 
     failed = row_of(rt, row.id)

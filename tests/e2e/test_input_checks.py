@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from flows.ingest import ingest_video
 from reelflow.cli import app
-from reelflow.errors import ValidationError
+from reelflow.errors import InputRejectedError
 from reelflow.settings import Settings
 from storage.runtime import Runtime
 from tests.support.tiktok import add_account
@@ -128,14 +128,14 @@ def test_flow_callers_get_the_same_rules(
     home: Path, own_clip: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """ingest_video from Python (the UI form's path): the same refusals, nothing stored."""
-    with pytest.raises(ValidationError) as refused:
+    with pytest.raises(InputRejectedError) as refused:
         ingest_video(source=str(own_clip), concurrency=-1)
     assert refused.value.reason == "invalid_concurrency"
-    with pytest.raises(ValidationError) as absurd:
+    with pytest.raises(InputRejectedError) as absurd:
         ingest_video(source=str(own_clip), chunk_size_bytes=6 * GIB)
     assert absurd.value.reason == "invalid_chunk_size"
     monkeypatch.setenv("REELFLOW_MEMORY_BUDGET_BYTES", str(16 * MIB))
-    with pytest.raises(ValidationError, match="over the memory budget") as over:
+    with pytest.raises(InputRejectedError, match="over the memory budget") as over:
         ingest_video(source=str(own_clip))  # the defaults: 8 MiB x (4 + 1) = 40 MiB
     assert over.value.reason == "over_memory_budget" and "16.0 MiB" in str(over.value)
     assert stored_files(home) == []

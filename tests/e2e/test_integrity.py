@@ -11,7 +11,7 @@ import pytest
 from prefect import flow
 
 from flows.chunk_pipeline import send_source
-from reelflow.errors import IntegrityError, ReelflowError
+from reelflow.errors import IntegrityCheckError, ReelflowError
 from reelflow.planning import MIB
 from reelflow.settings import Settings
 from storage.runtime import Runtime
@@ -51,8 +51,8 @@ def tampered_ingest(source: str, tamper: str) -> None:
 def test_replaced_part_fails_assembly_on_s3(
     s3_env: str, s3_server: Any, bucket: str, clips: Any
 ) -> None:
-    """A part whose checksum differs from the source's: IntegrityError, upload aborted, no object."""
-    with pytest.raises(IntegrityError, match="part 2: (checksum|ETag) differs"):
+    """A part whose checksum differs from the source's: IntegrityCheckError, upload aborted, no object."""
+    with pytest.raises(IntegrityCheckError, match="part 2: (checksum|ETag) differs"):
         tampered_ingest(str(clips.medium(12 * MIB)), "replace-part")
     s3 = s3_server.client()
     assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
@@ -61,7 +61,7 @@ def test_replaced_part_fails_assembly_on_s3(
 
 def test_corrupted_staged_bytes_fail_the_whole_file_check(home: Path, clips: Any) -> None:
     """Local store: the read-back SHA-256 catches bytes changed after the parts were accepted."""
-    with pytest.raises(IntegrityError, match="sha256"):
+    with pytest.raises(IntegrityCheckError, match="sha256"):
         tampered_ingest(str(clips.medium(12 * MIB)), "flip-staged-byte")
     objects = home / "objects"
     assert [p for p in objects.rglob("*") if p.is_file()] == []

@@ -33,11 +33,11 @@ from reelflow.tiktok.client import TikTokClient
 from reelflow.tiktok.errors import (
     TikTokAuthError,
     TikTokPolicyError,
-    TikTokPublishFailed,
+    TikTokPublishFailedError,
 )
 from reelflow.tiktok.plan import plan_tiktok_upload
 from reelflow.tiktok.sandbox import RunningSandbox, SandboxConfig, start_sandbox
-from reelflow.tiktok.tokens import AuthorizationRevoked
+from reelflow.tiktok.tokens import AuthorizationRevokedError
 from storage.accounts import get_account
 from storage.crypto import secret_box
 from storage.publishing import list_publishes
@@ -322,7 +322,7 @@ def test_tiktok_policy_errors_carry_code_and_log_id(
 def test_failed_status_is_terminal_with_reason_and_log_id(
     rt: Runtime, sandbox: RunningSandbox, clips: Any
 ) -> None:
-    """Media TikTok rejects after upload → TikTokPublishFailed; a re-run reports, calls nothing."""
+    """Media TikTok rejects after upload → TikTokPublishFailedError; a re-run reports, calls nothing."""
     add_account(rt, sandbox)
     clip = clips.bad("one_fps")  # 1 fps: ingest would refuse it, so it goes into the store as-is
     from storage.catalog import Media
@@ -348,7 +348,7 @@ def test_failed_status_is_terminal_with_reason_and_log_id(
             source_uri=clip.as_uri(),
         )
     )
-    with pytest.raises(TikTokPublishFailed) as failed:
+    with pytest.raises(TikTokPublishFailedError) as failed:
         publish_media(media_id="m_one_fps", account="creator")
     assert failed.value.fail_reason == "frame_rate_check_failed" and not failed.value.retryable
     assert failed.value.log_id and failed.value.log_id in str(failed.value)
@@ -359,7 +359,7 @@ def test_failed_status_is_terminal_with_reason_and_log_id(
         failed.value.log_id,
     )
     before = sandbox.state.stats()["calls"]
-    with pytest.raises(TikTokPublishFailed, match="frame_rate_check_failed"):
+    with pytest.raises(TikTokPublishFailedError, match="frame_rate_check_failed"):
         publish_media(media_id="m_one_fps", account="creator")
     assert sandbox.state.stats()["calls"] == before
 
@@ -435,11 +435,11 @@ def test_tokens_are_encrypted_at_rest(
 def test_revoked_authorization_is_terminal(
     rt: Runtime, sandbox: RunningSandbox, base_clip: Path, tmp_path: Path
 ) -> None:
-    """A revoked grant: the refresh is refused → AuthorizationRevoked, nothing initialised."""
+    """A revoked grant: the refresh is refused → AuthorizationRevokedError, nothing initialised."""
     created = add_account(rt, sandbox)
     media_id = ingest(sized(base_clip, MIB, tmp_path / "c.mp4"))
     sandbox.state.revoke_token(created["refresh_token"])
-    with pytest.raises(AuthorizationRevoked) as revoked:
+    with pytest.raises(AuthorizationRevokedError) as revoked:
         publish_media(media_id=media_id, account="creator")
     assert revoked.value.code == "invalid_grant" and not revoked.value.retryable
     assert revoked.value.log_id and "re-authorize" in str(revoked.value)
@@ -723,7 +723,7 @@ def test_tokens_never_leak(
         )
         states.append(failed)
         error = failed.result(raise_on_failure=False)
-        assert isinstance(error, AuthorizationRevoked)
+        assert isinstance(error, AuthorizationRevokedError)
         outputs += [str(error), repr(error), str(error.__cause__), repr(error.__dict__)]
         cli = run_cli("publish", media_id, "--account", "leaky", "--mode", "inbox", "--again", "-v")
         assert cli.exit_code == 2

@@ -10,7 +10,7 @@ import pytest
 
 from flows.ingest import ingest_video
 from flows.scheduling import publish_due
-from reelflow.errors import ValidationError
+from reelflow.errors import InputRejectedError
 from reelflow.settings import Settings
 from storage import schedule
 from storage.runtime import Runtime
@@ -46,7 +46,7 @@ def test_ingest_with_account_publishes_once(home: Path, sandbox: Any, clips: Any
 
 def test_unknown_account_is_refused_before_upload(home: Path, clips: Any) -> None:
     """A publish request naming no known account fails validation; nothing is stored."""
-    with pytest.raises(ValidationError, match="no TikTok account"):
+    with pytest.raises(InputRejectedError, match="no TikTok account"):
         ingest_video(source=str(clips.valid()), account="nobody")
     objects = home / "objects"
     assert not objects.exists() or not [p for p in objects.rglob("*") if p.is_file()]

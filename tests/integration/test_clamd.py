@@ -17,10 +17,10 @@ import pytest
 
 from reelflow.clamd import FRAME_BYTES, ClamdClient
 from reelflow.errors import (
-    Infected,
-    IntegrityError,
-    ScanLimitExceeded,
-    ScannerUnavailable,
+    InfectedError,
+    IntegrityCheckError,
+    ScanLimitExceededError,
+    ScannerUnavailableError,
     is_retryable,
 )
 from reelflow.rules import VideoMeta
@@ -78,7 +78,7 @@ def test_over_stream_max_length_is_terminal(small_clamd: ClamdDaemon, family: st
     url = small_clamd.url if family == "unix" else small_clamd.tcp_url
     c = ClamdClient(url, timeout_s=30)
     assert c.scan([b"x" * (1024 * 1024)]).signature is None  # exactly at the limit is fine
-    with pytest.raises(ScanLimitExceeded) as info:
+    with pytest.raises(ScanLimitExceededError) as info:
         c.scan([b"x" * (256 * 1024)] * 40)  # 10 MiB, well past it
     assert "StreamMaxLength" in str(info.value) and not is_retryable(info.value)
 
@@ -86,7 +86,7 @@ def test_over_stream_max_length_is_terminal(small_clamd: ClamdDaemon, family: st
 def test_unreachable_unix_socket(tmp_path: Path) -> None:
     """A socket path nobody listens on is a retryable 'scanner unavailable'."""
     c = ClamdClient(f"unix://{tmp_path / 'nobody.sock'}", timeout_s=5)
-    with pytest.raises(ScannerUnavailable) as info:
+    with pytest.raises(ScannerUnavailableError) as info:
         c.scan([b"data"])
     assert is_retryable(info.value) and "unreachable" in str(info.value)
 
@@ -96,7 +96,7 @@ def test_unreachable_tcp_port() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # bound, never listening: connections are refused
-        with pytest.raises(ScannerUnavailable):
+        with pytest.raises(ScannerUnavailableError):
             ClamdClient(f"tcp://127.0.0.1:{port}", timeout_s=5).ping()
 
 
@@ -127,7 +127,7 @@ def _one_shot_server(tmp_path: Path, behaviour: str) -> tuple[str, threading.Thr
 def test_peer_without_reply_is_retryable(tmp_path: Path, behaviour: str) -> None:
     """A peer that hangs up or never answers (within the timeout) is retryable, not a verdict."""
     url, thread = _one_shot_server(tmp_path, behaviour)
-    with pytest.raises(ScannerUnavailable):
+    with pytest.raises(ScannerUnavailableError):
         ClamdClient(url, timeout_s=1).scan([b"x" * 1000])
     thread.join(timeout=15)
 
@@ -161,10 +161,10 @@ def test_scan_task_clean(runtime: Runtime) -> None:
 
 
 def test_scan_task_infected(runtime: Runtime) -> None:
-    """The marker in the stored object is Infected, with the signature in the message."""
+    """The marker in the stored object is InfectedError, with the signature in the message."""
     data = b"\x02" * 5000 + MARKER + b"\x03" * 5000
     key, sha = _stage(runtime, data)
-    with pytest.raises(Infected) as info:
+    with pytest.raises(InfectedError) as info:
         scan_video.fn(key, sha, META, runtime)
     assert info.value.signature == SIGNATURE and SIGNATURE in str(info.value)
     assert not info.value.retryable
@@ -173,7 +173,7 @@ def test_scan_task_infected(runtime: Runtime) -> None:
 def test_scan_task_checks_the_bytes_it_scanned(runtime: Runtime) -> None:
     """Scanned bytes that do not hash to the verified SHA-256 are an integrity error."""
     key, _ = _stage(runtime, b"clean bytes")
-    with pytest.raises(IntegrityError):
+    with pytest.raises(IntegrityCheckError):
         scan_video.fn(key, "0" * 64, META, runtime)
 
 

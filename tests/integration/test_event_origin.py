@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from flows.ingest import ingest_video
-from reelflow.errors import ValidationError
+from reelflow.errors import InputRejectedError
 
 REPO = Path(__file__).resolve().parents[2]
 BUCKET = "raw-uploads"
@@ -52,7 +52,7 @@ def test_event_started_run_refuses_what_the_policy_does_not_allow(
     bucket, an unsafe key or an account not allowed there: the run fails validation (exit 2
     semantics, no retry) and stores nothing."""
     source = source.replace("LOCAL_CLIP", str(clips.valid()))
-    with pytest.raises(ValidationError) as info:
+    with pytest.raises(InputRejectedError) as info:
         ingest_video(source=source, account=account, origin="s3-event")
     assert info.value.reason == reason
     assert info.value.exit_code == 2 and not info.value.retryable
@@ -64,7 +64,7 @@ def test_person_started_run_is_not_limited_by_the_event_policy(
 ) -> None:
     """Without an origin (CLI, UI, API) a local path is read as before: a missing one fails as
     source_not_found, not as an event-policy refusal."""
-    with pytest.raises(ValidationError) as info:
+    with pytest.raises(InputRejectedError) as info:
         ingest_video(source=str(tmp_path / "missing.mp4"))
     assert info.value.reason == "source_not_found"
 

@@ -18,7 +18,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from reelflow.errors import UploadNotFound, ValidationError
+from reelflow.errors import InputRejectedError, UploadNotFoundError
 from reelflow.ingest_options import MAX_UPLOAD_CONCURRENCY as MAX_CONCURRENCY
 from reelflow.planning import MIB, Chunk
 from storage.local import UPLOADS_DIR, LocalStore, valid_upload_id
@@ -47,7 +47,7 @@ def test_an_upload_id_that_is_not_ours_never_reaches_the_filesystem(
         lambda: store.complete_upload("staging/x.mp4", bad, []),
         lambda: _part(store, "staging/x.mp4", bad, 1, b"x", 0),
     ):
-        with pytest.raises(UploadNotFound):
+        with pytest.raises(UploadNotFoundError):
             call()
     assert (outside / "keep").is_dir()
 
@@ -68,7 +68,7 @@ def test_foreign_directories_and_other_keys_are_not_uploads(tmp_path: Path) -> N
     planted.mkdir()
     (planted / "meta.json").write_text(json.dumps({"key": "staging/", "initiated": "2020-01-01"}))
     assert [u.upload_id for u in store.list_uploads()] == [upload_id]
-    with pytest.raises(UploadNotFound):
+    with pytest.raises(UploadNotFoundError):
         store.list_parts("staging/b.mp4", upload_id)
     with pytest.raises(Exception, match="escapes"):
         store.create_upload("../../x.mp4", "video/mp4")
@@ -156,7 +156,7 @@ def test_absurd_upload_arguments_are_validation_errors(
     chunk: int, concurrency: int, reason: str
 ) -> None:
     """Chunk size, concurrency and their memory (chunk × (concurrency + 1)) are checked."""
-    with pytest.raises(ValidationError) as err:
+    with pytest.raises(InputRejectedError) as err:
         check_upload_args(chunk, concurrency, memory_budget_bytes=1024 * MIB)
     assert err.value.reason == reason
     check_upload_args(5 * MIB, 4, memory_budget_bytes=1024 * MIB)
@@ -174,7 +174,7 @@ def test_bad_arguments_leave_no_session_and_nothing_staged(
     from reelflow.settings import Settings
     from storage.catalog import UploadSession, make_engine
 
-    with pytest.raises(ValidationError):
+    with pytest.raises(InputRejectedError):
         ingest_video(source=str(clips.valid()), chunk_size_bytes=chunk, concurrency=concurrency)
     with Session(make_engine(Settings().resolved_database_url)) as s:
         assert s.exec(select(UploadSession)).all() == []

@@ -11,10 +11,10 @@ import pytest
 
 from reelflow import media, rules
 from reelflow.errors import (
+    InputRejectedError,
     SourceChangedError,
     SourceRefusedError,
     SourceTimeoutError,
-    ValidationError,
 )
 from reelflow.planning import plan_chunks
 from reelflow.sources import SourceReader
@@ -79,7 +79,7 @@ def test_http_sources_that_cannot_be_pinned_are_refused(
 ) -> None:
     """No strong ETag and no Last-Modified, or no range support: refused at resolve."""
     srv.objects["/v.mp4"] = obj
-    with pytest.raises(ValidationError) as err:
+    with pytest.raises(InputRejectedError) as err:
         reader(srv).resolve(f"{srv.base}/v.mp4")
     assert err.value.reason == reason
 
@@ -234,7 +234,7 @@ def test_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
     if t.is_alive():  # unblock the stuck open() so the test process can end
         os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
         pytest.fail("resolve blocked on a FIFO")
-    assert isinstance(errors[0], ValidationError) and errors[0].reason == "not_regular_file"
+    assert isinstance(errors[0], InputRejectedError) and errors[0].reason == "not_regular_file"
 
 
 def _capture(errors: list[BaseException], fn: Any, *args: Any) -> None:
@@ -252,14 +252,14 @@ def test_socket_and_device_are_refused(tmp_path: Path) -> None:
     with socket.socket(socket.AF_UNIX) as s:
         s.bind(str(path))
         for source in (str(path), "/dev/zero"):
-            with pytest.raises(ValidationError) as err:
+            with pytest.raises(InputRejectedError) as err:
                 reader().resolve(source)
             assert err.value.reason == "not_regular_file"
 
 
 def test_nul_in_a_path_is_refused() -> None:
     """A NUL byte in the source is a validation error, not an OS error."""
-    with pytest.raises(ValidationError) as err:
+    with pytest.raises(InputRejectedError) as err:
         reader().resolve("/tmp/clip\x00.mp4")
     assert err.value.reason == "bad_path"
 

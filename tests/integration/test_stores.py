@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from reelflow.errors import IntegrityError, UploadNotFound
+from reelflow.errors import IntegrityCheckError, UploadNotFoundError
 from reelflow.planning import MIB, composite_sha256, plan_chunks
 from storage.base import ObjectStore
 from storage.local import LocalStore
@@ -63,7 +63,7 @@ def test_wrong_part_checksum_is_refused(store: ObjectStore) -> None:
     """A part whose bytes do not match the declared SHA-256 is refused at the wire."""
     uid = store.create_upload("k.mp4", "video/mp4")
     chunk = plan_chunks(10, 5 * MIB).chunks[0]
-    with pytest.raises(IntegrityError):
+    with pytest.raises(IntegrityCheckError):
         store.upload_part("k.mp4", uid, chunk, b"0123456789", sha_b64(b"different"))
     store.abort_upload("k.mp4", uid)
 
@@ -74,7 +74,7 @@ def test_abort_leaves_nothing(store: ObjectStore) -> None:
     chunk = plan_chunks(10, 5 * MIB).chunks[0]
     store.upload_part("k2.mp4", uid, chunk, b"0123456789", sha_b64(b"0123456789"))
     store.abort_upload("k2.mp4", uid)
-    with pytest.raises(UploadNotFound):
+    with pytest.raises(UploadNotFoundError):
         store.list_parts("k2.mp4", uid)
     assert store.list_uploads() == []
     assert not store.exists("k2.mp4")

@@ -26,18 +26,18 @@ from reelflow.tiktok.client import (
     build_session,
 )
 from reelflow.tiktok.errors import (
-    AccessTokenInvalid,
+    AccessTokenInvalidError,
     TikTokAuthError,
-    TikTokInvalidRequest,
+    TikTokInvalidRequestError,
     TikTokPolicyError,
-    TikTokPublishFailed,
-    TikTokRateLimited,
+    TikTokPublishFailedError,
+    TikTokRateLimitedError,
     TikTokServerError,
     TikTokTransportError,
     TikTokUploadError,
-    UploadOutOfSync,
-    UploadSessionNotFound,
-    UploadUrlExpired,
+    UploadOutOfSyncError,
+    UploadSessionNotFoundError,
+    UploadUrlExpiredError,
 )
 from reelflow.tiktok.plan import (
     MIN_CHUNK_BYTES,
@@ -299,7 +299,7 @@ def test_a_non_video_upload_fails_with_a_typed_terminal_reason(
     status = settled_status(client, token, init.publish_id)
     assert status.status == "FAILED" and status.fail_reason == "file_format_check_failed"
     failure = status.failure()
-    assert isinstance(failure, TikTokPublishFailed) and not failure.retryable
+    assert isinstance(failure, TikTokPublishFailedError) and not failure.retryable
     assert failure.publish_id == init.publish_id
 
 
@@ -401,9 +401,9 @@ def test_wrong_client_secret_is_an_auth_error(sandbox: Any) -> None:
 
 
 def test_bad_token_is_access_token_invalid(sandbox: Any, client: TikTokClient) -> None:
-    """An unknown token is AccessTokenInvalid (refreshable), and the token is not quoted."""
+    """An unknown token is AccessTokenInvalidError (refreshable), and the token is not quoted."""
     bogus = "act.ThisTokenDoesNotExist1234567890"
-    with pytest.raises(AccessTokenInvalid) as info:
+    with pytest.raises(AccessTokenInvalidError) as info:
         client.creator_info(bogus)
     error = info.value
     assert error.refreshable and not error.retryable
@@ -412,10 +412,10 @@ def test_bad_token_is_access_token_invalid(sandbox: Any, client: TikTokClient) -
 
 
 def test_expired_token_is_refreshed_once(sandbox: Any, client: TikTokClient) -> None:
-    """After expiry the call fails with AccessTokenInvalid; one refresh makes it work again."""
+    """After expiry the call fails with AccessTokenInvalidError; one refresh makes it work again."""
     acct = account(sandbox)
     admin(sandbox, "tokens/expire", {"access_token": acct["access_token"]})
-    with pytest.raises(AccessTokenInvalid):
+    with pytest.raises(AccessTokenInvalidError):
         client.creator_info(acct["access_token"])
     fresh = client.refresh(acct["refresh_token"])
     assert client.creator_info(fresh.access_token).privacy_level_options
@@ -430,14 +430,14 @@ def test_missing_scope_is_scope_not_authorized(
     with pytest.raises(TikTokAuthError) as info:
         open_upload(client, token, plan, PUBLIC_POST)
     assert info.value.code == "scope_not_authorized"
-    assert not isinstance(info.value, AccessTokenInvalid)
+    assert not isinstance(info.value, AccessTokenInvalidError)
 
 
 def test_injected_429_honours_retry_after(sandbox: Any, client: TikTokClient) -> None:
-    """A 429 is TikTokRateLimited, retryable, with the server's Retry-After."""
+    """A 429 is TikTokRateLimitedError, retryable, with the server's Retry-After."""
     token = account(sandbox)["access_token"]
     admin(sandbox, "faults", {"rate_limit_rate": 1.0, "retry_after_s": 7})
-    with pytest.raises(TikTokRateLimited) as info:
+    with pytest.raises(TikTokRateLimitedError) as info:
         client.creator_info(token)
     assert info.value.retryable and info.value.retry_after_s == 7.0
     assert info.value.code == "rate_limit_exceeded"
@@ -449,7 +449,7 @@ def test_real_init_rate_limit(sandbox: Any, client: TikTokClient, clip: Path) ->
     plan = plan_tiktok_upload(clip.stat().st_size)
     for _ in range(6):
         open_upload(client, token, plan, PUBLIC_POST)
-    with pytest.raises(TikTokRateLimited) as info:
+    with pytest.raises(TikTokRateLimitedError) as info:
         open_upload(client, token, plan, PUBLIC_POST)
     assert info.value.http_status == 429 and info.value.retryable
 
@@ -466,7 +466,7 @@ def test_injected_5xx_is_a_retryable_server_error(sandbox: Any, client: TikTokCl
 def test_unknown_publish_id_is_invalid_request(sandbox: Any, client: TikTokClient) -> None:
     """status/fetch of an unknown publish_id is 400 invalid_publish_id, terminal."""
     token = account(sandbox)["access_token"]
-    with pytest.raises(TikTokInvalidRequest) as info:
+    with pytest.raises(TikTokInvalidRequestError) as info:
         client.fetch_status(token, "v_pub_file~v2-1.000000000000000000")
     assert info.value.code == "invalid_publish_id" and not info.value.retryable
 
@@ -474,7 +474,7 @@ def test_unknown_publish_id_is_invalid_request(sandbox: Any, client: TikTokClien
 def test_an_invalid_chunk_plan_is_invalid_params(sandbox: Any, client: TikTokClient) -> None:
     """The classic mistake (ceil instead of floor for the count) is refused at init."""
     token = account(sandbox)["access_token"]
-    with pytest.raises(TikTokInvalidRequest) as info:
+    with pytest.raises(TikTokInvalidRequestError) as info:
         client.init_direct_post(
             token,
             post_info=PUBLIC_POST,
@@ -547,11 +547,11 @@ def _init_big(sandbox: Any, client: TikTokClient, path: Path) -> BigUpload:
 def test_out_of_order_put_is_416_with_the_acknowledged_range(
     sandbox: Any, client: TikTokClient, big_clip: Path
 ) -> None:
-    """Resending chunk 0 or skipping to chunk 2 is UploadOutOfSync; its range says resume at 1."""
+    """Resending chunk 0 or skipping to chunk 2 is UploadOutOfSyncError; its range says resume at 1."""
     big = _init_big(sandbox, client, big_clip)
     assert big.put(0).http_status == 206
     for index in (0, 2):
-        with pytest.raises(UploadOutOfSync) as info:
+        with pytest.raises(UploadOutOfSyncError) as info:
             big.put(index)
         error = info.value
         assert error.http_status == 416 and error.retryable
@@ -574,19 +574,19 @@ def stats_publish_id(sandbox: Any) -> str:
 def test_expired_upload_url_is_upload_url_expired(
     sandbox: Any, client: TikTokClient, big_clip: Path
 ) -> None:
-    """A PUT after the URL's hour is 403 UploadUrlExpired, terminal, and does not quote the URL."""
+    """A PUT after the URL's hour is 403 UploadUrlExpiredError, terminal, and does not quote the URL."""
     big = _init_big(sandbox, client, big_clip)
     admin(sandbox, "clock/advance", {"seconds": 3601})
-    with pytest.raises(UploadUrlExpired) as info:
+    with pytest.raises(UploadUrlExpiredError) as info:
         big.put(0)
     assert info.value.http_status == 403 and not info.value.retryable
     assert big.url.split("upload_token=")[1] not in str(info.value)
 
 
 def test_unknown_upload_url_is_404(sandbox: Any, client: TikTokClient, big_clip: Path) -> None:
-    """A URL whose token does not match any session is UploadSessionNotFound."""
+    """A URL whose token does not match any session is UploadSessionNotFoundError."""
     big = _init_big(sandbox, client, big_clip)
-    with pytest.raises(UploadSessionNotFound):
+    with pytest.raises(UploadSessionNotFoundError):
         big.put(0, url=big.url + "tampered")
 
 

@@ -26,7 +26,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from reelflow.errors import ConfigurationError, IntegrityError, LeaseLostError, ValidationError
+from reelflow.errors import (
+    ConfigurationError,
+    InputRejectedError,
+    IntegrityCheckError,
+    LeaseLostError,
+)
 from reelflow.planning import MIB, Chunk
 from reelflow.rules import MAGIC_BYTES_NEEDED, sniff_container
 from storage import gateway_uploads as uploads
@@ -252,7 +257,7 @@ def test_damaged_tail_is_refused(writer: TusWriter, source: bytes) -> None:
     row = writer.append(new_row(writer, FILE_BYTES), [source[: 2 * MIB]]).row
     assert row.tail_key is not None
     writer.store.put_bytes(row.tail_key, source[1 : 2 * MIB + 1], "application/octet-stream")
-    with pytest.raises(IntegrityError):
+    with pytest.raises(IntegrityCheckError):
         writer.append(row, [source[2 * MIB : 6 * MIB]])
     assert head(writer, row).model_dump() == row.model_dump()
     assert writer.catalog.ledger_parts(str(row.upload_id)) == {}
@@ -308,10 +313,10 @@ def test_body_past_the_length_is_refused(writer: TusWriter, source: bytes) -> No
 
 
 def test_first_bytes_refused_before_anything_is_committed(writer: TusWriter, source: bytes) -> None:
-    """A non-video's first PATCH raises the check's ValidationError with nothing committed; a
+    """A non-video's first PATCH raises the check's InputRejectedError with nothing committed; a
     video's head is checked once, as soon as MAGIC_BYTES_NEEDED bytes arrived."""
     row = new_row(writer, FILE_BYTES)
-    with pytest.raises(ValidationError):
+    with pytest.raises(InputRejectedError):
         writer.append(row, pieces(source[: 6 * MIB], MIB), first_bytes_check=sniff_container)
     row = head(writer, row)
     assert (row.offset, objects(writer.store, row)) == (0, [])

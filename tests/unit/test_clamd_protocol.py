@@ -19,10 +19,10 @@ from reelflow.clamd import (
 from reelflow.cli_errors import exit_code_for
 from reelflow.errors import (
     ConfigurationError,
-    Infected,
-    ScanLimitExceeded,
-    ScannerUnavailable,
-    ValidationError,
+    InfectedError,
+    InputRejectedError,
+    ScanLimitExceededError,
+    ScannerUnavailableError,
     is_retryable,
 )
 
@@ -78,7 +78,7 @@ def test_found_reply_returns_signature(sig: str) -> None:
 
 def test_size_limit_reply_says_raise_stream_max_length() -> None:
     """The size-limit reply is a terminal typed error telling the operator which knob to turn."""
-    with pytest.raises(ScanLimitExceeded) as info:
+    with pytest.raises(ScanLimitExceededError) as info:
         parse_scan_reply(b"INSTREAM size limit exceeded. ERROR\x00")
     assert info.value.limit == "StreamMaxLength" and "StreamMaxLength" in str(info.value)
     assert not info.value.retryable and exit_code_for(info.value) == 2
@@ -87,7 +87,7 @@ def test_size_limit_reply_says_raise_stream_max_length() -> None:
 @pytest.mark.parametrize("limit", ["MaxFileSize", "MaxScanSize", "MaxScanTime"])
 def test_limit_heuristic_is_no_verdict(limit: str) -> None:
     """AlertExceedsMax's ``Heuristics.Limits.Exceeded.*`` means "not scanned whole", not infected."""
-    with pytest.raises(ScanLimitExceeded) as info:
+    with pytest.raises(ScanLimitExceededError) as info:
         parse_scan_reply(f"stream: Heuristics.Limits.Exceeded.{limit} FOUND\x00".encode())
     assert info.value.limit == limit and limit in str(info.value)
 
@@ -98,7 +98,7 @@ def test_limit_heuristic_is_no_verdict(limit: str) -> None:
 )
 def test_errors_and_garbage_are_retryable(reply: bytes) -> None:
     """An ERROR reply or one reelflow cannot parse is a retryable 'scanner unavailable'."""
-    with pytest.raises(ScannerUnavailable) as info:
+    with pytest.raises(ScannerUnavailableError) as info:
         parse_scan_reply(reply)
     assert is_retryable(info.value) and exit_code_for(info.value) == 1
 
@@ -137,13 +137,13 @@ def test_bad_urls_are_configuration_errors(url: str) -> None:
 def test_clamav_size_ceiling() -> None:
     """Objects ClamAV cannot scan whole (over 2 GiB - 3) are refused rather than passed unscanned."""
     check_scannable(CLAMAV_MAX_SCAN_BYTES)
-    with pytest.raises(ScanLimitExceeded):
+    with pytest.raises(ScanLimitExceededError):
         check_scannable(CLAMAV_MAX_SCAN_BYTES + 1)
 
 
 def test_infected_is_terminal_validation() -> None:
     """A hit is a terminal validation error: reason infected, exit 2, signature kept."""
-    exc = Infected("ClamAV found X in the video", signature="X")
-    assert isinstance(exc, ValidationError)
+    exc = InfectedError("ClamAV found X in the video", signature="X")
+    assert isinstance(exc, InputRejectedError)
     assert exc.reason == "infected" and exc.signature == "X" and not exc.retryable
     assert exit_code_for(exc) == 2

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from reelflow import credentials
-from reelflow.errors import ConfigurationError, ValidationError
+from reelflow.errors import ConfigurationError, InputRejectedError
 from reelflow.logging import redact_text
 
 SECRET = st.text(
@@ -63,7 +63,7 @@ def test_vault_entry_is_gone_after_the_run() -> None:
 
 def test_credentialed_source_without_reference_is_refused() -> None:
     """A flow handed a credentialed URL directly refuses it, and its message has no secret."""
-    with pytest.raises(ValidationError) as err:
+    with pytest.raises(InputRejectedError) as err:
         credentials.reveal("https://u:pw-canary-x@h/x.mp4?token=tok-canary-y", None)
     assert err.value.reason == "credentials_in_source"
     assert "canary" not in str(err.value)
@@ -73,7 +73,7 @@ def test_reference_must_match_public_source() -> None:
     """A source_secret naming another URL than ``source`` shows is refused."""
     with (
         credentials.sealed("https://h/a.mp4?token=abcdef123") as sealed,
-        pytest.raises(ValidationError) as err,
+        pytest.raises(InputRejectedError) as err,
     ):
         credentials.reveal("https://h/b.mp4?token=REDACTED", sealed.ref)
     assert err.value.reason == "source_secret_mismatch"

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from reelflow.errors import ConfigurationError, ValidationError
+from reelflow.errors import ConfigurationError, InputRejectedError
 from reelflow.event_policy import (
     AccountRule,
     EventPolicy,
@@ -206,7 +206,7 @@ def check(source: str, account: str | None = None, origin: str | None = "s3-even
 )
 def test_event_run_refuses_sources_outside_the_policy(source: str, reason: str) -> None:
     """An event-started run reads only s3:// sources in REELFLOW_EVENT_BUCKETS."""
-    with pytest.raises(ValidationError) as info:
+    with pytest.raises(InputRejectedError) as info:
         check(source)
     assert info.value.reason == reason
     assert info.value.exit_code == 2 and not info.value.retryable
@@ -215,7 +215,7 @@ def test_event_run_refuses_sources_outside_the_policy(source: str, reason: str) 
 
 def test_event_run_refuses_an_account_the_scope_may_not_name() -> None:
     """studio is not allowed under raw-uploads/in: refused before anything is read."""
-    with pytest.raises(ValidationError) as info:
+    with pytest.raises(InputRejectedError) as info:
         check("s3://raw-uploads/in/evil.mp4", account="studio")
     assert info.value.reason == "event_account_not_allowed"
     check("s3://raw-uploads/in/fine.mp4", account="acme")
@@ -225,7 +225,7 @@ def test_event_run_refuses_an_account_the_scope_may_not_name() -> None:
 
 def test_event_run_takes_no_source_secret() -> None:
     """With a source_secret the URL read would not be the source checked: refused."""
-    with pytest.raises(ValidationError) as info:
+    with pytest.raises(InputRejectedError) as info:
         check_event_run(
             origin="s3-event",
             source="s3://raw-uploads/in/x.mp4",
@@ -239,7 +239,7 @@ def test_event_run_takes_no_source_secret() -> None:
 
 def test_refusal_never_echoes_a_url() -> None:
     """A URL's credentials never reach the error (it ends up in Prefect's state message)."""
-    with pytest.raises(ValidationError) as info:
+    with pytest.raises(InputRejectedError) as info:
         check("http://user:hunter2@10.0.0.1/x.mp4?token=sekrit123")
     assert "hunter2" not in str(info.value) and "sekrit123" not in str(info.value)
 
@@ -248,7 +248,7 @@ def test_runs_a_person_started_are_not_checked_and_unknown_origins_are_refused()
     """No origin: this check does nothing (other checks apply); an unknown origin is refused."""
     check("/any/local/path.mp4", account="studio", origin=None)
     check("/any/local/path.mp4", account="studio", origin="")
-    with pytest.raises(ValidationError) as info:
+    with pytest.raises(InputRejectedError) as info:
         check("s3://raw-uploads/in/x.mp4", origin="s3-evnt")
     assert info.value.reason == "unknown_origin"
 

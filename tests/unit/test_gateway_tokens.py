@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from reelflow.errors import ConfigurationError, ValidationError
+from reelflow.errors import ConfigurationError, InputRejectedError
 from reelflow.gateway_tokens import (
     AUDIENCE,
     ISSUER,
@@ -227,14 +227,14 @@ def test_short_secret_is_a_configuration_error(secret: bytes | str | None) -> No
 )
 def test_bad_mint_arguments_are_validation_errors(kw: dict[str, Any]) -> None:
     """A token is never minted with a bad lifetime, limit, account or scope."""
-    with pytest.raises(ValidationError):
+    with pytest.raises(InputRejectedError):
         token(**kw)
 
 
 @pytest.mark.parametrize("subject", ["", "  ", "a\nb", "x" * 257])
 def test_bad_subject_is_refused_at_mint(subject: str) -> None:
     """The subject is 1-256 printable characters."""
-    with pytest.raises(ValidationError):
+    with pytest.raises(InputRejectedError):
         mint(SECRET, subject, ttl_s=60, now=NOW)
 
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from reelflow.errors import ValidationError
+from reelflow.errors import InputRejectedError
 from reelflow.ingest_options import (
     MAX_CAPTION_UTF16_UNITS,
     MAX_CHUNK_BYTES,
@@ -49,7 +49,7 @@ def options(**kw: Any) -> Any:
 
 
 def reason(call: Any, *args: Any, **kw: Any) -> str:
-    with pytest.raises(ValidationError) as refused:
+    with pytest.raises(InputRejectedError) as refused:
         call(*args, **kw)
     assert "\n" not in str(refused.value)
     return refused.value.reason
@@ -79,7 +79,7 @@ def test_memory_budget_accepts_exactly_what_fits(chunk: int, parallel: int, budg
     if need <= budget:
         assert check_memory_budget(chunk, parallel, budget) == need
     else:
-        with pytest.raises(ValidationError) as refused:
+        with pytest.raises(InputRejectedError) as refused:
             check_memory_budget(chunk, parallel, budget)
         assert refused.value.reason == "over_memory_budget"
         assert str(need) in str(refused.value) and str(budget) in str(refused.value)
@@ -87,7 +87,7 @@ def test_memory_budget_accepts_exactly_what_fits(chunk: int, parallel: int, budg
 
 def test_over_budget_ingest_is_refused_and_defaults_fill_in() -> None:
     """512 MiB x (8 + 1) is over a 1 GiB budget; the defaults are used when nothing is given."""
-    with pytest.raises(ValidationError, match="over the memory budget") as refused:
+    with pytest.raises(InputRejectedError, match="over the memory budget") as refused:
         options(chunk_size_bytes=512 * MIB, concurrency=8)
     assert refused.value.reason == "over_memory_budget"
     ok = options()

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from reelflow import netguard
-from reelflow.errors import SourceRefusedError, ValidationError
+from reelflow.errors import InputRejectedError, SourceRefusedError
 from reelflow.rules import VideoMeta, compare_meta, sniff_container
 from reelflow.safehttp import public_url
 
@@ -111,7 +111,7 @@ def _ebml(doctype: bytes) -> bytes:
 def test_matroska_is_labelled_honestly_and_webm_accepted() -> None:
     """EBML DocType decides: webm → webm; matroska → refused as video/x-matroska, not WebM."""
     assert sniff_container(_ebml(b"webm")) == "webm"
-    with pytest.raises(ValidationError) as err:
+    with pytest.raises(InputRejectedError) as err:
         sniff_container(_ebml(b"matroska"))
     assert "video/x-matroska" in str(err.value) and err.value.reason == "container"
 
@@ -125,7 +125,7 @@ def test_playlists_and_transport_streams_are_never_containers(tail: bytes) -> No
         (b"ffconcat version 1.0\n" + tail, "playlist"),
         ((b"\x47" + b"\xff" * 187) * 3 + tail, "container"),
     ):
-        with pytest.raises(ValidationError) as err:
+        with pytest.raises(InputRejectedError) as err:
             sniff_container(head)
         assert err.value.reason == reason
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from reelflow.errors import ValidationError
+from reelflow.errors import InputRejectedError
 from reelflow.publish_rules import (
     DONE_STATES,
     FAILED,
@@ -88,7 +88,7 @@ def test_post_options_refuse_what_tiktok_would() -> None:
             "caption_too_long",
         ),
     ):
-        with pytest.raises(ValidationError) as err:
+        with pytest.raises(InputRejectedError) as err:
             post_options(bad)
         assert err.value.reason == reason
 

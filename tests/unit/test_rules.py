@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from reelflow.errors import ValidationError
+from reelflow.errors import InputRejectedError
 from reelflow.rules import check_size, interpret_probe, sniff_container
 
 
@@ -43,16 +43,16 @@ def test_sniff_recognises_mp4_mov_webm() -> None:
 )
 def test_sniff_rejects_non_video(head: bytes, reason: str) -> None:
     """Empty and text files are refused with a typed reason."""
-    with pytest.raises(ValidationError) as err:
+    with pytest.raises(InputRejectedError) as err:
         sniff_container(head)
     assert err.value.reason == reason
 
 
 def test_size_limits() -> None:
     """0 bytes and > 4 GiB are refused."""
-    with pytest.raises(ValidationError):
+    with pytest.raises(InputRejectedError):
         check_size(0)
-    with pytest.raises(ValidationError):
+    with pytest.raises(InputRejectedError):
         check_size(4 * 1024**3 + 1)
     check_size(1)
 
@@ -77,7 +77,7 @@ def test_interpret_accepts_a_good_video() -> None:
 )
 def test_interpret_rejects_rule_breakers(video: dict[str, Any], reason: str) -> None:
     """Each TikTok media rule has its own reason."""
-    with pytest.raises(ValidationError) as err:
+    with pytest.raises(InputRejectedError) as err:
         interpret_probe(probe(**video), container="mp4", max_duration_s=600)
     assert err.value.reason == reason
 
@@ -85,8 +85,8 @@ def test_interpret_rejects_rule_breakers(video: dict[str, Any], reason: str) -> 
 def test_interpret_rejects_audio_only_and_too_long() -> None:
     """No video stream, or longer than the configured maximum."""
     audio_only = {"streams": [{"codec_type": "audio", "codec_name": "aac"}], "format": {}}
-    with pytest.raises(ValidationError, match="no video stream"):
+    with pytest.raises(InputRejectedError, match="no video stream"):
         interpret_probe(audio_only, container="mp4", max_duration_s=600)
-    with pytest.raises(ValidationError) as err:
+    with pytest.raises(InputRejectedError) as err:
         interpret_probe(probe(), container="mp4", max_duration_s=10)
     assert err.value.reason == "too_long"

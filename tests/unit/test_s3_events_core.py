@@ -12,7 +12,7 @@ from urllib.parse import quote_plus
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from pydantic import ValidationError as PydanticValidationError
+from pydantic import ValidationError
 from structlog.testing import capture_logs
 
 from deployments.s3_events import (
@@ -20,7 +20,7 @@ from deployments.s3_events import (
     EVENT_CREATED,
     Bridge,
     KeyFilter,
-    MalformedNotification,
+    MalformedNotificationError,
     ObjectOptions,
     PublishOptions,
     S3Object,
@@ -36,7 +36,7 @@ from deployments.s3_events import (
     resolve_options,
     sidecar_key,
 )
-from reelflow.errors import ConfigurationError, ValidationError
+from reelflow.errors import ConfigurationError, InputRejectedError
 from reelflow.event_policy import EventPolicy
 from reelflow.ingest_options import (
     INGEST_MODES,
@@ -170,10 +170,10 @@ def test_other_event_kinds_are_dropped() -> None:
     ],
 )
 def test_malformed_bodies_are_validation_errors(raw: bytes | str) -> None:
-    """Anything not understood is a MalformedNotification (a ValidationError), never a crash."""
-    with pytest.raises(MalformedNotification) as info:
+    """Anything not understood is a MalformedNotificationError (a InputRejectedError), never a crash."""
+    with pytest.raises(MalformedNotificationError) as info:
         parse_notification(raw)
-    assert isinstance(info.value, ValidationError)
+    assert isinstance(info.value, InputRejectedError)
     assert info.value.reason == "malformed_notification"
 
 
@@ -272,8 +272,8 @@ def test_valid_sidecar() -> None:
     ],
 )
 def test_bad_sidecar_is_a_clear_validation_error(raw: bytes, needle: str) -> None:
-    """Not JSON, unknown field, wrong type, bad value: ValidationError naming the sidecar."""
-    with pytest.raises(ValidationError) as info:
+    """Not JSON, unknown field, wrong type, bad value: InputRejectedError naming the sidecar."""
+    with pytest.raises(InputRejectedError) as info:
         sidecar = options_from_sidecar(raw, where="b/in/c.json")
         resolve_options(metadata={}, sidecar=sidecar, sidecar_name="b/in/c.json")
     assert "sidecar b/in/c.json" in str(info.value)
@@ -300,9 +300,9 @@ def test_sidecar_options_are_refused_by_the_publish_rules(
 ) -> None:
     """Each option is refused by the reelflow.ingest_options rule every entry point runs: the
     rule's reason code in ``rules`` and its own message after the sidecar and field names."""
-    with pytest.raises(ValidationError) as own:
+    with pytest.raises(InputRejectedError) as own:
         check()
-    with pytest.raises(ValidationError) as info:
+    with pytest.raises(InputRejectedError) as info:
         resolve_options(metadata={}, sidecar=fields, sidecar_name="b/in/c.json")
     [name] = fields
     assert info.value.reason == "bad_sidecar"
@@ -326,12 +326,12 @@ def test_caption_passes_exactly_when_the_publish_rule_passes(bmp: int, emoji: in
     try:
         check_caption(caption)
         allowed = True
-    except ValidationError:
+    except InputRejectedError:
         allowed = False
     try:
         PublishOptions(caption=caption)
         accepted = True
-    except PydanticValidationError:
+    except ValidationError:
         accepted = False
     assert accepted == allowed
 
@@ -364,7 +364,7 @@ def test_metadata_fields_and_rfc2047_caption() -> None:
 
 def test_unknown_reelflow_metadata_is_rejected() -> None:
     """A typo in a reelflow-* metadata name is an error, not silently ignored."""
-    with pytest.raises(ValidationError, match="x-amz-meta-reelflow-acount"):
+    with pytest.raises(InputRejectedError, match="x-amz-meta-reelflow-acount"):
         options_from_metadata({"reelflow-acount": "x"}, where="b/k")
 
 
@@ -378,7 +378,7 @@ def test_sidecar_wins_over_metadata_field_by_field() -> None:
 
 
 def test_bad_metadata_names_the_object() -> None:
-    with pytest.raises(ValidationError, match="metadata of b/in/a.mp4: mode") as info:
+    with pytest.raises(InputRejectedError, match="metadata of b/in/a.mp4: mode") as info:
         resolve_options(metadata={"mode": "loud"}, sidecar=None, object_name="b/in/a.mp4")
     assert info.value.reason == "bad_metadata"
 

@@ -15,18 +15,18 @@ from requests.structures import CaseInsensitiveDict
 from reelflow.errors import PublishError, ReelflowError, is_retryable
 from reelflow.tiktok.errors import (
     UPLOAD_ENDPOINT,
-    AccessTokenInvalid,
+    AccessTokenInvalidError,
     TikTokApiError,
     TikTokAuthError,
-    TikTokInvalidRequest,
+    TikTokInvalidRequestError,
     TikTokPolicyError,
-    TikTokPublishFailed,
-    TikTokRateLimited,
+    TikTokPublishFailedError,
+    TikTokRateLimitedError,
     TikTokServerError,
     TikTokUploadError,
-    UploadOutOfSync,
-    UploadSessionNotFound,
-    UploadUrlExpired,
+    UploadOutOfSyncError,
+    UploadSessionNotFoundError,
+    UploadUrlExpiredError,
     error_from_response,
     malformed_response,
     redact,
@@ -94,15 +94,15 @@ def test_empty_2xx_body_is_success() -> None:
 @pytest.mark.parametrize(
     ("status", "code", "cls", "retryable"),
     [
-        (401, "access_token_invalid", AccessTokenInvalid, False),
+        (401, "access_token_invalid", AccessTokenInvalidError, False),
         (401, "scope_not_authorized", TikTokAuthError, False),
         (400, "scope_permission_missed", TikTokAuthError, False),
-        (429, "rate_limit_exceeded", TikTokRateLimited, True),
+        (429, "rate_limit_exceeded", TikTokRateLimitedError, True),
         (500, "internal_error", TikTokServerError, True),
-        (400, "invalid_params", TikTokInvalidRequest, False),
-        (400, "invalid_param", TikTokInvalidRequest, False),
-        (400, "invalid_publish_id", TikTokInvalidRequest, False),
-        (400, "token_not_authorized_for_specified_publish_id", TikTokInvalidRequest, False),
+        (400, "invalid_params", TikTokInvalidRequestError, False),
+        (400, "invalid_param", TikTokInvalidRequestError, False),
+        (400, "invalid_publish_id", TikTokInvalidRequestError, False),
+        (400, "token_not_authorized_for_specified_publish_id", TikTokInvalidRequestError, False),
         (403, "spam_risk_too_many_posts", TikTokPolicyError, False),
         (403, "spam_risk_user_banned_from_posting", TikTokPolicyError, False),
         (403, "spam_risk_too_many_pending_share", TikTokPolicyError, False),
@@ -144,8 +144,8 @@ def test_access_token_invalid_is_distinguishable_for_one_refresh() -> None:
     """Only access_token_invalid says a refresh can help; scope errors do not."""
     expired = error_from_response(response(401, envelope("access_token_invalid")), endpoint=INIT)
     scope = error_from_response(response(401, envelope("scope_not_authorized")), endpoint=INIT)
-    assert isinstance(expired, AccessTokenInvalid) and expired.refreshable
-    assert isinstance(scope, TikTokAuthError) and not isinstance(scope, AccessTokenInvalid)
+    assert isinstance(expired, AccessTokenInvalidError) and expired.refreshable
+    assert isinstance(scope, TikTokAuthError) and not isinstance(scope, AccessTokenInvalidError)
     assert not getattr(scope, "refreshable", False)
 
 
@@ -154,8 +154,8 @@ def test_access_token_invalid_is_distinguishable_for_one_refresh() -> None:
     [
         (401, TikTokAuthError),
         (403, TikTokPolicyError),
-        (404, TikTokInvalidRequest),
-        (429, TikTokRateLimited),
+        (404, TikTokInvalidRequestError),
+        (429, TikTokRateLimitedError),
         (503, TikTokServerError),
     ],
 )
@@ -187,8 +187,8 @@ def test_ok_code_on_error_status_believes_the_status() -> None:
         ("access_denied", TikTokAuthError, False),
         ("invalid_scope", TikTokAuthError, False),
         ("unauthorized_client", TikTokAuthError, False),
-        ("invalid_request", TikTokInvalidRequest, False),
-        ("unsupported_grant_type", TikTokInvalidRequest, False),
+        ("invalid_request", TikTokInvalidRequestError, False),
+        ("unsupported_grant_type", TikTokInvalidRequestError, False),
         ("server_error", TikTokServerError, True),
         ("temporarily_unavailable", TikTokServerError, True),
     ],
@@ -211,7 +211,7 @@ def test_top_level_v2_error_shape() -> None:
     """The general v2 error page's top-level code/message/log_id shape is understood."""
     body = {"code": "rate_limit_exceeded", "message": "slow down", "log_id": "TOPLOG"}
     error = error_from_response(response(429, body), endpoint=INIT)
-    assert isinstance(error, TikTokRateLimited) and error.log_id == "TOPLOG"
+    assert isinstance(error, TikTokRateLimitedError) and error.log_id == "TOPLOG"
 
 
 @pytest.mark.parametrize("status", [500, 502, 503, 504])
@@ -251,7 +251,7 @@ def test_rate_limit_honours_retry_after_seconds() -> None:
     """A Retry-After in seconds is exposed as retry_after_s."""
     resp = response(429, envelope("rate_limit_exceeded"), headers={"Retry-After": "17"})
     error = error_from_response(resp, endpoint=INIT)
-    assert isinstance(error, TikTokRateLimited) and error.retry_after_s == 17.0
+    assert isinstance(error, TikTokRateLimitedError) and error.retry_after_s == 17.0
 
 
 def test_rate_limit_honours_retry_after_http_date() -> None:
@@ -281,9 +281,9 @@ def test_put_success_statuses(status: int) -> None:
     ("status", "cls", "retryable"),
     [
         (400, TikTokUploadError, False),
-        (403, UploadUrlExpired, False),
-        (404, UploadSessionNotFound, False),
-        (416, UploadOutOfSync, True),
+        (403, UploadUrlExpiredError, False),
+        (404, UploadSessionNotFoundError, False),
+        (416, UploadOutOfSyncError, True),
         (429, TikTokUploadError, True),
         (500, TikTokUploadError, True),
         (502, TikTokUploadError, True),
@@ -305,14 +305,14 @@ def test_put_statuses_map_to_upload_errors(
 def test_put_is_detected_from_the_request_method_too() -> None:
     """A PUT reply is read with PUT rules even if the caller passed its own label."""
     resp = response(403, b"", method="PUT", url=UPLOAD_URL)
-    assert isinstance(error_from_response(resp, endpoint="chunk"), UploadUrlExpired)
+    assert isinstance(error_from_response(resp, endpoint="chunk"), UploadUrlExpiredError)
 
 
 def test_416_carries_the_servers_acknowledged_range() -> None:
     """A 416 with Content-Range tells the caller where TikTok really is."""
     resp = response(416, headers={"Content-Range": "bytes 0-9999999/50000123"}, method="PUT")
     error = error_from_response(resp, endpoint=UPLOAD_ENDPOINT)
-    assert isinstance(error, UploadOutOfSync)
+    assert isinstance(error, UploadOutOfSyncError)
     assert error.acknowledged == ContentRange(0, 9_999_999, 50_000_123)
     assert error.acknowledged_last_byte == 9_999_999
     assert error.next_byte == 10_000_000
@@ -330,7 +330,7 @@ def test_put_error_envelope_code_is_kept() -> None:
 def test_416_without_content_range() -> None:
     """Without a Content-Range the acknowledged range is unknown, not guessed."""
     error = error_from_response(response(416, method="PUT"), endpoint=UPLOAD_ENDPOINT)
-    assert isinstance(error, UploadOutOfSync)
+    assert isinstance(error, UploadOutOfSyncError)
     assert error.acknowledged is None and error.next_byte is None
 
 
@@ -379,8 +379,8 @@ def test_redact_keeps_harmless_text() -> None:
 
 def test_publish_failed_is_terminal_except_internal() -> None:
     """FAILED is terminal, except fail_reason 'internal' which TikTok documents as retryable."""
-    terminal = TikTokPublishFailed("picture_size_check_failed", "v_pub_file~v2-1.1", "L1")
-    internal = TikTokPublishFailed("internal", "v_pub_file~v2-1.2")
+    terminal = TikTokPublishFailedError("picture_size_check_failed", "v_pub_file~v2-1.1", "L1")
+    internal = TikTokPublishFailedError("internal", "v_pub_file~v2-1.2")
     assert isinstance(terminal, TikTokApiError)
     assert not terminal.retryable and internal.retryable
     assert terminal.fail_reason == terminal.code == "picture_size_check_failed"
@@ -391,11 +391,11 @@ def test_publish_failed_is_terminal_except_internal() -> None:
 @pytest.mark.parametrize(
     "error",
     [
-        TikTokPublishFailed("internal", "v_pub_file~v2-1.2", "L"),
-        TikTokRateLimited(
+        TikTokPublishFailedError("internal", "v_pub_file~v2-1.2", "L"),
+        TikTokRateLimitedError(
             "x", code="rate_limit_exceeded", http_status=429, log_id="L", retry_after_s=2.0
         ),
-        UploadOutOfSync("y", http_status=416, acknowledged=ContentRange(0, 9, 100)),
+        UploadOutOfSyncError("y", http_status=416, acknowledged=ContentRange(0, 9, 100)),
     ],
 )
 def test_errors_survive_pickling(error: TikTokApiError) -> None:

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from reelflow.errors import IntegrityError, ValidationError
+from reelflow.errors import InputRejectedError, IntegrityCheckError
 from reelflow.tiktok.plan import (
     MAX_CHUNK_BYTES,
     MAX_CHUNK_COUNT,
@@ -185,7 +185,7 @@ def test_official_whole_upload_example() -> None:
     chunk=st.integers(min_value=FIVE_MIB, max_value=SIXTY_FOUR_MB),
 )
 def test_explicit_chunk_size_is_accepted_exactly_when_safe(size: int, chunk: int) -> None:
-    """The explicit variant never adjusts: it plans with that chunk or raises ValidationError."""
+    """The explicit variant never adjusts: it plans with that chunk or raises InputRejectedError."""
     n = size // chunk
     safe = (
         1 <= n <= 1000
@@ -198,7 +198,7 @@ def test_explicit_chunk_size_is_accepted_exactly_when_safe(size: int, chunk: int
         assert_obeys_rules(plan, size)
         assert_covers_every_byte_once(plan)
     else:
-        with pytest.raises(ValidationError):
+        with pytest.raises(InputRejectedError):
             plan_tiktok_upload_with_chunk_size(size, chunk)
 
 
@@ -214,8 +214,8 @@ def test_explicit_chunk_size_is_accepted_exactly_when_safe(size: int, chunk: int
     ],
 )
 def test_explicit_chunk_size_rejects_unsafe_plans(size: int, chunk: int) -> None:
-    """Chunk sizes TikTok rejects (or might reject) raise ValidationError, not a bad init."""
-    with pytest.raises(ValidationError) as info:
+    """Chunk sizes TikTok rejects (or might reject) raise InputRejectedError, not a bad init."""
+    with pytest.raises(InputRejectedError) as info:
         plan_tiktok_upload_with_chunk_size(size, chunk)
     assert info.value.reason == "invalid_chunk_plan"
 
@@ -223,15 +223,15 @@ def test_explicit_chunk_size_rejects_unsafe_plans(size: int, chunk: int) -> None
 @pytest.mark.parametrize("size", [0, -1, FOUR_GIB + 1, 10 * FOUR_GIB])
 def test_sizes_outside_range_are_validation_errors(size: int) -> None:
     """Empty and over-4-GiB files are rejected before any request is made."""
-    with pytest.raises(ValidationError) as info:
+    with pytest.raises(InputRejectedError) as info:
         plan_tiktok_upload(size)
     assert info.value.reason == "video_size_out_of_range"
     assert not info.value.retryable
 
 
 def test_nonpositive_preference_is_rejected() -> None:
-    """A zero or negative preferred chunk is a caller bug, reported as ValidationError."""
-    with pytest.raises(ValidationError):
+    """A zero or negative preferred chunk is a caller bug, reported as InputRejectedError."""
+    with pytest.raises(InputRejectedError):
         plan_tiktok_upload(10_000_000, 0)
 
 
@@ -247,7 +247,7 @@ def test_nonpositive_preference_is_rejected() -> None:
 )
 def test_checker_rejects_wrong_counts(size: int, chunk: int, count: int) -> None:
     """The init triple is rejected unless count == floor(size / chunk) and a lone chunk is whole."""
-    with pytest.raises(ValidationError):
+    with pytest.raises(InputRejectedError):
         check_tiktok_chunk_rules(size, chunk, count)
 
 
@@ -294,7 +294,7 @@ def test_resume_inside_a_chunk_restarts_that_chunk() -> None:
 def test_resume_rejects_counts_the_plan_cannot_hold(uploaded: int) -> None:
     """A reported count outside 0..video_size means the remote and the plan disagree."""
     plan = plan_tiktok_upload_with_chunk_size(50_000_123, 10_000_000)
-    with pytest.raises(IntegrityError):
+    with pytest.raises(IntegrityCheckError):
         first_unacknowledged_chunk(plan, uploaded)
 
 
