@@ -17,27 +17,58 @@ GATEWAY_MAX_SIZE_BYTES = 4 * 1024 * MIB  # TikTok's limit: a larger upload could
 
 
 class Settings(BaseSettings):
+    """Every REELFLOW_* setting, grouped by concern; each says what it does and its bounds."""
+
     model_config = SettingsConfigDict(env_prefix="REELFLOW_", extra="ignore")
 
+    # --- Where state lives: working directory, object store, catalog
     home: Path = Field(default=Path(".reelflow"), description="Working directory for local state")
     store_url: str | None = Field(
         default=None, description="file:///abs/dir or s3://bucket/prefix (default: HOME/objects)"
     )
     s3_endpoint_url: str | None = Field(default=None, description="S3-compatible endpoint")
-    sqs_endpoint_url: str | None = Field(
-        default=None, description="SQS endpoint for the bucket-event bridge (default: the S3 one)"
-    )
-    webhook_secret: SecretStr | None = Field(
-        default=None, description="Shared secret the S3 webhook bridge requires"
-    )
     s3_max_attempts: int = Field(
         default=5, ge=1, le=20, description="botocore attempts per request before a task retry"
     )
+    presign_ttl_s: int = Field(
+        default=3600,
+        ge=60,
+        le=7 * 86400,
+        description="Lifetime of the presigned S3 URLs ffprobe/ffmpeg read sources and stored "
+        "objects through (S3 allows at most 7 days)",
+    )
     database_url: str | None = Field(default=None, description="SQLAlchemy URL of the catalog")
-    chunk_size_bytes: int = Field(default=DEFAULT_CHUNK_BYTES, ge=1)
-    upload_concurrency: int = Field(default=4, ge=1, le=64)
-    max_duration_s: float = Field(default=DEFAULT_MAX_DURATION_S, gt=0)
-    presign_ttl_s: int = Field(default=3600, ge=60)
+    public_base_url: str | None = Field(
+        default=None,
+        description="Base URL people open stored objects at (a CDN or public bucket); unset = "
+        "summaries show the store URI, never a presigned URL",
+    )
+
+    # --- Ingest runs: parts, concurrency, memory, verification, leases
+    chunk_size_bytes: int = Field(
+        default=DEFAULT_CHUNK_BYTES,
+        ge=1,
+        description="Part size of a run's upload to the store (grown to S3's 5 MiB minimum and "
+        "to fit 10 000 parts)",
+    )
+    upload_concurrency: int = Field(
+        default=4, ge=1, le=64, description="UploadPart requests one run keeps on the wire"
+    )
+    memory_budget_bytes: int = Field(
+        default=1024 * MIB,
+        ge=16 * MIB,
+        description="Upper bound on chunk size x (concurrency + 1), the upload buffers of one run",
+    )
+    max_duration_s: float = Field(
+        default=DEFAULT_MAX_DURATION_S,
+        gt=0,
+        description="Longest video accepted, in seconds (TikTok's init takes at most 600)",
+    )
+    verify_readback: bool | None = Field(
+        default=None,
+        description="Re-hash the assembled object (default: on for file://, off for s3://, "
+        "where the server verifies every part's SHA-256 and the composite checksum)",
+    )
     lease_wait_s: float = Field(
         default=3600, ge=0, description="How long a run waits for another run of the same source"
     )
@@ -47,26 +78,8 @@ class Settings(BaseSettings):
         description="A source lease lapses this long after its last heartbeat (renewed every "
         "third of it); a run that cannot renew it for this long stops (retryably)",
     )
-    public_base_url: str | None = None
-    verify_readback: bool | None = Field(
-        default=None,
-        description="Re-hash the assembled object (default: on for file://, off for s3://, "
-        "where the server verifies every part's SHA-256 and the composite checksum)",
-    )
-    # TikTok (issue 3)
-    tiktok_api_base: str = "https://open.tiktokapis.com"
-    tiktok_client_key: str = "reelflow-sandbox-client"
-    tiktok_client_secret: SecretStr = SecretStr("reelflow-sandbox-secret")
-    tiktok_rate_window_s: float = Field(
-        default=60.0,
-        gt=0,
-        description="TikTok's per-user rate-limit window (a sliding minute); change it only for "
-        "a sandbox started with another window",
-    )
-    secret_key: SecretStr | None = Field(
-        default=None, description="Key that encrypts tokens at rest (default: HOME/secret.key)"
-    )
-    # Sources (issue 8 §1, §2, §6)
+
+    # --- Sources: which URL hosts, how long a read may take
     source_allowed_hosts: str = Field(
         default="",
         description="Comma-separated hosts or host:port that URL sources may reach even though "
@@ -78,12 +91,14 @@ class Settings(BaseSettings):
         description="Total time a run may spend reading one source before it fails (a slow "
         "or stalled source is not waited for forever)",
     )
-    memory_budget_bytes: int = Field(
-        default=1024 * MIB,
-        ge=16 * MIB,
-        description="Upper bound on chunk size x (concurrency + 1), the upload buffers of one run",
+
+    # --- Bucket events: the bridge (SQS or webhook) and what event-started runs may do
+    sqs_endpoint_url: str | None = Field(
+        default=None, description="SQS endpoint for the bucket-event bridge (default: the S3 one)"
     )
-    # Bucket events (issue 8 §3)
+    webhook_secret: SecretStr | None = Field(
+        default=None, description="Shared secret the S3 webhook bridge requires"
+    )
     event_buckets: str = Field(
         default="",
         description="Comma-separated bucket or bucket/prefix list the event bridge accepts and "
@@ -94,13 +109,36 @@ class Settings(BaseSettings):
         description="Which TikTok accounts sidecars under a bucket/prefix may name: "
         "'bucket/prefix=acct1|acct2;bucket2=*' (unlisted = none)",
     )
-    # Virus scanning (issue 8 §7)
+
+    # --- Virus scanning (off unless clamd_url is set)
     clamd_url: str | None = Field(
         default=None,
         description="ClamAV daemon: unix:///path/clamd.ctl or tcp://host:port; unset = scanning off",
     )
     clamd_timeout_s: float = Field(default=120.0, gt=0, description="clamd socket timeout")
-    # Upload gateway (issue 10): `reelflow gateway`, tus 1.0 at /uploads/
+
+    # --- TikTok publishing: the app, its rate window, tokens at rest
+    tiktok_api_base: str = Field(
+        default="https://open.tiktokapis.com",
+        description="TikTok's Open API (the project's sandbox in tests and the demo)",
+    )
+    tiktok_client_key: str = Field(
+        default="reelflow-sandbox-client", description="The TikTok app's client key"
+    )
+    tiktok_client_secret: SecretStr = Field(
+        default=SecretStr("reelflow-sandbox-secret"), description="The TikTok app's client secret"
+    )
+    tiktok_rate_window_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="TikTok's per-user rate-limit window (a sliding minute); change it only for "
+        "a sandbox started with another window",
+    )
+    secret_key: SecretStr | None = Field(
+        default=None, description="Key that encrypts tokens at rest (default: HOME/secret.key)"
+    )
+
+    # --- Upload gateway: `reelflow gateway`, tus 1.0 at /uploads/
     gateway_secret: SecretStr | None = Field(
         default=None,
         description="Key that signs and verifies the gateway's bearer tokens (HS256); at least "

@@ -17,13 +17,13 @@ from storage.local import LocalStore
 from storage.s3 import S3Store, make_s3_client
 
 
-def open_store(url: str, *, s3_client: Any | None = None) -> ObjectStore:
+def open_store(url: str, *, s3_client: Any | None = None, presign_ttl_s: int = 3600) -> ObjectStore:
     if url.startswith("file:"):
         return LocalStore(url)
     if url.startswith("s3:"):
         if s3_client is None:
             raise ConfigurationError("an S3 store needs an S3 client")
-        return S3Store(url, s3_client)
+        return S3Store(url, s3_client, presign_ttl_s=presign_ttl_s)
     raise ConfigurationError(f"unsupported REELFLOW_STORE_URL {url!r} (file:/// or s3://)")
 
 
@@ -51,7 +51,11 @@ class Runtime:
             return s3_client
 
         url = settings.resolved_store_url
-        store = open_store(url, s3_client=s3_factory() if url.startswith("s3:") else None)
+        store = open_store(
+            url,
+            s3_client=s3_factory() if url.startswith("s3:") else None,
+            presign_ttl_s=settings.presign_ttl_s,
+        )
         catalog = Catalog(make_engine(settings.resolved_database_url))
         sources = SourceReader(
             s3_factory,

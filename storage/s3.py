@@ -90,7 +90,7 @@ def map_s3_error(exc: Exception, what: str, **context: Any) -> ReelflowError:
 
 
 class S3Store:
-    def __init__(self, url: str, client: Any) -> None:
+    def __init__(self, url: str, client: Any, *, presign_ttl_s: int = 3600) -> None:
         parsed = urlparse(url)
         if parsed.scheme != "s3" or not parsed.netloc:
             raise ConfigurationError(f"S3 store URL must be s3://bucket[/prefix], got {url!r}")
@@ -98,6 +98,7 @@ class S3Store:
         self.bucket = parsed.netloc
         self.prefix = parsed.path.strip("/")
         self.client = client
+        self.presign_ttl_s = presign_ttl_s  # REELFLOW_PRESIGN_TTL_S: how long read_url works
 
     def _key(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
@@ -282,7 +283,9 @@ class S3Store:
 
     def read_url(self, key: str) -> str:
         url: str = self.client.generate_presigned_url(
-            "get_object", Params={"Bucket": self.bucket, "Key": self._key(key)}, ExpiresIn=3600
+            "get_object",
+            Params={"Bucket": self.bucket, "Key": self._key(key)},
+            ExpiresIn=self.presign_ttl_s,
         )
         return url
 

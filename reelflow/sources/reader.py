@@ -57,7 +57,6 @@ from reelflow.planning import Chunk
 from reelflow.relay import ByteRelay
 from reelflow.rules import MAGIC_BYTES_NEEDED
 from reelflow.safehttp import CONNECT_TIMEOUT_S, READ_TIMEOUT_S, GuardedHTTP
-from reelflow.settings import Settings
 from reelflow.sources.files import check_unchanged, iter_file, open_pinned, resolve_file
 from reelflow.sources.http import iter_http, resolve_http
 from reelflow.sources.ref import BufferPool, SourceRef, source_kind
@@ -71,8 +70,8 @@ class SourceReader:
 
     ``allowed_hosts`` is ``REELFLOW_SOURCE_ALLOWED_HOSTS``; ``resolver`` and ``clock`` are for
     tests (a stub resolver maps names to private addresses without connecting; a fake clock
-    makes the read deadline deterministic). Left out, both settings are read from the
-    environment once (``Settings``), so a reader is never built without the allowlist rules.
+    makes the read deadline deterministic). Both settings are required: the entry point's
+    ``Settings`` give them (``storage.runtime``), so no reader exists without the allowlist.
     """
 
     def __init__(
@@ -80,17 +79,11 @@ class SourceReader:
         s3_client_factory: Callable[[], Any],
         *,
         presign_ttl_s: int = 3600,
-        allowed_hosts: str | None = None,
-        read_deadline_s: float | None = None,
+        allowed_hosts: str,
+        read_deadline_s: float,
         resolver: netguard.Resolver = netguard.system_resolver,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if allowed_hosts is None or read_deadline_s is None:
-            settings = Settings()
-            allowed_hosts = (
-                settings.source_allowed_hosts if allowed_hosts is None else allowed_hosts
-            )
-            read_deadline_s = read_deadline_s or settings.source_read_deadline_s
         self._s3_factory = s3_client_factory
         self._s3: Any = None
         self._presign_ttl_s = presign_ttl_s

@@ -73,7 +73,8 @@ def test_unreadable_file(home: Path, clips: Any, tmp_path: Path) -> None:
         "from reelflow.sources import SourceReader\n"
         "from reelflow.errors import InputRejectedError\n"
         "import sys\n"
-        "try:\n    SourceReader(lambda: None).resolve(sys.argv[1])\n"
+        "reader = SourceReader(lambda: None, allowed_hosts='', read_deadline_s=60)\n"
+        "try:\n    reader.resolve(sys.argv[1])\n"
         "except InputRejectedError as e:\n    print(e.reason); sys.exit(2)\n"
     )
     proc = subprocess.run(

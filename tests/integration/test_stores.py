@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -78,3 +79,22 @@ def test_abort_leaves_nothing(store: ObjectStore) -> None:
         store.list_parts("k2.mp4", uid)
     assert store.list_uploads() == []
     assert not store.exists("k2.mp4")
+
+
+def test_s3_read_url_lives_as_long_as_presign_ttl(s3_server: object, bucket: str) -> None:
+    """REELFLOW_PRESIGN_TTL_S reaches the S3 store: its read URLs expire when the setting says."""
+    from urllib.parse import parse_qs, urlparse
+
+    from reelflow.settings import Settings
+    from storage.runtime import open_store
+
+    client = make_s3_client(endpoint_url=s3_server.endpoint_url)  # type: ignore[attr-defined]
+    ttl = Settings(presign_ttl_s=900).presign_ttl_s
+    store = open_store(f"s3://{bucket}/pfx", s3_client=client, presign_ttl_s=ttl)
+    store.put_bytes("k/one.bin", b"x", "application/octet-stream")
+    query = parse_qs(urlparse(store.read_url("k/one.bin")).query)
+    if "X-Amz-Expires" in query:  # SigV4: the lifetime itself
+        assert query["X-Amz-Expires"] == ["900"]
+    else:  # SigV2 (what botocore signs for this endpoint): the moment it expires
+        left = int(query["Expires"][0]) - time.time()
+        assert 900 - 60 < left <= 900, left
