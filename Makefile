@@ -57,7 +57,7 @@ typecheck: setup
 	$(BIN)/mypy
 
 test: setup js lint typecheck
-	$(BIN)/pytest -q -p no:cacheprovider
+	$(BIN)/pytest -q -p no:cacheprovider --durations=25
 
 # The end-to-end tests (real `prefect server start`, workers, served deployments) alone;
 # `make test` runs them too.

@@ -11,7 +11,6 @@ import json
 import os
 import resource
 import sys
-import time
 
 import psutil
 
@@ -25,30 +24,13 @@ def peak_rss_mib() -> float:
 
 
 def baseline(args: argparse.Namespace) -> dict[str, float]:
-    import boto3
-    from boto3.s3.transfer import TransferConfig
-    from botocore.config import Config
+    from bench._moto import boto3_upload_s, s3_client  # lazy: only this mode loads boto3
 
-    s3 = boto3.client(
-        "s3", endpoint_url=args.endpoint, config=Config(s3={"addressing_style": "path"})
-    )
-    cfg = TransferConfig(
-        multipart_threshold=args.chunk,
-        multipart_chunksize=args.chunk,
-        max_concurrency=args.concurrency,
-    )
+    s3 = s3_client(args.endpoint)
     before = rss_mib()
-    t0 = time.perf_counter()
-    # Same integrity as reelflow: a SHA-256 checksum on every part, verified by the server.
-    s3.upload_file(
-        args.file,
-        args.bucket,
-        f"baseline/{os.path.basename(args.file)}",
-        Config=cfg,
-        ExtraArgs={"ChecksumAlgorithm": "SHA256"},
-    )
+    seconds = boto3_upload_s(s3, args.file, args.bucket, args.chunk, args.concurrency)
     return {
-        "seconds": time.perf_counter() - t0,
+        "seconds": seconds,
         "rss_before_mib": before,
         "peak_rss_mib": peak_rss_mib(),
     }

@@ -30,7 +30,6 @@ import argparse
 import base64
 import contextlib
 import json
-import os
 import statistics
 import sys
 import tempfile
@@ -41,16 +40,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import boto3
 import httpx
 import psutil
-from boto3.s3.transfer import TransferConfig
-from botocore.config import Config
-from sqlalchemy import text
 
-from bench.ingest import DATA, cached_clip, start_s3
-from reelflow.samples import make_clip
-from storage.catalog import make_engine
+from bench import _moto as moto
+from tests.support.catalog_rows import catalog_row
 from tests.support.gateway import GatewayProcess, GatewaySetup, auth
 
 MIB = 2**20
@@ -141,27 +135,13 @@ def patch(
 
 
 def upload_row(setup: GatewaySetup, upload_id: str) -> dict[str, Any] | None:
-    engine = make_engine(setup.settings().resolved_database_url)
-    try:
-        with engine.connect() as conn:
-            row = conn.execute(
-                text("SELECT * FROM gateway_upload WHERE id = :id"), {"id": upload_id}
-            ).first()
-            return dict(row._mapping) if row is not None else None
-    finally:
-        engine.dispose()
+    return catalog_row(setup.settings().resolved_database_url, "gateway_upload", "id", upload_id)
 
 
 def video_key(setup: GatewaySetup, media_id: str) -> str:
-    engine = make_engine(setup.settings().resolved_database_url)
-    try:
-        with engine.connect() as conn:
-            key = conn.execute(
-                text("SELECT video_key FROM media WHERE media_id = :id"), {"id": media_id}
-            ).scalar_one()
-            return str(key)
-    finally:
-        engine.dispose()
+    row = catalog_row(setup.settings().resolved_database_url, "media", "media_id", media_id)
+    assert row is not None, media_id
+    return str(row["video_key"])
 
 
 def wait_settled(setup: GatewaySetup, url: str, timeout_s: float) -> dict[str, Any] | None:
@@ -174,10 +154,6 @@ def wait_settled(setup: GatewaySetup, url: str, timeout_s: float) -> dict[str, A
             return row
         time.sleep(0.1)
     return None
-
-
-def s3_client(endpoint: str) -> Any:
-    return boto3.client("s3", endpoint_url=endpoint, config=Config(s3={"addressing_style": "path"}))
 
 
 def empty_bucket(s3: Any, bucket: str) -> None:
@@ -194,19 +170,6 @@ def read_once_s(s3: Any, bucket: str, key: str) -> float:
     body = s3.get_object(Bucket=bucket, Key=key)["Body"]
     for _ in body.iter_chunks(8 * MIB):
         pass
-    return time.perf_counter() - t0
-
-
-def boto3_round(s3: Any, path: Path, bucket: str, part: int, concurrency: int) -> float:
-    cfg = TransferConfig(
-        multipart_threshold=part, multipart_chunksize=part, max_concurrency=concurrency
-    )
-    t0 = time.perf_counter()
-    # The same integrity as the gateway's parts: a SHA-256 checksum per part, verified by S3.
-    s3.upload_file(
-        str(path), bucket, f"baseline/{path.name}", Config=cfg,
-        ExtraArgs={"ChecksumAlgorithm": "SHA256"},
-    )  # fmt: skip
     return time.perf_counter() - t0
 
 
@@ -309,12 +272,7 @@ def fmt(value: object) -> str:
 
 
 def main() -> int:
-    for var, value in (
-        ("AWS_ACCESS_KEY_ID", "testing"),
-        ("AWS_SECRET_ACCESS_KEY", "testing"),
-        ("AWS_DEFAULT_REGION", "us-east-1"),
-    ):
-        os.environ.setdefault(var, value)  # moto accepts any credentials
+    moto.use_moto_credentials()
     p = argparse.ArgumentParser()
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--big-mib", type=int, default=1024)
@@ -323,27 +281,24 @@ def main() -> int:
     p.add_argument("--concurrent", type=int, default=16, help="uploads at once for RSS")
     p.add_argument("--rss-mib", type=int, default=100)
     args = p.parse_args()
-    DATA.mkdir(parents=True, exist_ok=True)
-    big = cached_clip(f"bench-{args.big_mib}mib.mp4", args.big_mib * MIB)
-    small = cached_clip(f"bench-{args.rss_mib}mib.mp4", args.rss_mib * MIB)
-    warmup = DATA / "warmup.mp4"
-    if not warmup.exists():
-        make_clip(warmup, duration_s=2.0, width=360, height=640, audio=False)
-    server, endpoint = start_s3()
-    s3 = s3_client(endpoint)
+    big = moto.cached_clip(f"bench-{args.big_mib}mib.mp4", args.big_mib * MIB)
+    small = moto.cached_clip(f"bench-{args.rss_mib}mib.mp4", args.rss_mib * MIB)
+    warmup = moto.warmup_clip()
+    server, endpoint = moto.start_s3()
+    s3 = moto.s3_client(endpoint)
     stamp = int(time.time())
     base_runs: list[float] = []
     gw_runs: list[dict[str, Any]] = []
     try:
         # boto3's first transfer pays for its thread pool and connections: not measured.
         s3.create_bucket(Bucket=f"bench-gw-{stamp}-warm")
-        boto3_round(s3, warmup, f"bench-gw-{stamp}-warm", args.part, args.concurrency)
+        moto.boto3_upload_s(s3, warmup, f"bench-gw-{stamp}-warm", args.part, args.concurrency)
         for i in range(args.rounds):
             bucket = f"bench-gw-{stamp}-{i}"
             s3.create_bucket(Bucket=bucket)
 
             def baseline(bucket: str = bucket) -> None:
-                base_runs.append(boto3_round(s3, big, bucket, args.part, args.concurrency))
+                base_runs.append(moto.boto3_upload_s(s3, big, bucket, args.part, args.concurrency))
                 empty_bucket(s3, bucket)
 
             def gateway(bucket: str = bucket, i: int = i) -> None:

@@ -26,38 +26,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import boto3
-from botocore.config import Config
-
+from bench import _moto as moto
 from bench.publish import PREFECT_MODES, start_prefect
-from reelflow.samples import make_clip, make_large_clip
 
-DATA = Path(__file__).resolve().parent / ".data"
 MIB = 2**20
-
-
-def cached_clip(name: str, min_bytes: int) -> Path:
-    path = DATA / name
-    if not path.exists() or path.stat().st_size < min_bytes:
-        make_large_clip(path, min_bytes)
-    return path
-
-
-def start_s3() -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.support.s3server", "--port", "0", "--no-verify-checksums"],
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=Path(__file__).resolve().parents[1],
-    )
-    assert proc.stdout is not None
-    for _ in range(200):
-        line = proc.stdout.readline()
-        if "http://" in line:
-            endpoint = line[line.index("http://") :].split()[0]
-            return proc, endpoint
-    proc.kill()
-    raise RuntimeError("the S3 test server did not start")
 
 
 def run_one(
@@ -93,7 +65,7 @@ def run_one(
         capture_output=True,
         text=True,
         timeout=1800,
-        cwd=Path(__file__).resolve().parents[1],
+        cwd=moto.REPO,
     )
     if out.returncode != 0:
         raise RuntimeError(f"{mode} failed: {out.stderr[-2000:]}")
@@ -101,12 +73,7 @@ def run_one(
 
 
 def main() -> int:
-    for var, value in (
-        ("AWS_ACCESS_KEY_ID", "testing"),
-        ("AWS_SECRET_ACCESS_KEY", "testing"),
-        ("AWS_DEFAULT_REGION", "us-east-1"),
-    ):
-        os.environ.setdefault(var, value)  # moto accepts any credentials
+    moto.use_moto_credentials()
     p = argparse.ArgumentParser()
     p.add_argument("--repeat", type=int, default=2)
     p.add_argument("--chunk", type=int, default=8 * MIB)
@@ -114,15 +81,12 @@ def main() -> int:
     p.add_argument("--big-mib", type=int, default=1024)
     p.add_argument("--prefect", choices=PREFECT_MODES, default="server")
     args = p.parse_args()
-    DATA.mkdir(parents=True, exist_ok=True)
     files = {
-        "100MiB": cached_clip("bench-100mib.mp4", 100 * MIB),
-        f"{args.big_mib}MiB": cached_clip(f"bench-{args.big_mib}mib.mp4", args.big_mib * MIB),
+        "100MiB": moto.cached_clip("bench-100mib.mp4", 100 * MIB),
+        f"{args.big_mib}MiB": moto.cached_clip(f"bench-{args.big_mib}mib.mp4", args.big_mib * MIB),
     }
-    warmup = DATA / "warmup.mp4"
-    if not warmup.exists():
-        make_clip(warmup, duration_s=2.0, width=360, height=640, audio=False)
-    server, endpoint = start_s3()
+    warmup = moto.warmup_clip()
+    server, endpoint = moto.start_s3()
     prefect: subprocess.Popen[bytes] | None = None
     prefect_env: dict[str, str] = {}
     if args.prefect != "ephemeral":
@@ -131,9 +95,7 @@ def main() -> int:
             os.environ | prefect_env, services=args.prefect == "server+services"
         )
     try:
-        s3 = boto3.client(
-            "s3", endpoint_url=endpoint, config=Config(s3={"addressing_style": "path"})
-        )
+        s3 = moto.s3_client(endpoint)
         rows = []
         for label, file in files.items():
             base_runs, rf_runs = [], []
@@ -142,9 +104,7 @@ def main() -> int:
                 s3.create_bucket(Bucket=bucket)
                 env = os.environ | {
                     "REELFLOW_HOME": tempfile.mkdtemp(prefix="reelflow-bench-"),
-                    "AWS_ACCESS_KEY_ID": "testing",
-                    "AWS_SECRET_ACCESS_KEY": "testing",
-                    "AWS_DEFAULT_REGION": "us-east-1",
+                    **moto.MOTO_CREDENTIALS,
                     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
                     **prefect_env,
                 }

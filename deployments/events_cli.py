@@ -70,9 +70,19 @@ def _key_filter(prefix: str, suffixes: list[str] | None) -> Any:
     return KeyFilter(prefix=prefix, suffixes=tuple(suffixes) if suffixes else DEFAULT_SUFFIXES)
 
 
-def _s3_client(settings: Any) -> Any:
-    return make_s3_client(
+def _bridge(settings: Settings, sink: Any, *, policy: Any, key_filter: Any) -> Any:
+    """The bridge from notifications to ``sink``; reelflow's own store never triggers it."""
+    from deployments.s3_events import Bridge, own_store_of  # slow, see the note at the top
+
+    s3 = make_s3_client(
         endpoint_url=settings.s3_endpoint_url, max_attempts=settings.s3_max_attempts
+    )
+    return Bridge(
+        s3=s3,
+        sink=sink,
+        key_filter=key_filter,
+        policy=policy,
+        own_store=own_store_of(settings.resolved_store_url),
     )
 
 
@@ -109,10 +119,8 @@ def sqs(
 ) -> None:
     """Long-poll an SQS queue; delete each message once its events are in Prefect."""
     from deployments.s3_events import (  # slow, see the note at the top
-        Bridge,
         PrefectEventSink,
         make_sqs_client,
-        own_store_of,
         poll_sqs,
     )
 
@@ -128,13 +136,7 @@ def sqs(
             max_attempts=settings.s3_max_attempts,
         )
         with PrefectEventSink() as sink, _stop_on_sigterm() as stop:
-            bridge = Bridge(
-                s3=_s3_client(settings),
-                sink=sink,
-                key_filter=key_filter,
-                policy=policy,
-                own_store=own_store_of(settings.resolved_store_url),
-            )
+            bridge = _bridge(settings, sink, policy=policy, key_filter=key_filter)
             stats = poll_sqs(
                 bridge, queue, queue_url, max_messages=max_messages, once=once, stop=stop
             )
@@ -155,11 +157,9 @@ def webhook(
 ) -> None:
     """Serve POST / for S3-format notification bodies (MinIO, Ceph); needs REELFLOW_WEBHOOK_SECRET."""
     from deployments.s3_events import (  # slow, see the note at the top
-        Bridge,
         PrefectEventSink,
         check_webhook_secret,
         make_webhook_app,
-        own_store_of,
     )
 
     configure_logging()
@@ -174,13 +174,7 @@ def webhook(
         policy = _policy(settings)
         key_filter = _key_filter(prefix, suffix)
         with PrefectEventSink() as sink:
-            bridge = Bridge(
-                s3=_s3_client(settings),
-                sink=sink,
-                key_filter=key_filter,
-                policy=policy,
-                own_store=own_store_of(settings.resolved_store_url),
-            )
+            bridge = _bridge(settings, sink, policy=policy, key_filter=key_filter)
             app = make_webhook_app(bridge, secret=secret)
             import uvicorn  # slow, see the note at the top
 

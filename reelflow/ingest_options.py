@@ -48,35 +48,42 @@ def _size(n: int) -> str:
     return f"{n} B"
 
 
+def _whole_number(
+    value: int, highest: int, *, what: str, reason: str, unit: str = "", why: str = ""
+) -> int:
+    """``value`` if it is a whole number from 1 to ``highest``; a bool (an int to Python) is
+    refused like any other non-number."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        of_unit = f" of {unit}" if unit else ""
+        raise InputRejectedError(
+            f"{what} must be a whole number{of_unit}, not {value!r}", reason=reason
+        )
+    if not 1 <= value <= highest:
+        units = f" {unit}" if unit else ""
+        because = f" ({why})" if why else ""
+        raise InputRejectedError(
+            f"{what} {value}{units} is outside 1..{highest}{because}", reason=reason
+        )
+    return value
+
+
 def check_chunk_size(chunk_size_bytes: int) -> int:
     """A part size in bytes: 1 byte to 5 GiB (small sizes are raised to S3's 5 MiB later)."""
-    if isinstance(chunk_size_bytes, bool) or not isinstance(chunk_size_bytes, int):
-        raise InputRejectedError(
-            f"chunk size must be a whole number of bytes, not {chunk_size_bytes!r}",
-            reason="invalid_chunk_size",
-        )
-    if not 1 <= chunk_size_bytes <= MAX_CHUNK_BYTES:
-        raise InputRejectedError(
-            f"chunk size {chunk_size_bytes} bytes is outside 1..{MAX_CHUNK_BYTES} "
-            f"(at most {_size(MAX_CHUNK_BYTES)}, S3's largest part)",
-            reason="invalid_chunk_size",
-        )
-    return chunk_size_bytes
+    return _whole_number(
+        chunk_size_bytes,
+        MAX_CHUNK_BYTES,
+        what="chunk size",
+        unit="bytes",
+        why=f"at most {_size(MAX_CHUNK_BYTES)}, S3's largest part",
+        reason="invalid_chunk_size",
+    )
 
 
 def check_concurrency(concurrency: int) -> int:
     """UploadPart requests at once: 1 to :data:`MAX_UPLOAD_CONCURRENCY`."""
-    if isinstance(concurrency, bool) or not isinstance(concurrency, int):
-        raise InputRejectedError(
-            f"concurrency must be a whole number, not {concurrency!r}",
-            reason="invalid_concurrency",
-        )
-    if not 1 <= concurrency <= MAX_UPLOAD_CONCURRENCY:
-        raise InputRejectedError(
-            f"concurrency {concurrency} is outside 1..{MAX_UPLOAD_CONCURRENCY}",
-            reason="invalid_concurrency",
-        )
-    return concurrency
+    return _whole_number(
+        concurrency, MAX_UPLOAD_CONCURRENCY, what="concurrency", reason="invalid_concurrency"
+    )
 
 
 def check_memory_budget(chunk_size_bytes: int, concurrency: int, budget_bytes: int) -> int:
@@ -213,9 +220,12 @@ def check_ingest_request(
     privacy: str | None,
     mode: str | None,
     publish_at: datetime | None,
+    *,
+    now: datetime | None = None,
 ) -> IngestOptions:
-    """An ingest request's option values (the CLI's or the flow's parameters), with the
-    settings' defaults and memory budget, checked against :func:`check_ingest_options` now."""
+    """An ingest request's option values (the CLI's, the flow's parameters, a gateway upload's
+    metadata), with the settings' defaults and memory budget, checked against
+    :func:`check_ingest_options` at ``now`` (None: the clock now)."""
     return check_ingest_options(
         chunk_size_bytes=chunk_size_bytes,
         concurrency=concurrency,
@@ -227,5 +237,5 @@ def check_ingest_request(
         default_chunk_size_bytes=settings.chunk_size_bytes,
         default_concurrency=settings.upload_concurrency,
         memory_budget_bytes=settings.memory_budget_bytes,
-        now=datetime.now(UTC),
+        now=datetime.now(UTC) if now is None else now,
     )

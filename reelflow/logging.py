@@ -77,6 +77,7 @@ SECRET_ENV_VARS = (
     "REELFLOW_TIKTOK_CLIENT_SECRET",
     "REELFLOW_WEBHOOK_SECRET",
     "REELFLOW_SECRET_KEY",
+    "REELFLOW_GATEWAY_SECRET",
     "REELFLOW_TIKTOK_ACCESS_TOKEN",
     "REELFLOW_TIKTOK_REFRESH_TOKEN",
     "AWS_ACCESS_KEY_ID",
@@ -126,7 +127,7 @@ def remember_environment_secrets(environ: dict[str, str] | None = None) -> None:
 
 def remember_settings_secrets(settings: Any) -> None:
     """Remember the secret fields of a :class:`reelflow.settings.Settings`."""
-    for field in ("tiktok_client_secret", "webhook_secret", "secret_key"):
+    for field in ("tiktok_client_secret", "webhook_secret", "secret_key", "gateway_secret"):
         value = getattr(settings, field, None)
         if value is not None:
             remember_secret(value.get_secret_value())

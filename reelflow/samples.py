@@ -15,11 +15,12 @@ so content-addressed keys (SHA-256) stay stable across runs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import subprocess
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from reelflow.durable import fsync_path
@@ -121,14 +122,9 @@ def make_clip(
     if not extra_bytes:
         return ffmpeg_write(out, inputs, output, fmt=container, ffmpeg=ffmpeg)
     # Pad before the final rename, so nobody ever sees the unpadded clip under ``path``.
-    staged = _temp_sibling(out)
-    try:
+    with _replacing(out) as staged:
         ffmpeg_write(staged, inputs, output, fmt=container, ffmpeg=ffmpeg)
         _append_free_box(staged, extra_bytes)
-        os.replace(staged, out)
-    finally:
-        staged.unlink(missing_ok=True)
-    fsync_path(out.parent)
     return out
 
 
@@ -203,20 +199,12 @@ def ffmpeg_write(
     therefore sees either no file or a complete one, never a half-written clip.
     """
     out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_sibling(out)
     cmd = [ffmpeg, "-hide_banner", "-nostdin", "-loglevel", "error", "-y", *input_args]
     # bitexact + no metadata: the same inputs give the same bytes (stable SHA-256 keys).
     cmd += ["-map_metadata", "-1", "-fflags", "+bitexact"]
     cmd += ["-flags:v", "+bitexact", "-flags:a", "+bitexact"]
-    cmd += [*output_args, "-f", fmt, str(tmp)]
-    try:
-        _run(cmd)
-        fsync_path(tmp)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
-    fsync_path(out.parent)
+    with _replacing(out) as tmp:
+        _run([*cmd, *output_args, "-f", fmt, str(tmp)])
     return out
 
 
@@ -288,6 +276,21 @@ def _append_free_box(path: Path, extra_bytes: int) -> None:
         f.truncate(f.tell() + extra_bytes - len(header))
         f.flush()
         os.fsync(f.fileno())
+
+
+@contextlib.contextmanager
+def _replacing(out: Path) -> Iterator[Path]:
+    """A temp sibling of ``out`` to write; when the block ends without an error it is fsynced
+    and renamed over ``out`` (and the directory fsynced), otherwise it is removed."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temp_sibling(out)
+    try:
+        yield tmp
+        fsync_path(tmp)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    fsync_path(out.parent)
 
 
 def _temp_sibling(path: Path) -> Path:

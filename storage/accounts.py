@@ -13,16 +13,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Unpack
 
 from sqlalchemy import DateTime
 from sqlalchemy.engine import Engine
 from sqlmodel import Field, Session, SQLModel, select
 
 from reelflow.errors import ConfigurationError
-from reelflow.tiktok.tokens import StoredTokens
+from reelflow.tiktok.tokens import RefreshedTokens, StoredTokens
 from storage.clock import aware, utcnow
 from storage.crypto import SecretBox
-from storage.rows import optional_timestamp_field, timestamp_field
+from storage.rows import commit_row, optional_timestamp_field, timestamp_field
 
 
 class Account(SQLModel, table=True):
@@ -123,10 +124,7 @@ def _save_new_version(
     row.scopes = scopes or row.scopes
     row.token_version += 1
     row.updated_at = now
-    s.add(row)
-    s.commit()
-    s.refresh(row)
-    return row
+    return commit_row(s, row)
 
 
 def get_account(engine: Engine, name: str) -> Account | None:
@@ -176,26 +174,6 @@ class AccountTokenStore:
         )
 
     def save_refreshed(
-        self,
-        name: str,
-        *,
-        access_token: str,
-        refresh_token: str | None,
-        expires_in: int,
-        refresh_expires_in: int | None,
-        open_id: str | None,
-        scopes: str | None,
-        now: datetime,
+        self, name: str, *, now: datetime, **tokens: Unpack[RefreshedTokens]
     ) -> None:
-        store_refreshed_tokens(
-            self._engine,
-            self._box,
-            name,
-            access_token=access_token,
-            refresh_token=refresh_token,
-            expires_in=expires_in,
-            refresh_expires_in=refresh_expires_in,
-            open_id=open_id,
-            scopes=scopes,
-            now=now,
-        )
+        store_refreshed_tokens(self._engine, self._box, name, now=now, **tokens)

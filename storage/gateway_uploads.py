@@ -31,7 +31,7 @@ from sqlmodel import DateTime, Field, Session, SQLModel, col, select
 
 from storage import leases as _leases
 from storage.clock import utcnow
-from storage.rows import timestamp_field
+from storage.rows import commit_row, timestamp_field
 
 RECEIVING = "receiving"
 RECEIVED = "received"
@@ -105,10 +105,7 @@ class GatewayUpload(SQLModel, table=True):
 def create(engine: Engine, row: GatewayUpload) -> GatewayUpload:
     """Insert a new row (``version`` 0); an existing id raises the database's IntegrityCheckError."""
     with Session(engine, expire_on_commit=False) as s:
-        s.add(row)
-        s.commit()
-        s.refresh(row)
-        return row
+        return commit_row(s, row)
 
 
 def get(engine: Engine, upload_id: str) -> GatewayUpload | None:

@@ -52,7 +52,7 @@ from reelflow.publish_rules import (
 )
 from storage.clock import aware, utcnow
 from storage.crypto import SecretBox
-from storage.rows import optional_timestamp_field, timestamp_field, update_row
+from storage.rows import commit_row, optional_timestamp_field, timestamp_field, update_row
 
 GENERATION_KEY = "generation"
 MAX_GENERATION_RACES = 16  # concurrent --again runs of other options taking the same generation
@@ -349,10 +349,7 @@ def record_init(
         row.status, row.tiktok_status = UPLOADING, "PROCESSING_UPLOAD"
         row.fail_reason = row.error_code = row.log_id = row.post_id = None
         row.updated_at = now
-        s.add(row)
-        s.commit()
-        s.refresh(row)
-        return row
+        return commit_row(s, row)
 
 
 def list_publishes(engine: Engine, media_id: str | None = None) -> list[Publish]:

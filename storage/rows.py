@@ -1,4 +1,4 @@
-"""What every catalog table shares: UTC timestamp columns and the update-one-row transaction.
+"""What every catalog table shares: UTC timestamp columns and the one-row write transactions.
 
 Must not: define a table or know any table's columns beyond ``updated_at``.
 """
@@ -35,7 +35,12 @@ def update_row(engine: Engine, model: type[RowT], row_id: str, **fields: Any) ->
         for key, value in fields.items():
             setattr(row, key, value)
         row.updated_at = utcnow()  # type: ignore[attr-defined]  # every catalog table has it
-        s.add(row)
-        s.commit()
-        s.refresh(row)
-        return row
+        return commit_row(s, row)
+
+
+def commit_row(s: Session, row: RowT) -> RowT:
+    """Add ``row`` to ``s``, commit, and return it as the database now holds it."""
+    s.add(row)
+    s.commit()
+    s.refresh(row)
+    return row

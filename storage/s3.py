@@ -109,13 +109,16 @@ class S3Store:
         except (ClientError, BotoCoreError) as exc:
             raise map_s3_error(exc, what) from exc
 
+    def _on_object(self, what: str, fn: Any, key: str, **kwargs: Any) -> Any:
+        """:meth:`_call` on the object ``key`` names (in this store's bucket, under its prefix)."""
+        return self._call(what, fn, Bucket=self.bucket, Key=self._key(key), **kwargs)
+
     # --- multipart ----------------------------------------------------------------------------
     def create_upload(self, key: str, content_type: str) -> str:
-        resp = self._call(
+        resp = self._on_object(
             "CreateMultipartUpload",
             self.client.create_multipart_upload,
-            Bucket=self.bucket,
-            Key=self._key(key),
+            key,
             ContentType=content_type,
             ChecksumAlgorithm="SHA256",
         )
@@ -144,11 +147,10 @@ class S3Store:
         out: dict[int, PartReceipt] = {}
         marker = 0
         while True:
-            resp = self._call(
+            resp = self._on_object(
                 "ListParts",
                 self.client.list_parts,
-                Bucket=self.bucket,
-                Key=self._key(key),
+                key,
                 UploadId=upload_id,
                 PartNumberMarker=marker,
             )
@@ -166,11 +168,10 @@ class S3Store:
             if p.sha256_b64:
                 entry["ChecksumSHA256"] = p.sha256_b64
             body.append(entry)
-        resp = self._call(
+        resp = self._on_object(
             "CompleteMultipartUpload",
             self.client.complete_multipart_upload,
-            Bucket=self.bucket,
-            Key=self._key(key),
+            key,
             UploadId=upload_id,
             MultipartUpload={"Parts": body},
         )
@@ -181,11 +182,10 @@ class S3Store:
 
     def _stored_checksum(self, key: str) -> str | None:
         """The SHA-256 checksum the server computed over what it stored (composite or full)."""
-        head = self._call(
+        head = self._on_object(
             "HeadObject",
             self.client.head_object,
-            Bucket=self.bucket,
-            Key=self._key(key),
+            key,
             ChecksumMode="ENABLED",
         )
         value = head.get("ChecksumSHA256")
@@ -193,11 +193,10 @@ class S3Store:
 
     def abort_upload(self, key: str, upload_id: str) -> None:
         with contextlib.suppress(UploadNotFoundError):
-            self._call(
+            self._on_object(
                 "AbortMultipartUpload",
                 self.client.abort_multipart_upload,
-                Bucket=self.bucket,
-                Key=self._key(key),
+                key,
                 UploadId=upload_id,
             )
 
@@ -250,11 +249,10 @@ class S3Store:
             self.put_bytes(key, fh.read(), content_type)  # thumbnails and metadata only: small
 
     def put_bytes(self, key: str, data: bytes, content_type: str) -> None:
-        self._call(
+        self._on_object(
             "PutObject",
             self.client.put_object,
-            Bucket=self.bucket,
-            Key=self._key(key),
+            key,
             Body=data,
             ContentType=content_type,
         )
@@ -263,11 +261,10 @@ class S3Store:
         """Server-side copy (the bytes never come back through this process; CopyObject takes up
         to 5 GB, above reelflow's 4 GiB limit). Asking for a SHA-256 on the copy makes the server
         hash the whole object, so the return value is the stored object's full SHA-256 (base64)."""
-        self._call(
+        self._on_object(
             "CopyObject",
             self.client.copy_object,
-            Bucket=self.bucket,
-            Key=self._key(dst_key),
+            dst_key,
             CopySource={"Bucket": self.bucket, "Key": self._key(src_key)},
             MetadataDirective="COPY",
             ChecksumAlgorithm="SHA256",
@@ -277,9 +274,7 @@ class S3Store:
         return full if full and "-" not in full else None
 
     def delete(self, key: str) -> None:
-        self._call(
-            "DeleteObject", self.client.delete_object, Bucket=self.bucket, Key=self._key(key)
-        )
+        self._on_object("DeleteObject", self.client.delete_object, key)
 
     def read_url(self, key: str) -> str:
         url: str = self.client.generate_presigned_url(
@@ -293,20 +288,17 @@ class S3Store:
         return f"s3://{self.bucket}/{self._key(key)}"
 
     def read_range(self, key: str, start: int, length: int) -> bytes:
-        resp = self._call(
+        resp = self._on_object(
             "GetObject",
             self.client.get_object,
-            Bucket=self.bucket,
-            Key=self._key(key),
+            key,
             Range=f"bytes={start}-{start + length - 1}",
         )
         data: bytes = resp["Body"].read()
         return data
 
     def sha256_hex(self, key: str) -> str:
-        resp = self._call(
-            "GetObject", self.client.get_object, Bucket=self.bucket, Key=self._key(key)
-        )
+        resp = self._on_object("GetObject", self.client.get_object, key)
         h = hashlib.sha256()
         for block in resp["Body"].iter_chunks(HASH_BLOCK_BYTES):
             h.update(block)

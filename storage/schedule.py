@@ -25,6 +25,7 @@ from sqlmodel import DateTime, Field, Session, SQLModel, select
 from reelflow.ingest_options import check_publish_request
 from reelflow.publish_rules import PublishRequest
 from storage.clock import aware, utcnow
+from storage.rows import commit_row
 
 QUEUED = "queued"
 CLAIMED = "publishing"
@@ -107,10 +108,7 @@ def queue_publish(
         elif row.status == QUEUED:
             row.due_at, row.updated_at = due_at, utcnow()
             row.mode, row.privacy, row.caption = mode, privacy, caption
-        s.add(row)
-        s.commit()
-        s.refresh(row)
-        return row
+        return commit_row(s, row)
 
 
 def due_rows(

@@ -34,6 +34,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from deployments.gateway.auth import gateway_secret
+from deployments.gateway.base import gateway_log
 from deployments.gateway.handoff import Handoff, default_handoff
 from deployments.gateway.uploads import Gateway
 from reelflow import tus
@@ -43,15 +44,8 @@ from reelflow.errors import (
     ReelflowError,
     UploadNotFoundError,
 )
-from reelflow.logging import get_logger
 from reelflow.settings import Settings
 from storage.tus_writer import ChecksumMismatchError, LengthExceededError, UploadConflictError
-
-
-def _log() -> Any:
-    # At use time: a logger bound at import would predate configure_logging (its renderer).
-    return get_logger("reelflow.gateway")
-
 
 RETRY_AFTER_S = 1
 # At shutdown, how long the requests uvicorn cancelled get to make what they received durable.
@@ -147,9 +141,9 @@ async def _on_error(request: Request, exc: Exception) -> Response:
         "reason": reason,
     }
     if status >= 500:
-        _log().error("request_failed", **fields, error=f"{type(exc).__name__}: {exc}"[:500])
+        gateway_log().error("request_failed", **fields, error=f"{type(exc).__name__}: {exc}"[:500])
     else:
-        _log().info("request_refused", **fields, message=str(exc)[:300])
+        gateway_log().info("request_refused", **fields, message=str(exc)[:300])
     response = error_response(exc)
     if request.method == "HEAD":  # no body, and no Upload-Offset on an error (the spec)
         return Response(status_code=response.status_code, headers=dict(response.headers))
@@ -217,12 +211,12 @@ def build_app(
             yield
         finally:
             if not await anyio.to_thread.run_sync(gateway.drain, DRAIN_S):
-                _log().warning("gateway_stopped_while_writing", waited_s=DRAIN_S)
+                gateway_log().warning("gateway_stopped_while_writing", waited_s=DRAIN_S)
             close = getattr(gateway.handoff, "close", None)
             if callable(close):
                 await anyio.to_thread.run_sync(close)
         # After uvicorn drained the in-flight requests (or gave up on them).
-        _log().info("gateway_stopped", instance=gateway.instance)
+        gateway_log().info("gateway_stopped", instance=gateway.instance)
         runtime.catalog.engine.dispose()
 
     app = Starlette(

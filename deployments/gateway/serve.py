@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from deployments.gateway.auth import gateway_secret
-from reelflow.logging import configure_logging, get_logger
+from reelflow.logging import configure_logging, get_logger, remember_settings_secrets
 from reelflow.settings import Settings
 
 SHUTDOWN_GRACE_S = 30
@@ -27,6 +27,9 @@ def serve_gateway(
     settings: Settings, *, host: str = "127.0.0.1", port: int = 8080, handoff: Any = None
 ) -> None:
     """Serve the gateway on ``host:port`` until interrupted (blocking)."""
+    # First: every secret the settings hold (the signing secret included) is masked in any log
+    # line or error from here on, the refusal below included.
+    remember_settings_secrets(settings)
     gateway_secret(settings)  # refuse before anything (the catalog, the store) is opened
     import uvicorn  # lazy: `reelflow --help` must not wait for it
 

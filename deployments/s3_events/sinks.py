@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Mapping, Sequence
-from types import TracebackType
 from typing import Any, Protocol
 
 import httpx
@@ -61,14 +60,9 @@ class PrefectEventSink:
         self._client = client
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         if self._client is not None:
-            self._client.__exit__(exc_type, exc, tb)
+            self._client.__exit__(*exc_info)
             self._client = None
 
     def emit(self, events: Sequence[Mapping[str, Any]]) -> None:

@@ -25,7 +25,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Protocol, TypeVar
+from typing import Protocol, TypedDict, TypeVar, Unpack
 
 from reelflow.errors import ConfigurationError
 from reelflow.logging import get_logger
@@ -63,6 +63,18 @@ class StoredTokens:
     token_version: int
 
 
+class RefreshedTokens(TypedDict):
+    """What a refresh hands its store: the new tokens and their lifetimes (s), as TikTok sent
+    them. None (or an empty refresh token) means "keep what is stored"."""
+
+    access_token: str
+    refresh_token: str | None
+    expires_in: int
+    refresh_expires_in: int | None
+    open_id: str | None
+    scopes: str | None
+
+
 class AccountStore(Protocol):
     """Where accounts' tokens are kept (the catalog, encrypted: ``storage.accounts``)."""
 
@@ -71,16 +83,7 @@ class AccountStore(Protocol):
         ...
 
     def save_refreshed(
-        self,
-        name: str,
-        *,
-        access_token: str,
-        refresh_token: str | None,
-        expires_in: int,
-        refresh_expires_in: int | None,
-        open_id: str | None,
-        scopes: str | None,
-        now: datetime,
+        self, name: str, *, now: datetime, **tokens: Unpack[RefreshedTokens]
     ) -> None:
         """Persist a refresh's result in one transaction; an empty refresh token keeps the
         stored one, and None for the other optional values keeps what is stored."""

@@ -29,13 +29,12 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from sqlalchemy import text
 from tusclient import client as tus_client
 
 from storage.base import ObjectStore
-from storage.catalog import make_engine
 from storage.runtime import open_store
 from storage.s3 import make_s3_client
+from tests.support.catalog_rows import catalog_row
 from tests.support.files import sha256_file
 from tests.support.gateway import GatewayProcess, GatewaySetup, auth
 from tests.support.prefect_server import REPO
@@ -169,27 +168,11 @@ def hash_object(store: ObjectStore, key: str) -> str:
 
 def upload_row(setup: GatewaySetup, upload_id: str) -> dict[str, Any] | None:
     """The catalog's gateway_upload row, read with plain SQL (the gateway is a black box)."""
-    engine = make_engine(setup.settings().resolved_database_url)
-    try:
-        with engine.connect() as conn:
-            row = conn.execute(
-                text("SELECT * FROM gateway_upload WHERE id = :id"), {"id": upload_id}
-            ).first()
-            return dict(row._mapping) if row is not None else None
-    finally:
-        engine.dispose()
+    return catalog_row(setup.settings().resolved_database_url, "gateway_upload", "id", upload_id)
 
 
 def media_row(setup: GatewaySetup, media_id: str) -> dict[str, Any] | None:
-    engine = make_engine(setup.settings().resolved_database_url)
-    try:
-        with engine.connect() as conn:
-            row = conn.execute(
-                text("SELECT * FROM media WHERE media_id = :id"), {"id": media_id}
-            ).first()
-            return dict(row._mapping) if row is not None else None
-    finally:
-        engine.dispose()
+    return catalog_row(setup.settings().resolved_database_url, "media", "media_id", media_id)
 
 
 def stored_sha256(setup: GatewaySetup, upload_url: str, gateways: list[GatewayProcess]) -> str:

@@ -31,6 +31,7 @@ from sqlmodel import Session, select
 
 from deployments.gateway.app import build_app
 from reelflow.gateway_tokens import mint, verify
+from reelflow.logging import REDACTED
 from reelflow.settings import Settings
 from reelflow.tus import encode_metadata
 from storage import gateway_uploads as uploads
@@ -39,6 +40,7 @@ from storage.catalog import Catalog, UploadPartRow
 from storage.gateway_uploads import GatewayUpload
 from storage.runtime import Runtime
 from tests.support.files import sha256_file
+from tests.support.gateway import GatewaySetup
 from tests.support.prefect_server import BIN, REPO
 from tests.support.waiting import wait_for
 
@@ -863,6 +865,25 @@ def test_no_token_or_secret_in_the_logs(gw: Gw, client: httpx.Client, clips: Any
     assert token not in text and SECRET not in text
     assert token.split(".")[2] not in text  # not even the signature
     assert "authorization" not in text.lower()
+
+
+def test_a_started_gateway_masks_its_secret_in_log_lines(tmp_path: Path) -> None:
+    """`reelflow gateway` registers REELFLOW_GATEWAY_SECRET with the log redactor when it
+    starts: a log line that carries the secret's value (here the path of a refused request)
+    comes out of the process with the value masked."""
+    setup = GatewaySetup(home=tmp_path / "home")
+    with setup.process("masking") as gw:
+        reply = httpx.head(
+            f"{gw.uploads_url}{setup.secret}",
+            headers={"Tus-Resumable": "1.0.0"},
+            timeout=REQUEST_TIMEOUT_S,
+        )
+        assert reply.status_code == 401
+    log = gw.log_path.read_text(errors="replace")
+    refused = [line for line in log.splitlines() if "request_refused" in line]
+    assert len(refused) == 1, log
+    assert f"/uploads/{REDACTED}" in refused[0]
+    assert setup.secret not in log
 
 
 # --- the CLI --------------------------------------------------------------------------------------
