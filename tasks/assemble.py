@@ -43,7 +43,7 @@ def _verify_whole(rt: Runtime, key: str, sha256_hex: str, size_bytes: int) -> No
 # NO_CACHE on purpose: idempotence comes from the session status in the catalog, which a
 # completed upload moves to "assembled" in the same step.
 @task(
-    name="assemble",
+    name="assemble-upload",
     cache_policy=NO_CACHE,
     retries=3,
     retry_delay_seconds=exponential_backoff(2),

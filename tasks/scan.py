@@ -72,7 +72,7 @@ def _hashing(blocks: Iterator[bytes], digest: hashlib._Hash) -> Iterator[bytes]:
 # NO_CACHE on purpose: a verdict holds only for the signatures clamd has loaded now, and it must
 # be about the bytes about to be stored; a resumed run scans again (one read of the object).
 @task(
-    name="scan",
+    name="scan-video",
     cache_policy=NO_CACHE,
     retries=3,
     retry_delay_seconds=exponential_backoff(2),

@@ -31,7 +31,7 @@ class Thumbnail:
 
 # NO_CACHE on purpose: the key is content-addressed, so "already in the store" is the cache.
 @task(
-    name="thumbnail",
+    name="make-thumbnail",
     cache_policy=NO_CACHE,
     retries=2,
     retry_delay_seconds=[2, 10],

@@ -65,7 +65,7 @@ def validate_source(source: str, rt: Runtime) -> Validated:
 
 # NO_CACHE on purpose: validation is cheap and must judge the source as it is now.
 @task(
-    name="validate",
+    name="validate-video",
     cache_policy=NO_CACHE,
     retries=2,
     retry_delay_seconds=[1, 5],

@@ -105,10 +105,10 @@ def test_infected_video_is_refused(
     status = CliRunner().invoke(app, ["status", "--json"])
     assert json.loads(status.stdout.strip().splitlines()[-1])["media"] == []
     runs = task_runs_of(f"ingest-{name}")
-    scans = [r for r in runs if r.name.startswith("scan")]
+    scans = [r for r in runs if r.name.startswith("scan-video")]
     assert len(scans) == 1 and scans[0].state.is_failed() and scans[0].run_count == 1
     assert all(r.run_count <= 1 for r in runs), [(r.name, r.run_count) for r in runs]
-    assert not any(r.name.startswith(("thumbnail", "store")) for r in runs)
+    assert not any(r.name.startswith(("make-thumbnail", "store")) for r in runs)
 
 
 def test_same_video_without_marker_is_stored(
@@ -144,4 +144,4 @@ def test_scanning_off_says_so(
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["scan"] == "off" and summary["scan_engine"] is None
-    assert not any(r.name.startswith("scan") for r in task_runs_of(f"ingest-{name}"))
+    assert not any(r.name.startswith("scan-video") for r in task_runs_of(f"ingest-{name}"))

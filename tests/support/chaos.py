@@ -34,12 +34,12 @@ from typing import Any
 # The step names, keyed by the Prefect task names that implement them today. A task
 # missing here is still a step: it is drawn under its own name.
 STEP_OF_TASK = {
-    "validate": "validate",
+    "validate-video": "validate",
     "open-upload-session": "chunk-upload",
     "upload-chunk": "chunk-upload",
-    "assemble": "assemble",
-    "thumbnail": "thumbnail",
-    "scan": "scan",
+    "assemble-upload": "assemble",
+    "make-thumbnail": "thumbnail",
+    "scan-video": "scan",
     "store-media": "store",
     "query-creator-info": "creator-info",
     "init-tiktok-upload": "init",

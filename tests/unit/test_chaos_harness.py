@@ -18,11 +18,11 @@ def ev(t: float, state: str, run: str, name: str) -> RunEvent:
 
 TIMELINE = StepTimeline.from_events(
     [
-        ev(0, "Running", "a", "validate-1a2"),
-        ev(1, "Completed", "a", "validate-1a2"),
+        ev(0, "Running", "a", "validate-video-1a2"),
+        ev(1, "Completed", "a", "validate-video-1a2"),
         ev(2, "Running", "b", "upload-chunk-0ff"),
         ev(2, "Running", "c", "upload-chunk-abc"),
-        ev(3, "Running", "d", "scan-77e"),
+        ev(3, "Running", "d", "scan-video-77e"),
         ev(4, "Running", "e", "brand-new-step-123"),
     ]
 )
@@ -49,8 +49,14 @@ def test_points_cover_every_step_before_any_repeats(seed: int, count: int) -> No
 
 def test_landed_in_names_the_live_task_or_the_last_finished() -> None:
     """A kill lands in the step of the newest live task run, else after the last finished one."""
-    live = [ev(0, "Running", "a", "assemble-111"), ev(1, "Running", "b", "thumbnail-222")]
+    live = [
+        ev(0, "Running", "a", "assemble-upload-111"),
+        ev(1, "Running", "b", "make-thumbnail-222"),
+    ]
     assert landed_in(live) == "thumbnail"
-    done = [ev(0, "Running", "a", "assemble-111"), ev(1, "Completed", "a", "assemble-111")]
+    done = [
+        ev(0, "Running", "a", "assemble-upload-111"),
+        ev(1, "Completed", "a", "assemble-upload-111"),
+    ]
     assert landed_in(done) == "after:assemble"
     assert landed_in([]) == "before:first-task"
