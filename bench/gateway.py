@@ -1,4 +1,5 @@
-"""Benchmark: a tus client → ``reelflow gateway`` → S3 vs boto3 ``upload_file`` straight to S3.
+"""Benchmark: a tus client → ``reelflow gateway`` → S3 vs boto3 ``upload_file`` straight to S3,
+and vs the Node tus reference server (``@tus/server`` + ``@tus/s3-store``, bench/tus_node).
 
 Same machine, same moto S3 server (its own process, 127.0.0.1), same >= 1 GiB valid H.264 file
 (generated once and cached under bench/.data, shared with bench.ingest), same part size, one run.
@@ -11,6 +12,13 @@ a tiny upload so the embedded hand-off's one-time start is not measured.
   checksums at ``--concurrency`` (ratio = boto3 s / gateway s, median of paired rounds; target
   >= 0.9). The gateway's 204 comes when the last part is durable; S3's CompleteMultipartUpload is
   part of the hand-off, which boto3's time includes, so both are shown.
+- vs ``@tus/server``: the same client (one streamed PATCH, creation included), the same file, part
+  size, moto server and bucket, a fresh ``node bench/tus_node/server.mjs`` on 127.0.0.1 each
+  round, warmed up the same way (ratio = @tus s / gateway s, median of paired rounds; target
+  >= 1.0). Both servers send a SHA-256 checksum with every part. @tus/server's 204 comes after
+  it has completed the multipart upload (CompleteMultipartUpload on the last PATCH); reelflow's
+  comes earlier and it completes in assemble, so the output says so. Skipped, saying why, when
+  node or bench/tus_node's ``npm ci`` is missing (or with ``--no-tus-node``).
 - last byte → stored (the gateway_upload row 'stored': wall time, which on the embedded default
   includes starting the run's child process and its own Prefect API; and the run's steps:
   assemble = CompleteMultipartUpload + one read for the SHA-256, verify, thumbnail, store) vs the
@@ -21,7 +29,7 @@ a tiny upload so the embedded hand-off's one-time start is not measured.
   byte, so no hand-off runs, then is terminated); target <= 64 MiB + one part per upload.
 
     python -m bench.gateway [--rounds 3] [--big-mib 1024] [--part 8388608] [--concurrency 4]
-                            [--concurrent 16] [--rss-mib 100]
+                            [--concurrent 16] [--rss-mib 100] [--no-tus-node]
 """
 
 from __future__ import annotations
@@ -30,7 +38,10 @@ import argparse
 import base64
 import contextlib
 import json
+import os
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -45,7 +56,7 @@ import psutil
 
 from bench import _moto as moto
 from tests.support.catalog_rows import catalog_row
-from tests.support.gateway import GatewayProcess, GatewaySetup, auth
+from tests.support.gateway import GatewaySetup, auth
 
 MIB = 2**20
 BLOCK_BYTES = MIB  # the client's read size for the streamed PATCH body
@@ -54,6 +65,10 @@ STORED_TIMEOUT_S = 1800.0
 REQUEST_TIMEOUT_S = 600.0
 STORED = "stored"
 SETTLED = {"stored", "failed", "cancelled", "expired"}
+TUS_NODE = Path(__file__).resolve().parent / "tus_node"
+TUS_NODE_PACKAGES = ("@tus/server", "@tus/s3-store")
+TUS_NODE_START_TIMEOUT_S = 60.0
+TUS_NODE_TOKEN = "unused"  # @tus/server checks no auth; the same headers are sent anyway
 
 
 class RssSampler:
@@ -99,10 +114,10 @@ def file_blocks(path: Path, start: int = 0, end: int | None = None) -> Iterator[
             yield block
 
 
-def create(http: httpx.Client, gw: GatewayProcess, token: str, path: Path) -> str:
+def create(http: httpx.Client, uploads_url: str, token: str, path: Path) -> str:
     name = base64.b64encode(path.name.encode()).decode()
     reply = http.post(
-        gw.uploads_url,
+        uploads_url,
         headers=auth(token)
         | {
             "Upload-Length": str(path.stat().st_size),
@@ -111,7 +126,7 @@ def create(http: httpx.Client, gw: GatewayProcess, token: str, path: Path) -> st
     )
     if reply.status_code != 201:
         raise RuntimeError(f"creation answered {reply.status_code}: {reply.text}")
-    return str(httpx.URL(gw.uploads_url).join(reply.headers["Location"]))
+    return str(httpx.URL(uploads_url).join(reply.headers["Location"]))
 
 
 def patch(
@@ -195,7 +210,7 @@ class GatewayRun:
         self.token = self.setup.token("bench")
         # Creation and PATCH paths warmed, then terminated: no hand-off, so no pipeline run
         # (each is a child process of its own, which no warm-up here could make warm).
-        url = create(self.http, self.gw, self.token, self.warmup)
+        url = create(self.http, self.gw.uploads_url, self.token, self.warmup)
         patch(self.http, url, self.token, self.warmup, 0, self.warmup.stat().st_size - 1)
         self.http.delete(url, headers=auth(self.token))
         return self
@@ -220,7 +235,7 @@ def gateway_round(run: GatewayRun, s3: Any, path: Path) -> dict[str, Any]:
     size = path.stat().st_size
     with RssSampler(run.gw.pid) as rss:
         t0 = time.perf_counter()
-        url = create(run.http, run.gw, run.token, path)
+        url = create(run.http, run.gw.uploads_url, run.token, path)
         offset = patch(run.http, url, run.token, path, 0)
         upload_s = time.perf_counter() - t0
     assert offset == size, (offset, size)
@@ -242,12 +257,99 @@ def gateway_round(run: GatewayRun, s3: Any, path: Path) -> dict[str, Any]:
     }
 
 
+def tus_node_missing() -> str | None:
+    """Why the @tus/server contender cannot run here, or None if it can."""
+    if shutil.which("node") is None:
+        return "node is not on PATH"
+    for package in TUS_NODE_PACKAGES:
+        if not (TUS_NODE / "node_modules" / package / "package.json").exists():
+            return f"{package} is not installed (cd bench/tus_node && npm ci)"
+    return None
+
+
+class TusNodeRun:
+    """A fresh ``@tus/server`` + ``@tus/s3-store`` process (bench/tus_node/server.mjs) on
+    127.0.0.1, staging into ``bucket`` of the shared S3 server, warmed up like the gateway."""
+
+    def __init__(self, endpoint: str, bucket: str, part: int, warmup: Path) -> None:
+        self.cmd = [
+            "node", "--no-warnings", str(TUS_NODE / "server.mjs"),
+            "--endpoint", endpoint, "--bucket", bucket, "--part-size", str(part), "--port", "0",
+        ]  # fmt: skip
+        self.bucket = bucket
+        self.warmup = warmup
+        self.uploads_url = ""
+        self.proc: subprocess.Popen[str] | None = None
+        self.http = httpx.Client(timeout=REQUEST_TIMEOUT_S)
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None, "not started"
+        return self.proc.pid
+
+    def _wait_listening(self) -> str:
+        assert self.proc is not None and self.proc.stdout is not None
+        lines: list[str] = []
+        # readline blocks: a reader thread bounds the wait for the server's one ready line.
+        ready = threading.Event()
+
+        def read() -> None:
+            assert self.proc is not None and self.proc.stdout is not None
+            for line in self.proc.stdout:
+                lines.append(line)
+                if "listening on http://" in line:
+                    ready.set()
+                    break
+
+        threading.Thread(target=read, daemon=True).start()
+        if not ready.wait(TUS_NODE_START_TIMEOUT_S):
+            self.proc.kill()
+            raise RuntimeError(f"@tus/server did not start: {''.join(lines)[-2000:]}")
+        line = lines[-1]
+        return line[line.index("http://") :].split()[0]
+
+    def __enter__(self) -> TusNodeRun:
+        self.proc = subprocess.Popen(
+            self.cmd, cwd=TUS_NODE, env=os.environ.copy(), stdout=subprocess.PIPE, text=True
+        )
+        self.uploads_url = self._wait_listening()
+        url = create(self.http, self.uploads_url, TUS_NODE_TOKEN, self.warmup)
+        patch(self.http, url, TUS_NODE_TOKEN, self.warmup, 0, self.warmup.stat().st_size - 1)
+        self.http.delete(url, headers=auth(TUS_NODE_TOKEN))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.http.close()
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+
+
+def tus_node_round(run: TusNodeRun, s3: Any, path: Path) -> dict[str, Any]:
+    size = path.stat().st_size
+    with RssSampler(run.pid) as rss:
+        t0 = time.perf_counter()
+        url = create(run.http, run.uploads_url, TUS_NODE_TOKEN, path)
+        offset = patch(run.http, url, TUS_NODE_TOKEN, path, 0)
+        upload_s = time.perf_counter() - t0
+    assert offset == size, (offset, size)
+    # Its 204 means the multipart upload is complete: the object is there, whole.
+    key = url.rstrip("/").rsplit("/", 1)[-1]
+    stored = s3.head_object(Bucket=run.bucket, Key=key)["ContentLength"]
+    assert stored == size, (stored, size)
+    return {"upload_s": upload_s, "rss_growth_mib": rss.growth}
+
+
 def rss_with_concurrent(run: GatewayRun, path: Path, n: int) -> float:
     """RSS growth while ``n`` uploads of ``path`` stream at once (all but the last byte each,
     so no hand-off starts), then each is terminated."""
     size = path.stat().st_size
     with httpx.Client(timeout=REQUEST_TIMEOUT_S, limits=httpx.Limits(max_connections=2 * n)) as h:
-        urls = [create(h, run.gw, run.token, path) for _ in range(n)]
+        urls = [create(h, run.gw.uploads_url, run.token, path) for _ in range(n)]
         barrier = threading.Barrier(n)
 
         def send(url: str) -> int:
@@ -280,7 +382,11 @@ def main() -> int:
     p.add_argument("--concurrency", type=int, default=4, help="boto3 upload_file threads")
     p.add_argument("--concurrent", type=int, default=16, help="uploads at once for RSS")
     p.add_argument("--rss-mib", type=int, default=100)
+    p.add_argument("--no-tus-node", action="store_true", help="skip the @tus/server contender")
     args = p.parse_args()
+    tus_node_why = "--no-tus-node" if args.no_tus_node else tus_node_missing()
+    if tus_node_why:
+        print(f"@tus/server contender skipped: {tus_node_why}", flush=True)
     big = moto.cached_clip(f"bench-{args.big_mib}mib.mp4", args.big_mib * MIB)
     small = moto.cached_clip(f"bench-{args.rss_mib}mib.mp4", args.rss_mib * MIB)
     warmup = moto.warmup_clip()
@@ -289,6 +395,7 @@ def main() -> int:
     stamp = int(time.time())
     base_runs: list[float] = []
     gw_runs: list[dict[str, Any]] = []
+    node_runs: list[dict[str, Any]] = []
     try:
         # boto3's first transfer pays for its thread pool and connections: not measured.
         s3.create_bucket(Bucket=f"bench-gw-{stamp}-warm")
@@ -306,13 +413,23 @@ def main() -> int:
                     gw_runs.append(gateway_round(run, s3, big))
                 empty_bucket(s3, bucket)
 
+            def tus_node(bucket: str = bucket) -> None:
+                with TusNodeRun(endpoint, bucket, args.part, warmup) as run:
+                    node_runs.append(tus_node_round(run, s3, big))
+                empty_bucket(s3, bucket)
+
             contenders: list[tuple[str, Callable[[], None]]] = [
                 ("boto3", baseline),
                 ("gateway", gateway),
             ]
-            for _, run_it in contenders if i % 2 == 0 else contenders[::-1]:
+            if not tus_node_why:
+                contenders.append(("tus-node", tus_node))
+            # Each round starts with another contender, so no one always goes first or last.
+            shift = i % len(contenders)
+            for _, run_it in contenders[shift:] + contenders[:shift]:
                 run_it()
-            print(f"round {i}: boto3 {base_runs[-1]:.2f}s, gateway {gw_runs[-1]}", flush=True)
+            node = f", @tus/server {node_runs[-1]}" if node_runs else ""
+            print(f"round {i}: boto3 {base_runs[-1]:.2f}s, gateway {gw_runs[-1]}{node}", flush=True)
         bucket = f"bench-gw-{stamp}-rss"
         s3.create_bucket(Bucket=bucket)
         with GatewayRun(endpoint, bucket, args.part, warmup, "rss") as run:
@@ -324,6 +441,7 @@ def main() -> int:
         server.wait(timeout=30)
     size_mib = big.stat().st_size / MIB
     ratios = [b / g["upload_s"] for b, g in zip(base_runs, gw_runs, strict=True)]
+    node_ratios = [n["upload_s"] / g["upload_s"] for n, g in zip(node_runs, gw_runs, strict=True)]
     stored = median([g["stored_s"] for g in gw_runs])
     steps = median([g["steps_s"] for g in gw_runs])
     assemble = median([g["assemble_s"] for g in gw_runs])
@@ -334,6 +452,12 @@ def main() -> int:
         "boto3_mib_s": size_mib / statistics.median(base_runs),
         "gateway_mib_s": size_mib / statistics.median(g["upload_s"] for g in gw_runs),
         "ratio_median_paired": statistics.median(ratios),
+        "tus_node_mib_s": (
+            size_mib / statistics.median(n["upload_s"] for n in node_runs) if node_runs else None
+        ),
+        "ratio_vs_tus_node_median_paired": (
+            statistics.median(node_ratios) if node_ratios else None
+        ),
         "last_byte_to_stored_s": stored,
         "pipeline_steps_s": steps,
         "assemble_s": assemble,
@@ -341,6 +465,9 @@ def main() -> int:
         "stored_over_read": stored / read if stored and read else None,
         "assemble_over_read": assemble / read if assemble and read else None,
         "rss_growth_big_patch_mib": max(g["rss_growth_mib"] for g in gw_runs),
+        "tus_node_rss_growth_big_patch_mib": (
+            max(n["rss_growth_mib"] for n in node_runs) if node_runs else None
+        ),
         "rss_growth_1_mib": rss_one,
         f"rss_growth_{args.concurrent}_mib": rss_many,
         "states": ",".join(g["state"] for g in gw_runs),
@@ -349,6 +476,14 @@ def main() -> int:
         f"\nmoto S3 on 127.0.0.1, {args.rounds} paired rounds, part {args.part // MIB} MiB, "
         f"boto3 concurrency {args.concurrency}, RSS clip {args.rss_mib} MiB"
     )
+    if node_runs:
+        print(
+            "@tus/server (@tus/s3-store, SHA-256 part checksums): its 204 comes after it has "
+            "completed the multipart upload on the last PATCH; reelflow's 204 comes when the "
+            "last part is durable and it completes later, in assemble (not in gateway_mib_s)"
+        )
+    else:
+        print(f"@tus/server contender skipped: {tus_node_why}")
     print(" | ".join(row))
     print(" | ".join(fmt(v) for v in row.values()))
     print(json.dumps(row))
