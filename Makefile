@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml requirements.lock
 lock:
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q pip-tools
-	$(BIN)/pip-compile -q --upgrade --no-emit-index-url --no-emit-find-links --strip-extras \
+	$(BIN)/pip-compile -q --upgrade --no-header --no-emit-index-url --no-emit-find-links --strip-extras \
 		--allow-unsafe --extra dev -o requirements.lock pyproject.toml
 
 ffmpeg:
