@@ -2,7 +2,8 @@
 
 :func:`make_engine` creates every table of the catalog: this module's, the leases'
 (:mod:`storage.leases`), the accounts' (:mod:`storage.accounts`), the publish ledger's
-(:mod:`storage.publishing`) and the scheduled publishes' (:mod:`storage.schedule`); none of
+(:mod:`storage.publishing`), the scheduled publishes' (:mod:`storage.schedule`) and the stage
+log's (:mod:`storage.stages`); none of
 those imports this one.
 
 The ledger is written before the next step relies on it: a part row exists only after the
@@ -32,6 +33,7 @@ from storage import gateway_uploads as _gateway_uploads  # noqa: F401
 from storage import leases as _leases
 from storage import publishing as _publishing  # noqa: F401
 from storage import schedule as _schedule  # noqa: F401
+from storage import stages as _stages  # noqa: F401
 from storage.base import PartReceipt
 from storage.clock import utcnow
 from storage.rows import timestamp_field as _ts
