@@ -35,6 +35,7 @@ os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
 from reelflow.cli_errors import OneLineErrors, failing_in_one_line, quiet_prefect_console  # noqa: E402
 from reelflow.errors import InputRejectedError  # noqa: E402
 from reelflow.ingest_options import (  # noqa: E402
+    PostOptions,
     check_account_name,
     check_publish_request,
 )
@@ -65,6 +66,59 @@ def again_option(what: str) -> Any:
     return typer.Option(
         False, "--again", help=f"Post even if this {what} is already on the account (once)"
     )
+
+
+def interaction_option(what: str) -> Any:
+    """``--disable-<what>/--allow-<what>``: unset follows the creator's TikTok setting."""
+    return typer.Option(
+        None,
+        f"--disable-{what}/--allow-{what}",
+        help=f"Turn {what}s off / on for this post (default: as the creator set it in TikTok; "
+        f"a creator who turned {what}s off cannot allow them)",
+        show_default=False,
+    )
+
+
+def brand_content_option() -> Any:
+    return typer.Option(
+        False,
+        "--brand-content",
+        help="Disclose a paid partnership (TikTok's 'Branded content'); not with SELF_ONLY",
+    )
+
+
+def brand_organic_option() -> Any:
+    return typer.Option(
+        False, "--brand-organic", help="Disclose that it promotes your own business ('Your brand')"
+    )
+
+
+def post_flags(
+    disable_comment: bool | None,
+    disable_duet: bool | None,
+    disable_stitch: bool | None,
+    brand_content: bool,
+    brand_organic: bool,
+) -> PostOptions:
+    """The post options the flags above give (checked with the rest of the request)."""
+    return PostOptions(
+        disable_comment=disable_comment,
+        disable_duet=disable_duet,
+        disable_stitch=disable_stitch,
+        brand_content_toggle=brand_content,
+        brand_organic_toggle=brand_organic,
+    )
+
+
+def post_params(post: PostOptions) -> dict[str, Any]:
+    """The flow parameters (``ingest-video``, ``publish-media``) that carry ``post``."""
+    return {
+        "disable_comment": post.disable_comment,
+        "disable_duet": post.disable_duet,
+        "disable_stitch": post.disable_stitch,
+        "brand_content_toggle": post.brand_content_toggle,
+        "brand_organic_toggle": post.brand_organic_toggle,
+    }
 
 
 def summary_json_option() -> Any:
@@ -208,13 +262,21 @@ def publish(
         None, "--poll-deadline", help="Seconds to wait for TikTok's processing"
     ),
     again: bool = again_option("media"),
+    disable_comment: bool | None = interaction_option("comment"),
+    disable_duet: bool | None = interaction_option("duet"),
+    disable_stitch: bool | None = interaction_option("stitch"),
+    brand_content: bool = brand_content_option(),
+    brand_organic: bool = brand_organic_option(),
     as_json: bool = summary_json_option(),
     verbose: bool = verbose_option(),
 ) -> None:
     """Publish stored media to TikTok, once per account (a re-run resumes or only polls;
     another caption finds the existing post unless --again)."""
     with failing_in_one_line():
-        check_publish_request(account, mode, privacy, caption)  # before anything starts
+        post = post_flags(
+            disable_comment, disable_duet, disable_stitch, brand_content, brand_organic
+        )
+        check_publish_request(account, mode, privacy, caption, post=post)  # before anything
         if poll_deadline_s is not None and not poll_deadline_s >= 0:
             raise InputRejectedError(
                 f"--poll-deadline {poll_deadline_s} must be 0 or more seconds",
@@ -233,6 +295,7 @@ def publish(
             mode=mode,
             poll_deadline_s=DEFAULT_POLL_DEADLINE_S if poll_deadline_s is None else poll_deadline_s,
             again=again,
+            **post_params(post),
         )
     note_existing_publish(summary)
     print_summary(summary, as_json, title=f"TikTok publish of {media_id}")

@@ -141,15 +141,18 @@ def _create_schema(engine: Engine) -> None:
         if conn.dialect.name == "postgresql":
             conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK_KEY})
         SQLModel.metadata.create_all(conn)
-        _add_lease_columns(conn)
+        _add_columns(conn, "lease", _leases.ADDED_COLUMNS)
+        _add_columns(conn, "scheduled_publish", _schedule.ADDED_COLUMNS)
+        _add_columns(conn, "tiktok_account", _accounts.ADDED_COLUMNS)
 
 
-def _add_lease_columns(conn: Connection) -> None:
-    """create_all never alters a table: add the fencing/identity columns to an older catalog."""
-    have = {c["name"] for c in inspect(conn).get_columns("lease")}
-    for name, ddl in _leases.ADDED_COLUMNS.items():
+def _add_columns(conn: Connection, table: str, columns: dict[str, str]) -> None:
+    """create_all never alters a table: add the columns a later version added to an older
+    catalog (the leases' fencing/identity, scheduled posts' options, accounts' refresh health)."""
+    have = {c["name"] for c in inspect(conn).get_columns(table)}
+    for name, ddl in columns.items():
         if name not in have:
-            conn.execute(text(f"ALTER TABLE lease ADD COLUMN {name} {ddl}"))
+            conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {name} {ddl}"))
 
 
 class Catalog:
