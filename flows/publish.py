@@ -55,7 +55,7 @@ from reelflow.tiktok.errors import (
     UploadUrlExpiredError,
 )
 from reelflow.tiktok.plan import DEFAULT_PREFERRED_CHUNK_BYTES
-from storage.catalog import Media
+from storage.catalog import DELETING, Media
 from storage.leases import Fence, Leases
 from storage.publishing import (
     Publish,
@@ -200,7 +200,8 @@ def publish_stored_media(
     """
     post_options(request)  # the rules again: a caller may have built the request by hand
     media = rt.catalog.get_media(media_id)
-    if media is None:
+    # A media being deleted (storage.catalog.begin_media_delete) is no longer published.
+    if media is None or media.status == DELETING:
         raise InputRejectedError(f"no stored media {media_id!r}", reason="media_not_found")
     row = find_or_make_publish(rt.catalog.engine, media_id, media.size_bytes, request)
     return _publish_row(

@@ -32,6 +32,7 @@ from reelflow.cli_errors import (  # noqa: E402
     failing_in_one_line,
     quiet_prefect_console,
 )
+from reelflow.cli_media import register as _register_media  # noqa: E402
 from reelflow.cli_tiktok import (  # noqa: E402
     again_option,
     brand_content_option,
@@ -60,6 +61,7 @@ app = typer.Typer(
 app.add_typer(events_app, name="s3-events", help="Bridge S3 bucket events into Prefect events")
 app.add_typer(gateway_app, name="gateway")  # tus upload gateway + its tokens
 _register_tiktok(app)  # accounts, publish, sandbox
+_register_media(app)  # media list|show|delete
 
 
 @app.command()

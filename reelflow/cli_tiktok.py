@@ -1,4 +1,6 @@
-"""TikTok commands of the ``reelflow`` CLI: ``accounts add|list``, ``publish``, ``sandbox``.
+"""TikTok commands of the ``reelflow`` CLI: ``accounts add|list|remove``, ``publish``,
+``sandbox``. ``accounts list`` shows each account's token health
+(:func:`storage.accounts.token_health`); ``accounts remove`` deletes the row and both tokens.
 
 Mount them with :func:`register` (``register(app)`` on the main typer app), or use
 ``tiktok_app``, which already carries them; ``python -m reelflow.cli_tiktok`` runs it alone.
@@ -233,23 +235,62 @@ def accounts_add(
 
 @accounts_app.command("list")
 def accounts_list(as_json: bool = typer.Option(False, "--json")) -> None:
-    """List stored accounts (names, open ids, scopes, expiries; never tokens)."""
-    from storage.accounts import list_accounts  # lazy: loads SQLAlchemy
+    """List stored accounts with their token health (expiries, last refresh; never tokens)."""
+    from storage.accounts import list_accounts, token_health  # lazy: loads SQLAlchemy
+    from storage.clock import utcnow
 
-    rows = [_account_view(r) for r in list_accounts(_engine(_settings()))]
+    now = utcnow()
+    rows = [
+        {**_account_view(r), **token_health(r, now)} for r in list_accounts(_engine(_settings()))
+    ]
     if as_json:
         typer.echo(json.dumps(rows))
         return
-    table = Table("name", "open_id", "scopes", "access expires", "refresh expires")
+    table = Table(
+        "name", "health", "scopes", "access expires in", "refresh expires in", "last refresh error"
+    )
     for r in rows:
         table.add_row(
             r["name"],
-            str(r["open_id"]),
+            r["health"],
             r["scopes"],
-            r["access_expires_at"],
-            str(r["refresh_expires_at"]),
+            _duration(r["access_expires_in_s"]),
+            _duration(r["refresh_expires_in_s"]),
+            str(r["last_refresh_error"] or ""),
         )
     Console().print(table)
+
+
+def _duration(seconds: int | None) -> str:
+    """``3h 12m`` / ``expired 5m ago`` / ``unknown`` (TikTok sent no refresh lifetime)."""
+    if seconds is None:
+        return "unknown"
+    span = abs(seconds)
+    days, rest = divmod(span, 86400)
+    hours, rest = divmod(rest, 3600)
+    text = f"{days}d {hours}h" if days else f"{hours}h {rest // 60}m" if hours else f"{rest // 60}m"
+    return text if seconds > 0 else f"expired {text} ago"
+
+
+@accounts_app.command("remove")
+def accounts_remove(
+    name: str = typer.Argument(..., help="The account's local name"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Remove an account: its tokens are deleted from the catalog (publish history stays).
+
+    TikTok keeps the authorization until the creator revokes the app in TikTok's settings.
+    """
+    with failing_in_one_line():
+        from storage.accounts import remove_account  # lazy: loads SQLAlchemy
+
+        check_account_name(name)
+        if not remove_account(_engine(_settings()), name):
+            raise InputRejectedError(f"no TikTok account named {name!r}", reason="no_such_account")
+    if as_json:
+        typer.echo(json.dumps({"name": name, "removed": True}))
+    else:
+        typer.echo(f"removed TikTok account {name} (its tokens are deleted)")
 
 
 def publish(
