@@ -72,11 +72,12 @@ def again_option(what: str) -> Any:
 
 def interaction_option(what: str) -> Any:
     """``--disable-<what>/--allow-<what>``: unset follows the creator's TikTok setting."""
+    whats = f"{what}es" if what.endswith("h") else f"{what}s"
     return typer.Option(
         None,
         f"--disable-{what}/--allow-{what}",
-        help=f"Turn {what}s off / on for this post (default: as the creator set it in TikTok; "
-        f"a creator who turned {what}s off cannot allow them)",
+        help=f"Turn {whats} off / on for this post (default: as the creator set it in TikTok; "
+        f"a creator who turned {whats} off cannot allow them)",
         show_default=False,
     )
 

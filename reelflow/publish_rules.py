@@ -197,8 +197,9 @@ def check_creator_settings(post: PostOptions, creator: Mapping[str, Any], accoun
         setting = CREATOR_SETTING[key]
         if getattr(post, key) is False and creator.get(setting):
             what = key.removeprefix("disable_")
+            whats = f"{what}es" if what.endswith("h") else f"{what}s"
             raise PublishRefusedError(
-                f"TikTok account {account!r} has {what}s turned off ({setting}); a post "
+                f"TikTok account {account!r} has {whats} turned off ({setting}); a post "
                 f"cannot allow them ({key}=false); leave {key} out or set it true",
                 reason=f"{what}_disabled_by_creator",
             )
