@@ -147,3 +147,35 @@ def test_accounts_health_and_remove(rt: Runtime, sandbox: RunningSandbox, clip: 
     assert last_json(cli("accounts", "list", "--json")) == []
     again = cli("accounts", "remove", "creator")
     assert again.exit_code == 2 and "no_such_account" in again.stderr
+
+
+def test_a_delete_that_broke_midway_is_finished_by_running_it_again(
+    rt: Runtime, clip: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store fails after the first object (a fault injected in the store): the media stays
+    `deleting` (listed so, never published), and the same delete run again finishes it."""
+    from storage.local import LocalStore
+
+    media_id = ingest_video(source=str(clip))["media_id"]
+    original, calls = LocalStore.delete, [0]
+
+    def failing(self: LocalStore, key: str) -> None:
+        calls[0] += 1
+        if calls[0] == 2:
+            raise OSError("disk went away")
+        original(self, key)
+
+    monkeypatch.setattr(LocalStore, "delete", failing)
+    broke = cli("media", "delete", media_id, "--yes")
+    assert broke.exit_code == 1 and calls[0] == 2
+    listed = last_json(cli("media", "list", "--json"))["media"]
+    assert [m["status"] for m in listed] == ["deleting"]
+    refused = cli("publish", media_id, "--account", "creator")
+    assert refused.exit_code == 2 and "media_not_found" in refused.stderr
+    monkeypatch.setattr(LocalStore, "delete", original)
+    done = last_json(cli("media", "delete", media_id, "--yes", "--json"))
+    assert done["rows_deleted"]["media"] == 1
+    assert rt.catalog.get_media(media_id) is None
+    objects = rt.settings.home / "objects"
+    assert objects.is_dir()
+    assert not [p for p in objects.rglob("*") if p.is_file() and media_id[2:] in p.name]
