@@ -143,6 +143,34 @@ class S3Store:
             chunk.part_number, len(data), str(resp["ETag"]), resp.get("ChecksumSHA256", sha256_b64)
         )
 
+    def copy_part(
+        self, key: str, upload_id: str, chunk: Chunk, src_key: str, src_offset: int
+    ) -> PartReceipt:
+        """UploadPartCopy of a byte range (CopySourceRange): S3 copies it, nothing is sent.
+        The upload was created with SHA-256 checksums, so S3 computes the part's; servers
+        that do not (moto) answer without one."""
+        if chunk.length <= 0:
+            raise StorageError(f"part {chunk.part_number}: a copied range cannot be empty")
+        try:
+            resp = self.client.upload_part_copy(
+                Bucket=self.bucket,
+                Key=self._key(key),
+                UploadId=upload_id,
+                PartNumber=chunk.part_number,
+                CopySource={"Bucket": self.bucket, "Key": self._key(src_key)},
+                CopySourceRange=f"bytes={src_offset}-{src_offset + chunk.length - 1}",
+            )
+        except (ClientError, BotoCoreError) as exc:
+            raise map_s3_error(exc, "UploadPartCopy", part_number=chunk.part_number) from exc
+        result = resp["CopyPartResult"]
+        checksum = result.get("ChecksumSHA256")
+        return PartReceipt(
+            chunk.part_number,
+            chunk.length,
+            str(result["ETag"]),
+            str(checksum) if checksum else None,
+        )
+
     def list_parts(self, key: str, upload_id: str) -> dict[int, PartReceipt]:
         out: dict[int, PartReceipt] = {}
         marker = 0
