@@ -43,6 +43,7 @@ import argparse
 import base64
 import contextlib
 import json
+import logging
 import os
 import shutil
 import statistics
@@ -397,6 +398,7 @@ def concat_rounds(
     from datetime import timedelta
 
     from deployments.gateway import concat
+    from reelflow.logging import configure_logging
     from storage.catalog import Catalog, make_engine
     from storage.clock import utcnow
     from storage.gateway_uploads import GatewayUpload
@@ -404,6 +406,7 @@ def concat_rounds(
     from storage.tus_writer import TusWriter
     from tests.support.s3server import S3Control
 
+    configure_logging(level=logging.WARNING)  # the writer's per-part lines are not figures
     control = S3Control(endpoint)
     s3 = moto.s3_client(endpoint)
     bucket = f"bench-concat-{int(time.time())}"

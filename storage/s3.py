@@ -26,7 +26,7 @@ from reelflow.errors import (
     TransientStorageError,
     UploadNotFoundError,
 )
-from reelflow.planning import Chunk
+from reelflow.planning import S3_MIN_PART_BYTES, Chunk
 from storage.base import PartReceipt, PendingUpload
 
 HASH_BLOCK_BYTES = 4 * 1024 * 1024
@@ -151,6 +151,15 @@ class S3Store:
         that do not (moto) answer without one."""
         if chunk.length <= 0:
             raise StorageError(f"part {chunk.part_number}: a copied range cannot be empty")
+        source: dict[str, Any] = {}
+        # S3 takes CopySourceRange only from a source over 5 MB: a small source (a tiny last
+        # partial) is copied whole, which is what the range would have said.
+        if not (
+            src_offset == 0
+            and chunk.length <= S3_MIN_PART_BYTES
+            and self.size(src_key) == chunk.length
+        ):
+            source["CopySourceRange"] = f"bytes={src_offset}-{src_offset + chunk.length - 1}"
         try:
             resp = self.client.upload_part_copy(
                 Bucket=self.bucket,
@@ -158,7 +167,7 @@ class S3Store:
                 UploadId=upload_id,
                 PartNumber=chunk.part_number,
                 CopySource={"Bucket": self.bucket, "Key": self._key(src_key)},
-                CopySourceRange=f"bytes={src_offset}-{src_offset + chunk.length - 1}",
+                **source,
             )
         except (ClientError, BotoCoreError) as exc:
             raise map_s3_error(exc, "UploadPartCopy", part_number=chunk.part_number) from exc
