@@ -24,12 +24,17 @@ a tiny upload so the embedded hand-off's one-time start is not measured.
   assemble = CompleteMultipartUpload + one read for the SHA-256, verify, thumbnail, store) vs the
   time to read the stored object once (boto3 GetObject streamed to nowhere): with no second
   upload, assemble stays within a small multiple of one read.
+- parallelUploads' final (``Upload-Concat: final``), in this process on the same server and
+  file: ``--parallel`` partials written once, then the final assembled by the store (UploadPartCopy,
+  what the gateway does) against the old way (each partial read back and written again), paired
+  rounds; the seconds of each, their ratio, and the bytes each sent to S3 (moto's count).
 - gateway RSS growth (psutil, the gateway process, sampled every 20 ms) during the big PATCH, and
   with 1 and with ``--concurrent`` uploads at once of a 100 MiB clip (each sends all but its last
   byte, so no hand-off runs, then is terminated); target <= 64 MiB + one part per upload.
 
     python -m bench.gateway [--rounds 3] [--big-mib 1024] [--part 8388608] [--concurrency 4]
                             [--concurrent 16] [--rss-mib 100] [--no-tus-node]
+                            [--parallel 4] [--concat-only]
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ import argparse
 import base64
 import contextlib
 import json
+import logging
 import os
 import shutil
 import statistics
@@ -364,6 +370,113 @@ def rss_with_concurrent(run: GatewayRun, path: Path, n: int) -> float:
     return rss.growth
 
 
+def _old_final(writer: Any, final: Any, partials: list[Any]) -> Any:
+    """What the final's assembly did before the store copied the parts (the baseline): each
+    partial's object read back in 1 MiB blocks and written again through the PATCH writer."""
+
+    def blocks() -> Iterator[bytes]:
+        for p in partials:
+            pos = 0
+            while pos < p.length:
+                block = writer.store.read_range(p.staging_key, pos, min(MIB, p.length - pos))
+                pos += len(block)
+                yield block
+
+    return writer.append(final, blocks())
+
+
+def concat_rounds(
+    endpoint: str, path: Path, part: int, parallel: int, rounds: int
+) -> dict[str, Any]:
+    """parallelUploads' final assembly, in this process on the moto server: ``parallel``
+    partials of ``path`` (cut as tus-js-client cuts them: equal slices, the last shorter) are
+    written once by the PATCH writer; then, paired and alternating, the final is assembled by
+    the store (``concat.assemble_final``: UploadPartCopy) and the old way (read back + write
+    again), each final terminated after. Returns the median seconds of each, their ratio and
+    the bytes each sent to S3 (moto's count)."""
+    import secrets as _secrets
+    from datetime import timedelta
+
+    from deployments.gateway import concat
+    from reelflow.logging import configure_logging
+    from storage.catalog import Catalog, make_engine
+    from storage.clock import utcnow
+    from storage.gateway_uploads import GatewayUpload
+    from storage.s3 import S3Store, make_s3_client
+    from storage.tus_writer import TusWriter
+    from tests.support.s3server import S3Control
+
+    configure_logging(level=logging.WARNING)  # the writer's per-part lines are not figures
+    control = S3Control(endpoint)
+    s3 = moto.s3_client(endpoint)
+    bucket = f"bench-concat-{int(time.time())}"
+    s3.create_bucket(Bucket=bucket)
+    home = Path(tempfile.mkdtemp(prefix="reelflow-bench-concat-"))
+    store = S3Store(f"s3://{bucket}/gw", make_s3_client(endpoint_url=endpoint))
+    writer = TusWriter(store, Catalog(make_engine(f"sqlite:///{home / 'c.db'}")), part_size=part)
+
+    def row(length: int, kind: str) -> Any:
+        return writer.create(
+            GatewayUpload(
+                id=_secrets.token_urlsafe(18),
+                owner="bench",
+                length=length,
+                kind=kind,
+                metadata_json=json.dumps({"filename": path.name, "filetype": "video/mp4"}),
+                expires_at=utcnow() + timedelta(days=1),
+            )
+        )
+
+    size = path.stat().st_size
+    slice_bytes = -(-size // parallel)
+    partials = []
+    for start in range(0, size, slice_bytes):
+        end = min(size, start + slice_bytes)
+        partials.append(
+            writer.append(row(end - start, "partial"), file_blocks(path, start, end)).row
+        )
+    for p in partials:
+        concat.complete_partial(store, writer.catalog, p)
+
+    def timed(how: str) -> tuple[float, int]:
+        final = row(size, "final")
+        before = control.bytes_in(bucket)
+        t0 = time.perf_counter()
+        if how == "copy":
+            res = concat.assemble_final(writer, final, partials)
+        else:
+            res = _old_final(writer, final, partials)
+        took = time.perf_counter() - t0
+        after = control.bytes_in(bucket)
+        assert res.completed, how
+        writer.terminate(res.row)
+        sent = sum(after.get(k, 0) - before.get(k, 0) for k in ("UploadPart", "PutObject"))
+        return took, sent
+
+    copy_runs: list[tuple[float, int]] = []
+    old_runs: list[tuple[float, int]] = []
+    try:
+        for i in range(rounds):
+            order = [("copy", copy_runs), ("read+write", old_runs)]
+            for how, runs in order if i % 2 == 0 else order[::-1]:
+                runs.append(timed(how))
+            print(f"concat round {i}: copy {copy_runs[-1]}, read+write {old_runs[-1]}", flush=True)
+    finally:
+        empty_bucket(s3, bucket)
+        shutil.rmtree(home, ignore_errors=True)
+    copy_s = statistics.median(t for t, _ in copy_runs)
+    old_s = statistics.median(t for t, _ in old_runs)
+    return {
+        "concat_input_mib": round(size / MIB),
+        "concat_partials": parallel,
+        "final_copy_s": copy_s,
+        "final_read_write_s": old_s,
+        "final_speedup": old_s / copy_s if copy_s else None,
+        "final_copy_sent_mib": max(b for _, b in copy_runs) / MIB,
+        "final_read_write_sent_mib": max(b for _, b in old_runs) / MIB,
+    }
+
+
 def median(values: list[float | None]) -> float | None:
     known = [v for v in values if v is not None]
     return statistics.median(known) if known else None
@@ -383,7 +496,13 @@ def main() -> int:
     p.add_argument("--concurrent", type=int, default=16, help="uploads at once for RSS")
     p.add_argument("--rss-mib", type=int, default=100)
     p.add_argument("--no-tus-node", action="store_true", help="skip the @tus/server contender")
+    p.add_argument("--parallel", type=int, default=4, help="partials of the concat figure")
+    p.add_argument(
+        "--concat-only", action="store_true", help="only the parallelUploads final figure"
+    )
     args = p.parse_args()
+    if args.concat_only:
+        return concat_main(args)
     tus_node_why = "--no-tus-node" if args.no_tus_node else tus_node_missing()
     if tus_node_why:
         print(f"@tus/server contender skipped: {tus_node_why}", flush=True)
@@ -430,6 +549,7 @@ def main() -> int:
                 run_it()
             node = f", @tus/server {node_runs[-1]}" if node_runs else ""
             print(f"round {i}: boto3 {base_runs[-1]:.2f}s, gateway {gw_runs[-1]}{node}", flush=True)
+        concat_row = concat_rounds(endpoint, big, args.part, args.parallel, args.rounds)
         bucket = f"bench-gw-{stamp}-rss"
         s3.create_bucket(Bucket=bucket)
         with GatewayRun(endpoint, bucket, args.part, warmup, "rss") as run:
@@ -471,6 +591,7 @@ def main() -> int:
         "rss_growth_1_mib": rss_one,
         f"rss_growth_{args.concurrent}_mib": rss_many,
         "states": ",".join(g["state"] for g in gw_runs),
+        **concat_row,
     }
     print(
         f"\nmoto S3 on 127.0.0.1, {args.rounds} paired rounds, part {args.part // MIB} MiB, "
@@ -484,6 +605,22 @@ def main() -> int:
         )
     else:
         print(f"@tus/server contender skipped: {tus_node_why}")
+    print(" | ".join(row))
+    print(" | ".join(fmt(v) for v in row.values()))
+    print(json.dumps(row))
+    return 0
+
+
+def concat_main(args: argparse.Namespace) -> int:
+    """``--concat-only``: the parallelUploads final figure alone (same file, part, server)."""
+    big = moto.cached_clip(f"bench-{args.big_mib}mib.mp4", args.big_mib * MIB)
+    server, endpoint = moto.start_s3()
+    try:
+        row = concat_rounds(endpoint, big, args.part, args.parallel, args.rounds)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    print(f"\nmoto S3 on 127.0.0.1, {args.rounds} paired rounds, part {args.part // MIB} MiB")
     print(" | ".join(row))
     print(" | ".join(fmt(v) for v in row.values()))
     print(json.dumps(row))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -189,3 +189,117 @@ def check_parts_against_plan(
         elif acknowledged is not None and acked is None:
             problems.append(f"part {n}: in the store but never acknowledged to this upload")
     return problems
+
+
+# --- concatenation: a final multipart upload made of other uploads' objects -----------------
+
+
+@dataclass(frozen=True)
+class Piece:
+    """``length`` bytes of source ``source`` (an index into the sources) from ``offset``."""
+
+    source: int
+    offset: int
+    length: int
+
+
+@dataclass(frozen=True)
+class ConcatPart:
+    """One part of a concatenation: ``chunk`` of the whole, made of ``pieces`` in order.
+
+    ``copy``: the store copies the one piece itself (S3 UploadPartCopy), no byte passes
+    through the caller; else the pieces are read and uploaded as one part (the fallback for
+    sources too small to be a part). ``source_part``: the piece is exactly that part (1-based)
+    of its source's own staged upload, so its SHA-256 is already in that source's ledger.
+    """
+
+    chunk: Chunk
+    pieces: tuple[Piece, ...]
+    copy: bool
+    source_part: int | None = None
+
+    @property
+    def merged_bytes(self) -> int:
+        """Bytes this part sends through the caller (0 for a store-side copy)."""
+        return 0 if self.copy else self.chunk.length
+
+
+def source_parts(length: int, part_size: int) -> list[Chunk]:
+    """How an upload of ``length`` bytes was staged: parts of ``part_size``, the last shorter
+    (a 0-byte upload is one empty part)."""
+    if part_size <= 0:
+        raise ValueError(f"part size must be positive, got {part_size}")
+    return [
+        Chunk(i + 1, off, min(part_size, length - off))
+        for i, off in enumerate(range(0, length, part_size))
+    ] or [Chunk(1, 0, 0)]
+
+
+def plan_concatenation(
+    sources: Sequence[tuple[int, int]], *, min_part: int = S3_MIN_PART_BYTES
+) -> tuple[ConcatPart, ...]:
+    """The parts of a multipart upload holding the ``sources`` (``(length, part_size)`` each,
+    staged as :func:`source_parts` cuts them, then completed into objects) one after another.
+
+    Every source part of at least ``min_part`` bytes becomes a store-side copy of itself (its
+    SHA-256 known). A source's last, short part (< ``min_part``, not the very end) is copied
+    together with the part before it, one range of the same object (its SHA-256 must then be
+    computed: a read, no write). Only a source too small to be a part on its own is read and
+    sent, merged through memory with what follows it until the merge reaches ``min_part``
+    (taking whole source parts, so the rest of the next source stays aligned to its parts).
+    A merge is below ``min_part`` plus one source part. Empty sources add nothing.
+
+    Raises ``ValueError`` for a plan S3 could not take (over ``S3_MAX_PARTS`` parts).
+    """
+    total = sum(length for length, _ in sources)
+    out: list[ConcatPart] = []
+    pending: list[Piece] = []
+    at = 0  # offset in the whole where the next part starts
+
+    def emit(pieces: tuple[Piece, ...], copy: bool, source_part: int | None) -> None:
+        nonlocal at
+        length = sum(p.length for p in pieces)
+        out.append(ConcatPart(Chunk(len(out) + 1, at, length), pieces, copy, source_part))
+        at += length
+
+    reached = 0  # offset in the whole reached by the pieces handed out so far
+    for index, (length, part_size) in enumerate(sources):
+        if length == 0:
+            continue
+        for part in source_parts(length, part_size):
+            piece = Piece(index, part.offset, part.length)
+            reached += part.length
+            if pending:
+                pending.append(piece)
+                if sum(p.length for p in pending) >= min_part:
+                    emit(tuple(pending), False, None)
+                    pending = []
+                continue
+            if part.length >= min_part or reached == total:
+                emit((piece,), True, part.part_number)
+                continue
+            prev = out[-1] if out else None
+            if (
+                prev is not None
+                and prev.copy
+                and prev.pieces[0].source == index
+                and prev.pieces[0].offset + prev.chunk.length == part.offset
+                and prev.chunk.length + part.length <= S3_MAX_PART_BYTES
+            ):
+                first = prev.pieces[0]
+                out[-1] = ConcatPart(
+                    Chunk(
+                        prev.chunk.part_number, prev.chunk.offset, prev.chunk.length + part.length
+                    ),
+                    (Piece(index, first.offset, first.length + part.length),),
+                    True,
+                    None,
+                )
+                at += part.length
+                continue
+            pending.append(piece)
+    if pending:
+        emit(tuple(pending), False, None)
+    if len(out) > S3_MAX_PARTS:
+        raise ValueError(f"a concatenation of {len(out)} parts is over S3's {S3_MAX_PARTS}")
+    return tuple(out)

@@ -2,7 +2,8 @@
 
 A store only moves bytes and answers what it holds; it never plans chunks and never touches
 the catalog. Staged multipart uploads are the one way large objects get in, so a killed run
-can resume from what the store says it holds (``list_parts``).
+can resume from what the store says it holds (``list_parts``); a part may also be copied
+from an object the store already holds (``copy_part``), which moves no byte through the caller.
 """
 
 from __future__ import annotations
@@ -42,6 +43,15 @@ class ObjectStore(Protocol):
     def upload_part(
         self, key: str, upload_id: str, chunk: Chunk, data: bytes | bytearray, sha256_b64: str
     ) -> PartReceipt: ...
+
+    def copy_part(
+        self, key: str, upload_id: str, chunk: Chunk, src_key: str, src_offset: int
+    ) -> PartReceipt:
+        """Part ``chunk.part_number`` (at ``chunk.offset`` of the upload) made of the
+        ``chunk.length`` bytes of the whole object ``src_key`` from ``src_offset``, copied by
+        the store itself (S3 UploadPartCopy): none of them passes through this process. The
+        receipt's ``sha256_b64`` is the SHA-256 the store computed over the copy, or None."""
+        ...
 
     def list_parts(self, key: str, upload_id: str) -> dict[int, PartReceipt]: ...
 

@@ -6,6 +6,7 @@ upload at ``incoming/{id}/video``, the tail objects ``incoming/{id}/tail-*``, th
 chunk-upload does) and the byte-counting columns of the ``gateway_upload`` row; one PATCH's part buffer is
 :class:`storage.tus_buffer.PartBuffer`, which this drives. Must not: speak
 HTTP, parse tus headers, complete the multipart upload or start the pipeline (the hand-off does).
+A concatenation's final gets its parts from its partials' objects (:mod:`storage.tus_concat`).
 
 API (the gateway's handlers call it; it is synchronous: run ``append`` in a worker thread and feed it the
 request body as an iterable of ``bytes``)::
@@ -17,6 +18,7 @@ request body as an iterable of ``bytes``)::
     row = w.declare_length(row, length, fence=fence)   # Upload-Length after Upload-Defer-Length;
                                                        # then append (even an empty body)
     row = w.finish_zero_length(row, fence=fence)       # Upload-Length: 0 (one empty part)
+    res = w.concatenate(final_row, sources)            # a final made of partials' objects
     row = w.terminate(row, fence=fence)                # DELETE: state cancelled, nothing left
     w.purge(row)                                       # remove every object and ledger part
 
@@ -37,7 +39,7 @@ from __future__ import annotations
 import json
 import math
 import tempfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Protocol
 
 from reelflow.errors import (
@@ -56,6 +58,7 @@ from storage.leases import Fence
 from storage.tus_buffer import DEFAULT_CONTENT_TYPE, PartBuffer, past_length, put_part, upload_log
 from storage.tus_buffer import AppendResult as AppendResult
 from storage.tus_buffer import LengthExceededError as LengthExceededError
+from storage.tus_concat import ConcatSource, FinalAssembly
 
 # A checksummed body is held in memory up to this size, then spooled to disk: with the part
 # buffer that keeps an upload's memory at about one part.
@@ -208,6 +211,21 @@ class TusWriter:
         ) as spool:
             self._spool(spool, cur, chunks, checksum)
             return PartBuffer(self, cur, fence, first_bytes_check).run(_read_spool(spool))
+
+    def concatenate(
+        self,
+        row: GatewayUpload,
+        sources: Sequence[ConcatSource],
+        *,
+        first_bytes_check: Callable[[bytes], object] | None = None,
+    ) -> AppendResult:
+        """Fill a final concatenation's freshly created upload (``row.length`` = the sources'
+        total) with the sources' bytes in order, copied by the store; the row goes to
+        ``received``. ``first_bytes_check`` as for :meth:`append` (before any part is made).
+        On an error the final is half made: the caller terminates it (the sources are intact).
+        How and what it reads: :mod:`storage.tus_concat`."""
+        cur = self._current(row)
+        return FinalAssembly(self, cur, sources, first_bytes_check).run()
 
     def finish_zero_length(
         self, row: GatewayUpload, *, fence: Fence | None = None

@@ -2,7 +2,8 @@
 
 The gateway streamed the upload into a staged multipart upload (``storage.tus_writer``), part by
 part, each part's SHA-256 in the same ledger chunk-upload uses. Here the store's own list of parts
-(``ListParts``) is checked against the upload's plan (its length cut in its part size) and the
+(``ListParts``) is checked against the upload's plan (its length cut in its part size; a
+concatenation's final: the parts its ledger lists, copied from its partials) and the
 ledger (count, sizes, per-part SHA-256, ETags); only then is the upload completed (S3
 CompleteMultipartUpload; local fsync + rename). The store's composite checksum, when it reports
 one, must equal the ledger's; then the assembled object is read **once** for its whole-file
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from prefect import task
@@ -53,6 +55,21 @@ def received_plan(length: int, part_size: int) -> ChunkPlan:
     return ChunkPlan(size_bytes=length, chunk_size=part_size, chunks=chunks)
 
 
+def final_plan(length: int, part_size: int, sizes: Mapping[int, int]) -> ChunkPlan:
+    """A concatenation's final has the parts its partials' layout gave it (copied ranges, of
+    varying sizes; ``storage.tus_concat``): the plan is its ledger's, which must number its
+    parts 1..n and add up to ``length``."""
+    chunks, offset = [], 0
+    for n in range(1, len(sizes) + 1):
+        if n not in sizes:
+            raise IntegrityCheckError(f"the final's ledger has no part {n} of {len(sizes)}")
+        chunks.append(Chunk(part_number=n, offset=offset, length=sizes[n]))
+        offset += sizes[n]
+    if offset != length or not chunks:
+        raise IntegrityCheckError(f"the final's ledger holds {offset} bytes of {length}")
+    return ChunkPlan(size_bytes=length, chunk_size=part_size, chunks=tuple(chunks))
+
+
 def _hash_whole(rt: Runtime, key: str, size_bytes: int) -> str:
     stored = rt.store.size(key)
     if stored != size_bytes:
@@ -78,7 +95,11 @@ def assemble_received(upload: str, rt: Runtime) -> Assembled:
             f"gateway upload {upload} has no complete staged upload to assemble"
         )
     key, length = row.staging_key, row.length
-    plan = received_plan(length, row.part_size)
+    ledger = rt.catalog.ledger_parts(row.upload_id)
+    if row.kind == "final":
+        plan = final_plan(length, row.part_size, {n: p.size for n, p in ledger.items()})
+    else:
+        plan = received_plan(length, row.part_size)
     log = get_logger(upload=upload, session_id=row.session_id)
     session = rt.catalog.get_session(row.session_id)
     if session is not None and session.status in ("assembled", "completed") and session.sha256:
@@ -96,7 +117,6 @@ def assemble_received(upload: str, rt: Runtime) -> Assembled:
         rt.catalog.update_session(row.session_id, status="assembled", sha256=sha256_hex)
         log.info("received_upload_adopted", sha256=sha256_hex)
         return Assembled(key, sha256_hex, length, plan.count)
-    ledger = rt.catalog.ledger_parts(row.upload_id)
     digests = {n: p.sha256_b64 for n, p in ledger.items() if p.sha256_b64}
     problems = check_parts_against_plan(plan, remote, digests, ledger)
     problems += [

@@ -3,21 +3,17 @@
 tus-js-client's ``parallelUploads`` sends a file as several partial uploads at once, then
 creates the final one (``Upload-Concat: final;/uploads/a /uploads/b``), which must then hold
 the partials' bytes in order. Each partial was staged as its own multipart upload; here each
-one is completed into its object, read back in blocks of :data:`READ_BLOCK_BYTES` and written
-into the final upload by the same writer a PATCH uses (so the final's parts, ledger and first
-bytes check are a PATCH's), then the partials' objects are removed.
-
-This is the simplest correct approach, and it is a second pass over the bytes of a
-concatenated upload (read + write in the store, on the gateway's network): a server-side copy
-(S3 UploadPartCopy of part-aligned ranges) could avoid it later. Memory: one read block plus the
-writer's part buffer.
+one is completed into its object, and the final's staged upload gets its parts from those
+objects, copied by the store (S3 UploadPartCopy; the local store's ``copy_file_range``): no
+byte of a partial is uploaded a second time (:mod:`storage.tus_concat` says what is read and
+why). The final's parts and ledger are then a PATCH's; the caller purges the partials.
 
 Must not: speak HTTP or decide statuses (the handler does), or touch a single upload.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Sequence
 
 from reelflow.errors import IntegrityCheckError
 from reelflow.tus import TusError
@@ -25,8 +21,8 @@ from storage import gateway_uploads as uploads
 from storage.base import ObjectStore
 from storage.catalog import Catalog
 from storage.gateway_uploads import GatewayUpload
-
-READ_BLOCK_BYTES = 1024 * 1024
+from storage.tus_concat import source_of
+from storage.tus_writer import AppendResult, TusWriter
 
 
 def complete_partial(store: ObjectStore, catalog: Catalog, row: GatewayUpload) -> None:
@@ -44,19 +40,25 @@ def complete_partial(store: ObjectStore, catalog: Catalog, row: GatewayUpload) -
     store.complete_upload(row.staging_key, row.upload_id, [parts[n] for n in sorted(parts)])
 
 
-def partial_bytes(store: ObjectStore, partials: Sequence[GatewayUpload]) -> Iterator[bytes]:
-    """The partials' bytes in order, in blocks (their uploads completed first)."""
-    for row in partials:
-        length = row.length or 0
-        pos = 0
-        while pos < length:
-            block = store.read_range(row.staging_key, pos, min(READ_BLOCK_BYTES, length - pos))
-            if not block:
-                raise IntegrityCheckError(
-                    f"partial upload ended at byte {pos} of {length}", upload_id=row.id
-                )
-            pos += len(block)
-            yield block
+def assemble_final(
+    writer: TusWriter,
+    row: GatewayUpload,
+    partials: Sequence[GatewayUpload],
+    *,
+    first_bytes_check: Callable[[bytes], object] | None = None,
+) -> AppendResult:
+    """Complete each partial into its object, then fill the final's staged upload from those
+    objects, copied by the store (:meth:`TusWriter.concatenate`): the partials' bytes are not
+    uploaded again. The partials' objects stay until the caller purges them."""
+    for p in partials:
+        complete_partial(writer.store, writer.catalog, p)
+    sources = []
+    for p in partials:
+        assert p.upload_id is not None  # complete_partial checked
+        ledger = writer.catalog.ledger_parts(p.upload_id)
+        digests = {n: r.sha256_b64 for n, r in ledger.items() if r.sha256_b64}
+        sources.append(source_of(p, digests))
+    return writer.concatenate(row, sources, first_bytes_check=first_bytes_check)
 
 
 def check_partials(partials: Sequence[GatewayUpload]) -> None:

@@ -165,11 +165,7 @@ class Creation(GatewayBase):
             row = self.writer.create(row)
             check = MagicCheck()
             try:
-                for p in partials:
-                    concat.complete_partial(self.store, self.catalog, p)
-                result = self.writer.append(
-                    row, concat.partial_bytes(self.store, partials), first_bytes_check=check
-                )
+                result = concat.assemble_final(self.writer, row, partials, first_bytes_check=check)
             except InputRejectedError as exc:
                 self.writer.terminate(row)
                 if check.refusal is exc:  # not a video: nothing of it is kept

@@ -1,6 +1,8 @@
-"""Canary test: a distinct canary in every secret, then ingest + publish, a failure and a kill;
-no canary may appear in Prefect's database, PREFECT_HOME (persisted results), the catalog, the
-store's objects, or any process's stdout/stderr."""
+"""Canary test: a distinct canary in every secret, then ingest + publish, a failure, a kill and
+a gateway upload (``reelflow gateway`` with a canary REELFLOW_GATEWAY_SECRET, a minted token,
+a tus upload, the hand-off event, the run to stored); no canary, TikTok token or gateway token
+may appear in Prefect's database (flow run parameters, logs, events, artifacts), PREFECT_HOME
+(persisted results), the catalog, the store's objects, or any process's stdout/stderr or log."""
 
 from __future__ import annotations
 
@@ -27,6 +29,8 @@ from tests.support.waiting import wait_for
 RUN_TIMEOUT_S = 120
 SLOW_BLOCK_BYTES = 64 * 1024
 SLOW_BLOCK_DELAY_S = 0.05  # ~10 s for a 12 MiB clip: time to kill it mid-upload
+GATEWAY_CHUNK_BYTES = 3 * MIB  # several PATCHes, none part-aligned (tails are written)
+EVENT_RECEIVED = "reelflow.upload.received"  # the gateway's hand-off event
 
 
 def _canary(what: str) -> str:
@@ -126,6 +130,61 @@ def _files_text(root: Path) -> Iterator[tuple[Path, str]]:
             yield path, path.read_bytes().decode("utf-8", "replace")
 
 
+def _gateway_run(
+    server: PrefectServer,
+    env_vars: dict[str, str],
+    secret: str,
+    home: Path,
+    pg_url: str,
+    outputs: list[str],
+) -> tuple[str, str]:
+    """``reelflow gateway`` on the test's Prefect server, store and catalog, signing with the
+    canary ``secret``: a token minted by the CLI, a tuspy upload in checksummed PATCHes, the
+    hand-off event the gateway posts, then the run the deployment's trigger would start (the
+    same command, here started by the test with the trigger's parameters) until the upload is
+    stored. Returns the token and the upload's id. The gateway's log is under ``home``."""
+    from tusclient import client as tus_client
+
+    from tests.support.catalog_rows import catalog_row
+    from tests.support.gateway import GatewaySetup
+
+    setup = GatewaySetup(
+        home=home,
+        store_url=env_vars["REELFLOW_STORE_URL"],
+        database_url=env_vars["REELFLOW_DATABASE_URL"],
+        s3_endpoint_url=env_vars["REELFLOW_S3_ENDPOINT_URL"],
+        secret=secret,
+        extra_env={**env_vars, "PREFECT_API_URL": server.api_url},
+    )
+    token = setup.token("creator-canary")
+    clip = _SourceHandler.files["big.mp4"]
+    with setup.process("gateway-canary") as gw:
+        uploader = tus_client.TusClient(
+            gw.uploads_url, headers={"Authorization": f"Bearer {token}"}
+        ).uploader(
+            file_path=str(clip),
+            chunk_size=GATEWAY_CHUNK_BYTES,
+            upload_checksum=True,
+            metadata={"filename": "canary.mp4", "filetype": "video/mp4"},
+        )
+        for _ in range(-(-clip.stat().st_size // GATEWAY_CHUNK_BYTES)):
+            uploader.upload_chunk()
+        assert uploader.offset == clip.stat().st_size and uploader.url is not None
+        upload = uploader.url.rstrip("/").rsplit("/", 1)[-1]
+        done = subprocess.run(
+            _reelflow("ingest", "--upload", upload, "--json"),
+            env=server.env(**env_vars),
+            capture_output=True,
+            text=True,
+            timeout=RUN_TIMEOUT_S,
+        )
+        outputs.extend([done.stdout, done.stderr])
+        assert done.returncode == 0, done.stderr[-3000:]
+    row = catalog_row(pg_url, "gateway_upload", "id", upload)
+    assert row is not None and row["state"] == "stored", row
+    return token, upload
+
+
 @pytest.mark.slow
 def test_no_canary_survives_anywhere(
     s3_server: Any,
@@ -151,6 +210,7 @@ def test_no_canary_survives_anywhere(
     canaries["failtoken"] = _canary("failtoken")
     canaries["killtoken"] = _canary("killtoken")
     canaries["webhook"] += "w" * 32  # the bridge refuses secrets under 32 characters
+    canaries["gwsecret"] = _canary("gwsecret") + "g" * 32  # the gateway needs >= 32 bytes
     db_url = pg_url.replace("postgres@", f"postgres:{canaries['dbpw']}@")  # trust ignores it
     home = tmp_path / "home"
     env_vars = {
@@ -239,11 +299,20 @@ def test_no_canary_survives_anywhere(
             out, err = proc.communicate(timeout=30)
             outputs.extend([out.decode(errors="replace"), err.decode(errors="replace")])
 
+        gateway_token, gateway_upload = _gateway_run(
+            server, env_vars, canaries["gwsecret"], home, pg_url, outputs
+        )
+
         db_path = server.home / "prefect.db"
 
         def events_landed() -> bool:
             dump = _dump_sqlite(db_path)
-            return "prefect.flow-run.Completed" in dump and "prefect.flow-run.Failed" in dump
+            return (
+                "prefect.flow-run.Completed" in dump
+                and "prefect.flow-run.Failed" in dump
+                and EVENT_RECEIVED in dump
+                and gateway_upload in dump
+            )
 
         # Events and logs are written by the server's services in batches: wait for them.
         wait_for(events_landed, "the runs' events in Prefect's database", 60, 0.5)
@@ -260,7 +329,13 @@ def test_no_canary_survives_anywhere(
 
     assert "REDACTED" in places["prefect database"], "the public URL is the flow parameter"
     assert len(tokens) >= 2
-    secrets = {**canaries, **{f"tiktok-token-{i}": t for i, t in enumerate(tokens)}}
+    secrets = {
+        **canaries,
+        **{f"tiktok-token-{i}": t for i, t in enumerate(tokens)},
+        "gateway-token": gateway_token,
+        # The signature alone is the token's secret part (its header and claims are not).
+        "gateway-token-signature": gateway_token.rsplit(".", 1)[1],
+    }
     found = [
         f"{what} in {where}: …{text[max(0, text.find(secret) - 120) : text.find(secret) + 40]}…"
         for where, text in places.items()
