@@ -237,6 +237,7 @@ class CatalogCollector:
         self.uploads_by_state: dict[str, int] = {}
         self.active_uploads = 0
         self.up = False
+        self.refreshes = 0
         self._refreshed_at: float | None = None
         self._lock = threading.Lock()  # two scrapes at once fold each row once
 
@@ -258,6 +259,7 @@ class CatalogCollector:
                 gateway_log().warning("metrics_catalog_unreachable", error=type(exc).__name__)
             else:
                 self.up = True
+                self.refreshes += 1
             self._refreshed_at = mono
 
     def _catch_up(self) -> None:
@@ -288,6 +290,11 @@ class CatalogCollector:
             "reelflow_catalog_up",
             "1 when the last refresh of the catalog's figures succeeded",
             value=1 if self.up else 0,
+        )
+        yield CounterMetricFamily(
+            "reelflow_catalog_refreshes",
+            "Successful refreshes of the catalog's figures by this process",
+            value=self.refreshes,
         )
         yield from self.figures.families()
         by_state = GaugeMetricFamily(
