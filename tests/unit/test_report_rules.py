@@ -230,7 +230,7 @@ def test_markdown_and_chart_render_any_log(log: list[Event]) -> None:
     svg = report_render.svg_chart(series, title="a <week> & more")
     root = ET.fromstring(svg)
     ns = "{http://www.w3.org/2000/svg}"
-    assert len(root.findall(f"{ns}rect")) == 1 + 2 * 7 + 4  # background, bars, legend
+    assert len(root.findall(f"{ns}rect")) == 1 + 2 * 7 + 3  # background, bars, legend
     assert "<script" not in svg and "href" not in svg
     assert root.find(f"{ns}text").text == "a <week> & more"  # type: ignore[union-attr]
 
