@@ -1,7 +1,8 @@
 """The catalog reads behind the gateway's ``/metrics``: bounded, index-only queries.
 
 ``pipeline_stage`` is insert-only and its ``id`` only grows, so the metrics follow it with a
-cursor (:func:`stage_rows_after`: a primary-key range, at most ``limit`` rows) instead of
+cursor (:func:`stage_rows_after`: a primary-key range up to an id :func:`max_stage_id` gave a
+moment before, at most ``limit`` rows) instead of
 re-counting the table on every scrape; :func:`stage_rows_of_runs` gives the earlier rows of the
 runs a batch touches (how long their previous stage took, whether they were stored before a
 failure). :func:`gateway_upload_counts` counts ``gateway_upload`` rows by state (the ``state``
@@ -24,12 +25,21 @@ from storage.gateway_uploads import RECEIVING, GatewayUpload
 from storage.stages import PipelineStage
 
 
-def stage_rows_after(engine: Engine, after_id: int, *, limit: int) -> list[PipelineStage]:
-    """At most ``limit`` rows with ``id > after_id``, in id order."""
+def max_stage_id(engine: Engine) -> int:
+    """The largest ``pipeline_stage.id`` (0 for an empty table)."""
+    with Session(engine) as s:
+        top = s.exec(select(func.max(PipelineStage.id))).one()
+    return int(top or 0)
+
+
+def stage_rows_after(
+    engine: Engine, after_id: int, *, up_to_id: int, limit: int
+) -> list[PipelineStage]:
+    """At most ``limit`` rows with ``after_id < id <= up_to_id``, in id order."""
     with Session(engine, expire_on_commit=False) as s:
         stmt = (
             select(PipelineStage)
-            .where(col(PipelineStage.id) > after_id)
+            .where(col(PipelineStage.id) > after_id, col(PipelineStage.id) <= up_to_id)
             .order_by(col(PipelineStage.id))
             .limit(limit)
         )

@@ -18,9 +18,10 @@ which would also carry Prefect's):
   rows written since the previous refresh (at most :data:`MAX_ROWS_PER_REFRESH`, so a first
   scrape of a long history catches up over several), and refreshes at most every ``cache_s``.
   The counts cover the whole table once caught up, so they are monotonic and agree across
-  instances and restarts. Rows younger than ``settle_s`` wait for the next refresh: PostgreSQL
-  hands out ids before commit, so a row with a smaller id can become visible a moment after a
-  larger one. The catalog unreachable: ``reelflow_catalog_up 0`` and the last figures, never a
+  instances and restarts. The cursor only passes ids that were already the table's largest
+  ``settle_s`` before (by this process's monotonic clock, not the rows' times, so a worker with
+  a skewed clock changes nothing): PostgreSQL hands out ids before commit, so a row with a
+  smaller id can become visible a moment after a larger one, and must not be skipped. The catalog unreachable: ``reelflow_catalog_up 0`` and the last figures, never a
   failed scrape.
 
 No label carries an account, an owner, an upload id or a message: reasons are the typed
@@ -38,7 +39,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 
 import anyio.to_thread
 from prometheus_client import CollectorRegistry, Histogram
@@ -65,7 +66,7 @@ from storage import metrics_reads
 
 CACHE_S = 5.0
 SETTLE_S = 2.0
-BATCH_ROWS = 1000
+BATCH_ROWS = 500  # run keys in one IN (...) list: well under SQLite's variable limit
 MAX_ROWS_PER_REFRESH = 50_000
 # Uploads take seconds to hours; a stage of the pipeline seconds to minutes (a scan of 4 GiB,
 # a scheduled post waits longer and is not a stage).
@@ -227,8 +228,10 @@ class CatalogCollector:
         cache_s: float = CACHE_S,
         settle_s: float = SETTLE_S,
         max_rows: int = MAX_ROWS_PER_REFRESH,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.engine = engine
+        self.monotonic = monotonic
         self.now = now
         self.cache_s = cache_s
         self.settle_s = settle_s
@@ -239,6 +242,8 @@ class CatalogCollector:
         self.up = False
         self.refreshes = 0
         self._refreshed_at: float | None = None
+        self._tops: list[tuple[float, int]] = []  # (when, the largest id then), not settled yet
+        self._settled_top = 0
         self._lock = threading.Lock()  # two scrapes at once fold each row once
 
     def describe(self) -> list[Metric]:
@@ -246,11 +251,11 @@ class CatalogCollector:
 
     def refresh(self) -> None:
         with self._lock:
-            mono = time.monotonic()
+            mono = self.monotonic()
             if self._refreshed_at is not None and mono - self._refreshed_at < self.cache_s:
                 return
             try:
-                self._catch_up()
+                self._catch_up(self._horizon(mono))
                 self.uploads_by_state, self.active_uploads = metrics_reads.gateway_upload_counts(
                     self.engine, self.now()
                 )
@@ -262,27 +267,29 @@ class CatalogCollector:
                 self.refreshes += 1
             self._refreshed_at = mono
 
-    def _catch_up(self) -> None:
-        settled = self.now() - timedelta(seconds=self.settle_s)
+    def _horizon(self, mono: float) -> int:
+        """The largest id the cursor may pass: the table's top ``settle_s`` ago or earlier."""
+        self._tops.append((mono, metrics_reads.max_stage_id(self.engine)))
+        while self._tops and mono - self._tops[0][0] >= self.settle_s:
+            self._settled_top = max(self._settled_top, self._tops.pop(0)[1])
+        return self._settled_top
+
+    def _catch_up(self, horizon: int) -> None:
         done = 0
-        while done < self.max_rows:
+        while done < self.max_rows and self.figures.cursor < horizon:
             batch = metrics_reads.stage_rows_after(
-                self.engine, self.figures.cursor, limit=min(BATCH_ROWS, self.max_rows - done)
+                self.engine,
+                self.figures.cursor,
+                up_to_id=horizon,
+                limit=min(BATCH_ROWS, self.max_rows - done),
             )
-            ready = []
-            for row in batch:
-                if row.at > settled:
-                    break
-                ready.append(row)
-            if not ready:
+            if not batch:
                 return
             context = metrics_reads.stage_rows_of_runs(
-                self.engine, {r.run_key for r in ready}, up_to_id=int(ready[-1].id or 0)
+                self.engine, {r.run_key for r in batch}, up_to_id=int(batch[-1].id or 0)
             )
-            self.figures.fold(ready, context)  # in memory: nothing half-folded on an error
-            done += len(ready)
-            if len(ready) < len(batch) or len(batch) < BATCH_ROWS:
-                return
+            self.figures.fold(batch, context)  # in memory: nothing half-folded on an error
+            done += len(batch)
 
     def collect(self) -> Iterator[Metric]:
         self.refresh()

@@ -301,34 +301,6 @@ def test_stage_rows_of_every_worker_become_outcomes_and_durations(gw: Gw) -> Non
     assert "not H.264" not in text and "main" not in text  # no message, no account label
 
 
-def test_rows_wait_until_they_settle(gw: Gw) -> None:
-    """A row written at the gateway's now counts only once it is a few seconds old (ids are
-    handed out before commit): a refresh after it was written leaves it out, and moving the
-    gateway's clock past the settle window counts it."""
-    run = f"s-{uuid.uuid4().hex[:8]}"
-    future = gw.clock() + timedelta(minutes=10)
-    stages.record(gw.catalog.engine, run, "validating", at=future - timedelta(seconds=5))
-    stages.record(gw.catalog.engine, run, "failed", at=future, reason="settle_probe", origin="cli")
-    k = key("reelflow_ingests_total", outcome="failed", reason="settle_probe", origin="cli")
-    before = gw.scrape()
-    refreshes = value(before, "reelflow_catalog_refreshes_total")
-    # A refresh that began after the rows were committed.
-    later = wait_for(
-        lambda: (
-            (s := gw.scrape()) and value(s, "reelflow_catalog_refreshes_total") > refreshes and s
-        ),
-        "a refresh of the catalog's figures",
-        timeout_s=METRICS_WAIT_S,
-        poll_s=0.5,
-    )
-    assert later.get(k, 0.0) == 0
-    try:
-        gw.clock.offset = timedelta(minutes=11)
-        wait_delta(gw, before, {k: 1})
-    finally:
-        gw.clock.offset = timedelta()
-
-
 def test_openmetrics_when_asked(gw: Gw) -> None:
     """Accept: application/openmetrics-text gets OpenMetrics (ending in # EOF); the default
     is the Prometheus text format."""
@@ -378,6 +350,44 @@ def fresh_catalog(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[Cat
         catalog.engine.dispose()
         with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@dataclass
+class Ticks:
+    """The collector's monotonic clock, moved by the test."""
+
+    t: float = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_rows_wait_until_the_table_top_has_settled(fresh_catalog: Catalog) -> None:
+    """The cursor passes only ids that were the table's top ``settle_s`` earlier (a smaller
+    id may commit after a larger one on PostgreSQL), whatever the rows' own times say."""
+    engine = fresh_catalog.engine
+    ticks = Ticks()
+    collector = CatalogCollector(
+        engine, now=lambda: datetime.now(UTC), cache_s=0, settle_s=2.0, monotonic=ticks
+    )
+    old = datetime.now(UTC) - timedelta(days=1)
+    stages.record(engine, "a", "validating", at=old, origin="cli")
+    stages.record(engine, "a", "failed", at=old, origin="cli", reason="probe")
+    collector.refresh()  # sees ids 1-2 for the first time
+    assert collector.figures.cursor == 0
+    stages.record(engine, "b", "validating", at=old, origin="cli")
+    stages.record(engine, "b", "failed", at=old, origin="cli", reason="probe")
+    ticks.t += 1.9
+    collector.refresh()
+    assert collector.figures.cursor == 0
+    ticks.t += 0.2  # 2.1 s after the first look: ids up to 2, not the 3-4 seen at 1.9 s
+    collector.refresh()
+    assert collector.figures.cursor == 2
+    assert collector.figures.ingests["failed", "probe", "cli"] == 1
+    ticks.t += 2.0
+    collector.refresh()
+    assert collector.figures.ingests["failed", "probe", "cli"] == 2
+    assert collector.refreshes == 4 and collector.up
 
 
 def test_a_long_history_is_caught_up_in_bounded_steps(fresh_catalog: Catalog) -> None:
