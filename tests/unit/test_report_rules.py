@@ -306,3 +306,14 @@ def test_histogram_buckets_are_cumulative(values: list[float]) -> None:
     assert counts == sorted(counts)
     assert h.buckets()[-1] == ("+Inf", float(len(values)))
     assert h.total == pytest.approx(sum(values))
+
+
+def test_only_the_busiest_accounts_are_listed() -> None:
+    """Past 25 accounts the table stops, saying how many more there are."""
+    t = END - timedelta(hours=1)
+    log = [Event(i + 1, f"r{i}", "stored", t, account=f"acct{i:02d}") for i in range(30)]
+    s = summarize(list(runs_from(log).values()), END - DAY, END)
+    assert len(s.per_account) == 30
+    text = report_render.markdown(s, s, [s], chart_link=None, chart_is_public=False)
+    assert text.count("| acct") == 2 * 25
+    assert text.count("… and 5 more accounts") == 2
