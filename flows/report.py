@@ -35,13 +35,15 @@ MAX_DAYS = 31
 # A run whose last byte came up to this long before the window still has its start in the
 # rows read (its time to stored is then right); older starts count from the first row read.
 LOOKBACK = timedelta(days=1)
-# The rows the figures need: the start of a run, its last byte and its outcomes (not the
-# intermediate stages, about half the table).
+# The rows the figures need: the start of a run, its last byte, its outcomes, and the start of
+# a publish (a failure after it is a publish failure even when the media was stored long ago);
+# not the intermediate stages.
 REPORT_STAGES = (
     stages.RECEIVING,
     stages.RECEIVED,
     stages.VALIDATING,
     stages.STORED,
+    stages.PUBLISHING,
     stages.PUBLISHED,
     stages.FAILED,
     stages.CANCELLED,

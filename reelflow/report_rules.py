@@ -10,7 +10,8 @@ The rules, where the stage log leaves a choice:
 * A run's ingest outcome is ``stored`` if it ever wrote ``stored`` (a Prefect retry after a
   failure that then stored counts as a success), else ``failed`` on an ingest failure, else
   ``cancelled``; otherwise it is still in flight and counts nowhere. A ``failed`` row after the
-  run's ``stored`` row is a publish failure, not an ingest failure.
+  run's ``stored`` or ``publishing`` row is a publish failure, not an ingest failure (a later
+  publish of a media stored before the rows read has only its publish rows).
 * Time from the last byte: from the run's ``received`` row (a gateway upload); a run of another
   path (CLI, S3 event, UI) has its whole source before it starts, so from its first row.
 * A run belongs to a window by the time of its outcome row; publishes by the time of theirs.
@@ -97,6 +98,7 @@ class Run:
     size_bytes: int | None = None
     received_at: datetime | None = None
     stored_at: datetime | None = None
+    publishing_at: datetime | None = None
     published_at: datetime | None = None
     ingest_failed_at: datetime | None = None
     ingest_reason: str | None = None
@@ -136,7 +138,8 @@ class Run:
 
     @property
     def to_published_s(self) -> float | None:
-        if self.published_at is None:
+        # Without its stored row (stored before the rows read) the run's start is not known.
+        if self.published_at is None or self.stored_at is None:
             return None
         return max(0.0, (self.published_at - self.last_byte_at).total_seconds())
 
@@ -161,13 +164,15 @@ def runs_from(rows: Iterable[StageRow]) -> dict[str, Run]:
             run.received_at = row.at
         elif stage == "stored" and run.stored_at is None:
             run.stored_at = row.at
+        elif stage == "publishing" and run.publishing_at is None:
+            run.publishing_at = row.at
         elif stage == "published" and run.published_at is None:
             run.published_at = row.at
         elif stage == "cancelled" and run.cancelled_at is None:
             run.cancelled_at = row.at
         elif stage == "failed":
             reason = row.reason or UNKNOWN_REASON
-            if run.stored_at is not None:
+            if run.stored_at is not None or run.publishing_at is not None:
                 run.publish_failed_at, run.publish_reason = row.at, reason
             else:
                 run.ingest_failed_at, run.ingest_reason = row.at, reason

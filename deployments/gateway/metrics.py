@@ -21,8 +21,10 @@ which would also carry Prefect's):
   instances and restarts. The cursor only passes ids that were already the table's largest
   ``settle_s`` before (by this process's monotonic clock, not the rows' times, so a worker with
   a skewed clock changes nothing): PostgreSQL hands out ids before commit, so a row with a
-  smaller id can become visible a moment after a larger one, and must not be skipped. The catalog unreachable: ``reelflow_catalog_up 0`` and the last figures, never a
-  failed scrape.
+  smaller id can become visible a moment after a larger one, and must not be skipped. The
+  catalog unreachable: ``reelflow_catalog_up 0`` and the last figures, never a failed scrape.
+  A run's ``failed`` row after its ``stored`` (or ``publishing``) row is a publish failure (the rule of
+  :mod:`reelflow.report_rules`, whose counts these agree with).
 
 No label carries an account, an owner, an upload id or a message: reasons are the typed
 errors' fixed words, origins the ingest paths. ``/metrics`` asks for no token (like tusd's);
@@ -154,7 +156,8 @@ class CatalogFigures:
                 hist.observe((row.at - prev.at).total_seconds())
             stages = {e.stage for e in earlier}
             origin = row.origin or "unknown"
-            if row.stage in ("stored", "published") and row.stage not in stages:
+            timed = row.stage == "stored" or (row.stage == "published" and "stored" in stages)
+            if timed and row.stage not in stages:
                 received = [e.at for e in earlier if e.stage == "received"]
                 start = received[0] if received else (earlier[0].at if earlier else row.at)
                 seconds = (row.at - start).total_seconds()
@@ -169,7 +172,7 @@ class CatalogFigures:
                 self.publishes["published", ""] += 1
             elif row.stage == "failed":
                 reason = row.reason or UNKNOWN_REASON
-                if "stored" in stages:
+                if "stored" in stages or "publishing" in stages:
                     self.publishes["failed", reason] += 1
                 else:
                     self.ingests["failed", reason, origin] += 1

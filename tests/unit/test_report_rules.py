@@ -290,6 +290,7 @@ def test_metrics_counts_agree_with_the_report(log: list[Event]) -> None:
     failed = sum(n for (o, _), n in figures.publishes.items() if o == "failed")
     assert (published, failed) == (s.published, s.publish_failed)
     assert figures.to_stored_s.n == s.to_stored.count
+    assert figures.to_published_s.n == s.to_published.count
     assert figures.to_stored_s.total == pytest.approx(
         sum(r.to_stored_s or 0 for r in runs if r.stored_at), rel=1e-9, abs=1e-6
     )
@@ -317,3 +318,26 @@ def test_only_the_busiest_accounts_are_listed() -> None:
     text = report_render.markdown(s, s, [s], chart_link=None, chart_is_public=False)
     assert text.count("| acct") == 2 * 25
     assert text.count("… and 5 more accounts") == 2
+
+
+def test_a_late_publish_of_an_old_media_is_a_publish() -> None:
+    """Rows read from the window only: a publish of a media stored before it (only its
+    publishing/failed or publishing/published rows) is a publish outcome, never an ingest
+    failure, and has no time from the last byte."""
+    t = END - timedelta(hours=1)
+    log = [
+        Event(1, "old1", "publishing", t),
+        Event(2, "old1", "failed", t + timedelta(seconds=5), reason="spam_risk_too_many_posts"),
+        Event(3, "old2", "publishing", t),
+        Event(4, "old2", "published", t + timedelta(seconds=50)),
+    ]
+    s = summarize(list(runs_from(log).values()), END - DAY, END)
+    assert (s.stored, s.failed, s.published, s.publish_failed) == (0, 0, 1, 1)
+    assert s.to_published.count == 0
+    figures = fold_in_batches(log, [])
+    assert dict(figures.publishes) == {
+        ("failed", "spam_risk_too_many_posts"): 1,
+        ("published", ""): 1,
+    }
+    assert not figures.ingests
+    assert figures.to_published_s.n == 0
