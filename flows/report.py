@@ -118,10 +118,10 @@ def daily_report(end: datetime | None = None, days: int = 7) -> dict[str, Any]:
     end = end.astimezone(UTC)
     week_start = end - days * DAY
     events = load_stage_rows(week_start - LOOKBACK)
-    runs = list(report_rules.runs_from(events).values())
-    day = report_rules.summarize(runs, end - DAY, end)
-    week = report_rules.summarize(runs, week_start, end)
-    series = report_rules.daily_series(runs, end, days)
+    log = report_rules.runs_from(events)
+    day = report_rules.summarize(log, end - DAY, end)
+    week = report_rules.summarize(log, week_start, end)
+    series = report_rules.daily_series(log, end, days)
     svg = report_render.svg_chart(
         series, title=f"reelflow, {days} days to {end:%Y-%m-%d %H:%M} UTC: videos per day"
     )

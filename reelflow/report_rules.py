@@ -1,9 +1,9 @@
 """Pure aggregation of the pipeline's stage log: what ``/metrics`` and the daily report say.
 
-Input is any sequence of stage rows (``storage.stages.PipelineStage`` fits :class:`StageRow`;
-tests build :class:`Event`). :func:`runs_from` folds them, in id order, into one :class:`Run`
-per ``run_key``; :func:`summarize` turns the runs into the figures of one time window;
-:func:`daily_series` cuts a window into 24-hour buckets for the week's chart.
+Input is a sequence of :class:`Event` (:func:`as_event` of a ``storage.stages.PipelineStage``).
+:func:`runs_from` folds them, in id order, into a :class:`Log`: one :class:`Run` per
+``run_key`` and one :class:`Publish` per publish; :func:`summarize` turns it into the figures of
+one time window; :func:`daily_series` cuts a window into 24-hour buckets for the week's chart.
 
 The rules, where the stage log leaves a choice:
 
@@ -12,8 +12,12 @@ The rules, where the stage log leaves a choice:
   ``cancelled``; otherwise it is still in flight and counts nowhere. A ``failed`` row after the
   run's ``stored`` or ``publishing`` row is a publish failure, not an ingest failure (a later
   publish of a media stored before the rows read has only its publish rows).
-* Time from the last byte: from the run's ``received`` row (a gateway upload); a run of another
-  path (CLI, S3 event, UI) has its whole source before it starts, so from its first row.
+* Time from the last byte: from the run's ``received`` row (a gateway upload's last PATCH, a
+  source's assembled upload), else from its first row. Time to published: the run's first
+  post, from the same start.
+* A publish is counted once, by its ledger row (``publish_row`` in the detail), under the first
+  run that reports it (a publish on its own reports to every run that stored the media); a
+  media published to two accounts is two publishes. Its account is the publish's.
 * A run belongs to a window by the time of its outcome row; publishes by the time of theirs.
 * Success rate = stored / (stored + failed): a creator's cancel is not a failure. The target is
   :data:`SUCCESS_TARGET`.
@@ -30,7 +34,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Protocol
+from typing import Any, Protocol
 
 SUCCESS_TARGET = 0.95
 TOP_REASONS = 5
@@ -40,7 +44,7 @@ DAY = timedelta(days=1)
 
 
 class StageRow(Protocol):
-    """What this module reads of a ``pipeline_stage`` row."""
+    """What this module reads of a ``pipeline_stage`` row (``detail`` is its JSON, parsed)."""
 
     @property
     def id(self) -> int | None: ...
@@ -58,11 +62,14 @@ class StageRow(Protocol):
     def size_bytes(self) -> int | None: ...
     @property
     def reason(self) -> str | None: ...
+    @property
+    def detail(self) -> dict[str, Any]: ...
 
 
 @dataclass(frozen=True)
 class Event:
-    """A stage row as plain data (tests; the report flow's task results)."""
+    """A stage row as plain data: what the fold reads (``publish_row``: the publish ledger
+    row a publish's rows name, so a publish reported to several runs counts once)."""
 
     id: int | None
     run_key: str
@@ -72,9 +79,11 @@ class Event:
     origin: str | None = None
     size_bytes: int | None = None
     reason: str | None = None
+    publish_row: str | None = None
 
 
 def as_event(row: StageRow) -> Event:
+    publish_row = row.detail.get("publish_row")
     return Event(
         id=row.id,
         run_key=row.run_key,
@@ -84,12 +93,13 @@ def as_event(row: StageRow) -> Event:
         origin=row.origin,
         size_bytes=row.size_bytes,
         reason=row.reason,
+        publish_row=None if publish_row is None else str(publish_row),
     )
 
 
 @dataclass
 class Run:
-    """One run's story as the stage log tells it (times are the rows' ``at``)."""
+    """One ingest run's story as the stage log tells it (times are the rows' ``at``)."""
 
     run_key: str
     first_at: datetime
@@ -98,13 +108,10 @@ class Run:
     size_bytes: int | None = None
     received_at: datetime | None = None
     stored_at: datetime | None = None
-    publishing_at: datetime | None = None
-    published_at: datetime | None = None
     ingest_failed_at: datetime | None = None
     ingest_reason: str | None = None
-    publish_failed_at: datetime | None = None
-    publish_reason: str | None = None
     cancelled_at: datetime | None = None
+    publishes: list[str] = field(default_factory=list)  # keys into Log.publishes, in order
 
     @property
     def last_byte_at(self) -> datetime:
@@ -112,7 +119,8 @@ class Run:
 
     @property
     def ingest_outcome(self) -> tuple[str, datetime] | None:
-        """(``stored`` | ``failed`` | ``cancelled``, when), or None while in flight."""
+        """(``stored`` | ``failed`` | ``cancelled``, when), or None while in flight (or when
+        only its publish rows were read)."""
         if self.stored_at is not None:
             return "stored", self.stored_at
         if self.ingest_failed_at is not None:
@@ -122,61 +130,114 @@ class Run:
         return None
 
     @property
-    def publish_outcome(self) -> tuple[str, datetime] | None:
-        """(``published`` | ``failed``, when), or None (no publish, or still in flight)."""
-        if self.published_at is not None:
-            return "published", self.published_at
-        if self.publish_failed_at is not None:
-            return "failed", self.publish_failed_at
-        return None
-
-    @property
     def to_stored_s(self) -> float | None:
         if self.stored_at is None:
             return None
         return max(0.0, (self.stored_at - self.last_byte_at).total_seconds())
 
+
+@dataclass
+class Publish:
+    """One publish (a publish ledger row), reported under the first run that named it."""
+
+    key: str
+    run_key: str
+    account: str | None
+    published_at: datetime | None = None
+    failed_at: datetime | None = None
+    reason: str | None = None
+    since_s: float | None = None  # the run's first post: from its last byte to published
+
     @property
-    def to_published_s(self) -> float | None:
-        # Without its stored row (stored before the rows read) the run's start is not known.
-        if self.published_at is None or self.stored_at is None:
-            return None
-        return max(0.0, (self.published_at - self.last_byte_at).total_seconds())
+    def outcome(self) -> tuple[str, datetime] | None:
+        """(``published`` | ``failed``, when), or None while in flight."""
+        if self.published_at is not None:
+            return "published", self.published_at
+        if self.failed_at is not None:
+            return "failed", self.failed_at
+        return None
 
 
-def _order(row: StageRow) -> tuple[int, datetime]:
+@dataclass
+class Log:
+    """The fold of a stage log: runs by run key, publishes by key."""
+
+    runs: dict[str, Run] = field(default_factory=dict)
+    publishes: dict[str, Publish] = field(default_factory=dict)
+
+
+def _order(row: StageRow | Event) -> tuple[int, datetime]:
     return (row.id if row.id is not None else 0, row.at)
 
 
-def runs_from(rows: Iterable[StageRow]) -> dict[str, Run]:
-    """One :class:`Run` per ``run_key``, folded from ``rows`` in id order."""
-    runs: dict[str, Run] = {}
+def _new_publish(log: Log, run: Run, row: Event, key: str) -> Publish:
+    publish = log.publishes[key] = Publish(
+        key=key, run_key=run.run_key, account=row.account or run.account
+    )
+    run.publishes.append(key)
+    return publish
+
+
+def _publish_for(log: Log, run: Run, row: Event, *, starts: bool) -> Publish | None:
+    """The publish ``row`` reports on; None when another run owns it (a publish on its own
+    reports to every run that stored the media: the first one counts it)."""
+    if row.publish_row is not None:
+        key = f"p:{row.publish_row}"
+        found = log.publishes.get(key)
+        if found is not None:
+            return found if found.run_key == run.run_key else None
+        return _new_publish(log, run, row, key)
+    # Rows without a ledger id: ``publishing`` starts one unless the latest is still open;
+    # ``published`` and ``failed`` go to the latest (or one whose start was not read).
+    if run.publishes:
+        latest = log.publishes[run.publishes[-1]]
+        if not starts or latest.outcome is None:
+            return latest
+    return _new_publish(log, run, row, f"{run.run_key}#{len(run.publishes) + 1}")
+
+
+def runs_from(rows: Iterable[Event]) -> Log:
+    """The runs and publishes of ``rows``, folded in id order."""
+    log = Log()
     for row in sorted(rows, key=_order):
-        run = runs.get(row.run_key)
+        run = log.runs.get(row.run_key)
         if run is None:
-            run = runs[row.run_key] = Run(run_key=row.run_key, first_at=row.at)
-        run.account = row.account or run.account
-        run.origin = row.origin or run.origin
-        if row.size_bytes is not None:
-            run.size_bytes = row.size_bytes
+            run = log.runs[row.run_key] = Run(run_key=row.run_key, first_at=row.at)
         stage = row.stage
+        if stage not in ("publishing", "published") and not (
+            stage == "failed" and _is_publish_failure(run, row)
+        ):
+            run.account = row.account or run.account
+            run.origin = row.origin or run.origin
         if stage == "received" and run.received_at is None:
             run.received_at = row.at
         elif stage == "stored" and run.stored_at is None:
             run.stored_at = row.at
-        elif stage == "publishing" and run.publishing_at is None:
-            run.publishing_at = row.at
-        elif stage == "published" and run.published_at is None:
-            run.published_at = row.at
+            run.size_bytes = row.size_bytes if row.size_bytes is not None else run.size_bytes
         elif stage == "cancelled" and run.cancelled_at is None:
             run.cancelled_at = row.at
+        elif stage == "publishing":
+            _publish_for(log, run, row, starts=True)
+        elif stage == "published":
+            publish = _publish_for(log, run, row, starts=False)
+            if publish is not None and publish.published_at is None:
+                first = not any(log.publishes[k].published_at for k in run.publishes)
+                publish.published_at = row.at
+                if first and run.stored_at is not None:
+                    publish.since_s = max(0.0, (row.at - run.last_byte_at).total_seconds())
         elif stage == "failed":
-            reason = row.reason or UNKNOWN_REASON
-            if run.stored_at is not None or run.publishing_at is not None:
-                run.publish_failed_at, run.publish_reason = row.at, reason
-            else:
-                run.ingest_failed_at, run.ingest_reason = row.at, reason
-    return runs
+            if _is_publish_failure(run, row):
+                publish = _publish_for(log, run, row, starts=False)
+                if publish is not None and publish.failed_at is None:
+                    publish.failed_at, publish.reason = row.at, row.reason or UNKNOWN_REASON
+            elif run.ingest_failed_at is None:
+                run.ingest_failed_at, run.ingest_reason = row.at, row.reason or UNKNOWN_REASON
+    return log
+
+
+def _is_publish_failure(run: Run, row: Event) -> bool:
+    """A ``failed`` row naming a publish, or after the run's ``stored`` or ``publishing``."""
+    return row.publish_row is not None or run.stored_at is not None or bool(run.publishes)
 
 
 def quantile(values: Sequence[float], q: float) -> float | None:
@@ -250,66 +311,70 @@ def _within(at: datetime, start: datetime, end: datetime) -> bool:
     return start <= at < end
 
 
-def _account_summaries(runs: Sequence[Run], start: datetime, end: datetime) -> list[AccountSummary]:
-    by_account: dict[str, list[Run]] = {}
-    for run in runs:
-        by_account.setdefault(run.account or NO_ACCOUNT, []).append(run)
+def _account_summaries(log: Log, start: datetime, end: datetime) -> list[AccountSummary]:
+    by_account: dict[str, Log] = {}
+    for run in log.runs.values():
+        by_account.setdefault(run.account or NO_ACCOUNT, Log()).runs[run.run_key] = run
+    for publish in log.publishes.values():
+        by_account.setdefault(publish.account or NO_ACCOUNT, Log()).publishes[publish.key] = publish
     out = []
-    for account in sorted(by_account):
-        s = _summarize(by_account[account], start, end, per_account=False)
-        out.append(
-            AccountSummary(
-                account=account,
-                stored=s.stored,
-                failed=s.failed,
-                success_rate=s.success_rate,
-                published=s.published,
-                publish_failed=s.publish_failed,
-                median_to_stored_s=s.to_stored.median_s,
-                stored_bytes=s.stored_bytes,
+    for account, part in by_account.items():
+        s = _summarize(part, start, end, per_account=False)
+        if s.stored + s.failed + s.published + s.publish_failed:
+            out.append(
+                AccountSummary(
+                    account=account,
+                    stored=s.stored,
+                    failed=s.failed,
+                    success_rate=s.success_rate,
+                    published=s.published,
+                    publish_failed=s.publish_failed,
+                    median_to_stored_s=s.to_stored.median_s,
+                    stored_bytes=s.stored_bytes,
+                )
             )
-        )
     # Busiest first: an operator reads the top of the table.
     out.sort(key=lambda a: (-(a.stored + a.failed + a.published + a.publish_failed), a.account))
-    return [a for a in out if a.stored + a.failed + a.published + a.publish_failed]
+    return out
 
 
-def summarize(runs: Iterable[Run], start: datetime, end: datetime) -> Summary:
-    """The figures of the runs whose outcome fell in ``[start, end)``."""
+def summarize(log: Log, start: datetime, end: datetime) -> Summary:
+    """The figures of the runs and publishes whose outcome fell in ``[start, end)``."""
     if end <= start:
         raise ValueError("a window must end after it starts")
-    return _summarize(list(runs), start, end, per_account=True)
+    return _summarize(log, start, end, per_account=True)
 
 
-def _summarize(
-    runs: Sequence[Run], start: datetime, end: datetime, *, per_account: bool
-) -> Summary:
+def _summarize(log: Log, start: datetime, end: datetime, *, per_account: bool) -> Summary:
     stored = failed = cancelled = published = publish_failed = stored_bytes = 0
     to_stored: list[float] = []
     to_published: list[float] = []
     reasons: Counter[str] = Counter()
-    for run in runs:
+    for run in log.runs.values():
         ingest = run.ingest_outcome
-        if ingest is not None and _within(ingest[1], start, end):
-            if ingest[0] == "stored":
-                stored += 1
-                stored_bytes += run.size_bytes or 0
-                if run.to_stored_s is not None:
-                    to_stored.append(run.to_stored_s)
-            elif ingest[0] == "failed":
-                failed += 1
-                reasons[run.ingest_reason or UNKNOWN_REASON] += 1
-            else:
-                cancelled += 1
-        publish = run.publish_outcome
-        if publish is not None and _within(publish[1], start, end):
-            if publish[0] == "published":
-                published += 1
-                if run.to_published_s is not None:
-                    to_published.append(run.to_published_s)
-            else:
-                publish_failed += 1
-                reasons[run.publish_reason or UNKNOWN_REASON] += 1
+        if ingest is None or not _within(ingest[1], start, end):
+            continue
+        if ingest[0] == "stored":
+            stored += 1
+            stored_bytes += run.size_bytes or 0
+            if run.to_stored_s is not None:
+                to_stored.append(run.to_stored_s)
+        elif ingest[0] == "failed":
+            failed += 1
+            reasons[run.ingest_reason or UNKNOWN_REASON] += 1
+        else:
+            cancelled += 1
+    for publish in log.publishes.values():
+        outcome = publish.outcome
+        if outcome is None or not _within(outcome[1], start, end):
+            continue
+        if outcome[0] == "published":
+            published += 1
+            if publish.since_s is not None:
+                to_published.append(publish.since_s)
+        else:
+            publish_failed += 1
+            reasons[publish.reason or UNKNOWN_REASON] += 1
     success = rate(stored, failed)
     top = sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))[:TOP_REASONS]
     return Summary(
@@ -328,17 +393,16 @@ def _summarize(
         stored_bytes=stored_bytes,
         throughput_bytes_s=stored_bytes / (end - start).total_seconds(),
         top_reasons=tuple(top),
-        per_account=tuple(_account_summaries(runs, start, end)) if per_account else (),
+        per_account=tuple(_account_summaries(log, start, end)) if per_account else (),
     )
 
 
-def daily_series(runs: Iterable[Run], end: datetime, days: int = 7) -> list[Summary]:
+def daily_series(log: Log, end: datetime, days: int = 7) -> list[Summary]:
     """``days`` consecutive 24-hour windows ending at ``end``, oldest first (their sums are
-    the figures of the whole window: a run's outcome falls in exactly one)."""
+    the figures of the whole window: an outcome falls in exactly one)."""
     if days < 1:
         raise ValueError("days must be at least 1")
-    listed = list(runs)
     return [
-        _summarize(listed, end - (days - i) * DAY, end - (days - i - 1) * DAY, per_account=False)
+        _summarize(log, end - (days - i) * DAY, end - (days - i - 1) * DAY, per_account=False)
         for i in range(days)
     ]

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -63,7 +63,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from deployments.gateway.base import gateway_log
-from reelflow.report_rules import UNKNOWN_REASON, StageRow
+from reelflow.report_rules import UNKNOWN_REASON, Event, as_event
 from storage import metrics_reads
 
 CACHE_S = 5.0
@@ -92,6 +92,7 @@ PATCH_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 # Time "in" these is not work of the pipeline: a final state, or waiting for a publish.
 UNTIMED_STAGES = frozenset({"stored", "published", "failed", "cancelled"})
 UPLOAD_PATHS = ("/uploads",)
+SEEN_PUBLISHES = 100_000
 
 
 # --- the catalog's figures ------------------------------------------------------------------------
@@ -140,11 +141,25 @@ class CatalogFigures:
     stage_s: dict[str, Hist] = field(default_factory=dict)
     to_stored_s: Hist = field(default_factory=Hist)
     to_published_s: Hist = field(default_factory=Hist)
+    # A publish on its own reports to every run that stored the media, all at once: its
+    # ledger row counts it once (rows of one publish are adjacent, so a bounded memory does).
+    seen_publishes: OrderedDict[tuple[str, str], None] = field(default_factory=OrderedDict)
 
-    def fold(self, new: Sequence[StageRow], context: Sequence[StageRow]) -> None:
+    def _first_report(self, row: Event) -> bool:
+        if row.publish_row is None:
+            return True
+        key = (row.publish_row, row.stage)
+        if key in self.seen_publishes:
+            return False
+        self.seen_publishes[key] = None
+        if len(self.seen_publishes) > SEEN_PUBLISHES:
+            self.seen_publishes.popitem(last=False)
+        return True
+
+    def fold(self, new: Sequence[Event], context: Sequence[Event]) -> None:
         """Fold ``new`` rows (id order, ids above the cursor) given ``context``: every row of
         their runs up to the last new id (the new ones included)."""
-        by_run: dict[str, list[StageRow]] = {}
+        by_run: dict[str, list[Event]] = {}
         for row in context:
             by_run.setdefault(row.run_key, []).append(row)
         for row in new:
@@ -156,24 +171,25 @@ class CatalogFigures:
                 hist.observe((row.at - prev.at).total_seconds())
             stages = {e.stage for e in earlier}
             origin = row.origin or "unknown"
-            timed = row.stage == "stored" or (row.stage == "published" and "stored" in stages)
-            if timed and row.stage not in stages:
-                received = [e.at for e in earlier if e.stage == "received"]
-                start = received[0] if received else (earlier[0].at if earlier else row.at)
-                seconds = (row.at - start).total_seconds()
-                target = self.to_stored_s if row.stage == "stored" else self.to_published_s
-                target.observe(seconds)
+            received = [e.at for e in earlier if e.stage == "received"]
+            start = received[0] if received else (earlier[0].at if earlier else row.at)
             if row.stage == "stored":
                 self.ingests["stored", "", origin] += 1
-                self.stored_bytes += row.size_bytes or 0
+                if "stored" not in stages:  # a re-run that found it stored adds no bytes
+                    self.stored_bytes += row.size_bytes or 0
+                    self.to_stored_s.observe((row.at - start).total_seconds())
             elif row.stage == "cancelled":
                 self.ingests["cancelled", "", origin] += 1
             elif row.stage == "published":
-                self.publishes["published", ""] += 1
+                if self._first_report(row):
+                    self.publishes["published", ""] += 1
+                    if "stored" in stages and "published" not in stages:
+                        self.to_published_s.observe((row.at - start).total_seconds())
             elif row.stage == "failed":
                 reason = row.reason or UNKNOWN_REASON
-                if "stored" in stages or "publishing" in stages:
-                    self.publishes["failed", reason] += 1
+                if row.publish_row is not None or stages & {"stored", "publishing"}:
+                    if self._first_report(row):
+                        self.publishes["failed", reason] += 1
                 else:
                     self.ingests["failed", reason, origin] += 1
             self.cursor = max(self.cursor, rid)
@@ -280,17 +296,21 @@ class CatalogCollector:
     def _catch_up(self, horizon: int) -> None:
         done = 0
         while done < self.max_rows and self.figures.cursor < horizon:
-            batch = metrics_reads.stage_rows_after(
+            rows = metrics_reads.stage_rows_after(
                 self.engine,
                 self.figures.cursor,
                 up_to_id=horizon,
                 limit=min(BATCH_ROWS, self.max_rows - done),
             )
-            if not batch:
+            if not rows:
                 return
-            context = metrics_reads.stage_rows_of_runs(
-                self.engine, {r.run_key for r in batch}, up_to_id=int(batch[-1].id or 0)
-            )
+            batch = [as_event(r) for r in rows]
+            context = [
+                as_event(r)
+                for r in metrics_reads.stage_rows_of_runs(
+                    self.engine, {r.run_key for r in batch}, up_to_id=int(batch[-1].id or 0)
+                )
+            ]
             self.figures.fold(batch, context)  # in memory: nothing half-folded on an error
             done += len(batch)
 

@@ -24,6 +24,7 @@ from reelflow.report_rules import (
     NO_ACCOUNT,
     SUCCESS_TARGET,
     Event,
+    Log,
     daily_series,
     quantile,
     runs_from,
@@ -134,7 +135,7 @@ def test_runs_do_not_depend_on_the_order_rows_arrive(log: list[Event], rnd: obje
 @given(stage_logs())
 def test_the_days_add_up_to_the_week(log: list[Event]) -> None:
     """Each run's outcome falls in exactly one day: the 7 daily windows sum to the week's."""
-    runs = list(runs_from(log).values())
+    runs = runs_from(log)
     week = summarize(runs, WEEK_START, END)
     days = daily_series(runs, END, 7)
     assert days[0].start == WEEK_START and days[-1].end == END
@@ -148,7 +149,7 @@ def test_the_days_add_up_to_the_week(log: list[Event]) -> None:
 def test_summary_is_consistent(log: list[Event]) -> None:
     """Rates in 0..1 and against the target; durations non-negative with median ≤ p95;
     reasons cover at most the failures; the accounts add up to the total."""
-    runs = list(runs_from(log).values())
+    runs = runs_from(log)
     s = summarize(runs, WEEK_START, END)
     if s.finished:
         assert s.success_rate is not None and 0 <= s.success_rate <= 1
@@ -193,7 +194,7 @@ def test_a_known_week() -> None:
         Event(i + 1, k, stage, at, account=a, reason=r, size_bytes=size)
         for i, (k, stage, at, a, r, size) in enumerate(rows)
     ]
-    runs = list(runs_from(log).values())
+    runs = runs_from(log)
     day = summarize(runs, END - DAY, END)
     assert (day.stored, day.failed, day.cancelled) == (2, 1, 1)
     assert day.success_rate == pytest.approx(2 / 3) and day.meets_target is False
@@ -217,7 +218,7 @@ def test_a_known_week() -> None:
 def test_markdown_and_chart_render_any_log(log: list[Event]) -> None:
     """The Markdown names both windows; the SVG is well-formed XML with one pair of bars per
     day and no script or external reference."""
-    runs = list(runs_from(log).values())
+    runs = runs_from(log)
     day = summarize(runs, END - DAY, END)
     week = summarize(runs, WEEK_START, END)
     series = daily_series(runs, END, 7)
@@ -237,7 +238,7 @@ def test_markdown_and_chart_render_any_log(log: list[Event]) -> None:
 
 def test_public_chart_is_shown_inline() -> None:
     """With a public link the chart is an image in the Markdown."""
-    s = summarize([], END - DAY, END)
+    s = summarize(Log(), END - DAY, END)
     text = report_render.markdown(
         s, s, [s], chart_link="https://cdn.example/reports/x.svg", chart_is_public=True
     )
@@ -275,7 +276,7 @@ def test_metrics_counts_agree_with_the_report(log: list[Event]) -> None:
     """Over a window holding every row, the metrics' ingest and publish counters and the
     report's run counts are the same numbers (each run here ends at most once)."""
     figures = fold_in_batches(log, [])
-    runs = list(runs_from(log).values())
+    runs = runs_from(log)
     s = summarize(runs, WEEK_START - 2 * DAY, END + 3 * DAY)
 
     def ingests(outcome: str) -> int:
@@ -292,7 +293,7 @@ def test_metrics_counts_agree_with_the_report(log: list[Event]) -> None:
     assert figures.to_stored_s.n == s.to_stored.count
     assert figures.to_published_s.n == s.to_published.count
     assert figures.to_stored_s.total == pytest.approx(
-        sum(r.to_stored_s or 0 for r in runs if r.stored_at), rel=1e-9, abs=1e-6
+        sum(r.to_stored_s or 0 for r in runs.runs.values() if r.stored_at), rel=1e-9, abs=1e-6
     )
     assert figures.stored_bytes == s.stored_bytes
 
@@ -313,7 +314,7 @@ def test_only_the_busiest_accounts_are_listed() -> None:
     """Past 25 accounts the table stops, saying how many more there are."""
     t = END - timedelta(hours=1)
     log = [Event(i + 1, f"r{i}", "stored", t, account=f"acct{i:02d}") for i in range(30)]
-    s = summarize(list(runs_from(log).values()), END - DAY, END)
+    s = summarize(runs_from(log), END - DAY, END)
     assert len(s.per_account) == 30
     text = report_render.markdown(s, s, [s], chart_link=None, chart_is_public=False)
     assert text.count("| acct") == 2 * 25
@@ -331,7 +332,7 @@ def test_a_late_publish_of_an_old_media_is_a_publish() -> None:
         Event(3, "old2", "publishing", t),
         Event(4, "old2", "published", t + timedelta(seconds=50)),
     ]
-    s = summarize(list(runs_from(log).values()), END - DAY, END)
+    s = summarize(runs_from(log), END - DAY, END)
     assert (s.stored, s.failed, s.published, s.publish_failed) == (0, 0, 1, 1)
     assert s.to_published.count == 0
     figures = fold_in_batches(log, [])
@@ -341,3 +342,39 @@ def test_a_late_publish_of_an_old_media_is_a_publish() -> None:
     }
     assert not figures.ingests
     assert figures.to_published_s.n == 0
+
+
+def test_a_publish_counts_once_and_each_account_is_a_publish() -> None:
+    """A publish on its own reports to both runs that stored the media (same ledger row):
+    one publish, in the report and the metrics. The same media published to a second account
+    is a second publish, counted under that account; the time to published is the first
+    post's."""
+    t = END - timedelta(hours=5)
+    rows = [
+        ("a", "received", t, "main", None),
+        ("a", "stored", t + timedelta(seconds=10), "main", None),
+        ("a", "publishing", t + timedelta(seconds=11), "main", "7"),
+        ("a", "published", t + timedelta(seconds=60), "main", "7"),
+        ("b", "received", t + timedelta(minutes=5), None, None),
+        ("b", "stored", t + timedelta(minutes=5, seconds=10), None, None),
+        # publish-media of the same media to `brand`: reported to a and b
+        ("a", "publishing", t + timedelta(hours=1), "brand", "9"),
+        ("b", "publishing", t + timedelta(hours=1), "brand", "9"),
+        ("a", "published", t + timedelta(hours=1, seconds=30), "brand", "9"),
+        ("b", "published", t + timedelta(hours=1, seconds=30), "brand", "9"),
+    ]
+    log = [
+        Event(i + 1, k, stage, at, account=acct, publish_row=pr)
+        for i, (k, stage, at, acct, pr) in enumerate(rows)
+    ]
+    s = summarize(runs_from(log), END - DAY, END)
+    assert (s.stored, s.published) == (2, 2)
+    assert s.to_published.count == 1 and s.to_published.median_s == pytest.approx(60.0)
+    accounts = {a.account: a for a in s.per_account}
+    assert (accounts["main"].stored, accounts["main"].published) == (1, 1)
+    assert (accounts["brand"].stored, accounts["brand"].published) == (0, 1)
+    assert (accounts[NO_ACCOUNT].stored, accounts[NO_ACCOUNT].published) == (1, 0)
+    for cuts in ([], [7], [8], [3, 9]):
+        figures = fold_in_batches(log, cuts)
+        assert figures.publishes == {("published", ""): 2}, cuts
+        assert figures.to_published_s.n == 1 and figures.to_published_s.total == 60.0
