@@ -162,8 +162,8 @@ def markdown(
     out += ["## Per account, last 7 days", "", *_accounts_table(week.per_account), ""]
     out += [
         f"Windows end {_stamp(week.end)}. Success = stored / (stored + failed); a cancel is "
-        "neither. Time from the last byte (a gateway upload) or from the run's start (CLI, "
-        "S3 event, UI).",
+        "neither. Times from the last byte (the run's `received` row) to stored and to its "
+        "first post.",
     ]
     return "\n".join(out) + "\n"
 
