@@ -2,6 +2,7 @@
 
 Routes: ``OPTIONS|POST /uploads/`` (also without the slash), ``HEAD|PATCH|DELETE|OPTIONS
 /uploads/{id}``, ``GET /healthz``; the handlers are :class:`deployments.gateway.uploads.Gateway`.
+``GET /metrics`` and its middleware (counts, bytes, PATCH latency): :mod:`.metrics`.
 
 Middleware, outermost first:
 
@@ -36,6 +37,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from deployments.gateway.auth import gateway_secret
 from deployments.gateway.base import gateway_log
 from deployments.gateway.handoff import Handoff, default_handoff
+from deployments.gateway.metrics import GatewayMetrics
 from deployments.gateway.uploads import Gateway
 from reelflow import tus
 from reelflow.errors import (
@@ -175,6 +177,7 @@ def build_app(
         handoff=handoff or default_handoff(settings),
         now=now or (lambda: datetime.now(UTC)),
     )
+    metrics = GatewayMetrics(gateway.engine, now=gateway.now)
     routes = [
         Route("/uploads/", gateway.collection, methods=["POST", "OPTIONS"], name="uploads"),
         Route("/uploads", gateway.collection, methods=["POST", "OPTIONS"]),
@@ -185,6 +188,7 @@ def build_app(
             name="upload",
         ),
         Route("/healthz", gateway.healthz, methods=["GET"]),
+        *metrics.routes(),
     ]
     middleware: list[Middleware] = []
     origins = cors_origins(settings.gateway_cors_origins)
@@ -200,6 +204,7 @@ def build_app(
             )
         )
     middleware += [Middleware(MethodOverride), Middleware(TusResumable)]
+    middleware.append(metrics.middleware())  # inside MethodOverride: sees the effective method
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -20,6 +20,7 @@ def test_expected_deployments_are_declared() -> None:
         "reconcile-publishes",
         "cleanup",
         "delete-media",
+        "daily-report",
     }
 
 
