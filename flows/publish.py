@@ -47,6 +47,7 @@ from reelflow.publish_rules import (
     next_step,
     post_options,
 )
+from reelflow.rules import check_postable
 from reelflow.settings import Settings
 from reelflow.tiktok.client import PublishStatus
 from reelflow.tiktok.errors import (
@@ -202,6 +203,7 @@ def publish_stored_media(
     media = rt.catalog.get_media(media_id)
     if media is None:
         raise InputRejectedError(f"no stored media {media_id!r}", reason="media_not_found")
+    check_postable(media.content_type, media_id=media_id)  # no ledger row, no call to TikTok
     row = find_or_make_publish(rt.catalog.engine, media_id, media.size_bytes, request)
     return _publish_row(
         rt,
