@@ -139,9 +139,7 @@ class ClipCache:
     def mkv_h264(self, duration_s: float = VALID_DURATION_S) -> Path:
         """What OBS records by default: Matroska (DocType ``matroska``) with H.264 + AAC,
         720x1280, 30 fps."""
-        return self._clip(
-            "mkv-h264", "mkv", **_VERTICAL, duration_s=duration_s, container="mkv"
-        )
+        return self._clip("mkv-h264", "mkv", **_VERTICAL, duration_s=duration_s, container="mkv")
 
     def mkv_labelled_webm(self) -> Path:
         """:meth:`mkv_h264` with its EBML DocType rewritten to ``webm`` (an EBML Void element
