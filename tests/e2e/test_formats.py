@@ -419,7 +419,10 @@ def test_gateway_upload_then_publish(
             "the publish refusal in the run's log", deadline, 1.0,
             detail=lambda: logs(setup),
         )  # fmt: skip
-        assert sandbox.state.stats()["inits"] == 0 and sandbox_calls(sandbox) == {}
+        # The run asked creator_info before the bytes were judged (privacy is checked first,
+        # as for any upload); no init, no video byte was sent.
+        sent = [r for r in sandbox_calls(sandbox) if "/video/init/" in r or r.startswith("PUT")]
+        assert sandbox.state.stats()["inits"] == 0 and sent == [], sandbox_calls(sandbox)
         assert publish_rows(db, media_id) == []
         assert_demuxer_rule(spy, fmt)
         return
