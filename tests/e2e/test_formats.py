@@ -28,10 +28,13 @@ from urllib.parse import urlsplit
 import pytest
 from sqlalchemy import text
 from tusclient import client as tus_client
+from typer.testing import CliRunner
 
 from flows.ingest import ingest_video
 from flows.publish import publish_media
+from reelflow.cli import app
 from reelflow.errors import PublishRefusedError
+from reelflow.planning import media_id_for
 from reelflow.settings import Settings
 from reelflow.tiktok.sandbox import RunningSandbox
 from storage.base import ObjectStore
@@ -304,6 +307,54 @@ def test_ingest_then_publish(
     assert (stats["inits"], stats["posts"]) == (1, 1), stats
     post = stats["publishes"][done["publish_id"]]
     assert (post["video_size"], post["sha256"]) == (clip.stat().st_size, sha), post
+
+
+@pytest.mark.parametrize("name", ["mov_hevc", "mkv_h264"])
+def test_cli_ingest_with_account_on_the_local_store(
+    name: str,
+    clips: ClipCache,
+    home: Path,
+    sandbox: RunningSandbox,
+    spy: ToolSpy,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`reelflow ingest CLIP --account` on the local store (ffmpeg reads ``file:`` paths with
+    the container's demuxer): an iPhone HEVC MOV is stored and posted once; an .mkv is stored
+    as video/x-matroska and the command exits 2 with one `container_not_postable` line, no
+    init and no video byte sent to TikTok, and no publish row."""
+    fmt = FORMATS[name]
+    clip = fmt.path(clips)
+    sha = sha256_file(clip)
+    rt = Runtime.from_settings(Settings())
+    add_account(rt, sandbox, ACCOUNT)
+    monkeypatch.setenv("PATH", spy.path_env())  # the sandbox probes with the real ffprobe too
+    result = CliRunner().invoke(
+        app, ["ingest", str(clip), "--account", ACCOUNT, "--caption", CAPTION, "--json"]
+    )
+    monkeypatch.setenv("PATH", spy.path_env().split(os.pathsep, 1)[1])
+    # The sandbox (TikTok's stand-in, in this process) probes what it received its own way.
+    theirs = str(tmp_path / "sandbox")
+    ours = [argv for argv in spy.calls() if not any(theirs in arg for arg in argv)]
+    spy.log.write_text("".join(ARG_SEP.join(a) + ARG_SEP + RECORD_SEP for a in ours))
+    assert_demuxer_rule(spy, fmt)
+    whitelists = {o.get("protocol_whitelist") for argv in ours for _, o in inputs_of(argv)}
+    assert "file" in whitelists, ours  # the staged object read in place, not over HTTP
+    row = catalog_row(rt.settings.resolved_database_url, "media", "media_id", media_id_for(sha))
+    assert row is not None, result.output
+    assert_stored(rt, row, fmt, sha, tmp_path)
+    stats = sandbox.state.stats()
+    if fmt.postable:
+        assert result.exit_code == 0, result.output
+        assert (stats["inits"], stats["posts"]) == (1, 1), stats
+        return
+    assert result.exit_code == 2, result.output
+    lines = [ln for ln in result.stderr.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and lines[0].startswith("error: container_not_postable:"), lines
+    assert "video/x-matroska" in lines[0]
+    sent = [r for r in sandbox_calls(sandbox) if "/video/init/" in r or r.startswith("PUT")]
+    assert stats["inits"] == 0 and sent == [], stats
+    assert list_publishes(rt.catalog.engine, media_id=row["media_id"]) == []
 
 
 # ----- gateway upload + publish -----------------------------------------------------------------
