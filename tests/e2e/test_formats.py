@@ -35,6 +35,7 @@ from flows.publish import publish_media
 from reelflow.cli import app
 from reelflow.errors import PublishRefusedError
 from reelflow.planning import media_id_for
+from reelflow.samples import make_clip
 from reelflow.settings import Settings
 from reelflow.tiktok.sandbox import RunningSandbox
 from storage.base import ObjectStore
@@ -193,6 +194,26 @@ def test_the_demuxer_check_catches_a_guessing_call(tmp_path: Path, argv: list[st
     spy.log.write_text(log + RECORD_SEP + ARG_SEP.join(argv) + ARG_SEP + RECORD_SEP)
     with pytest.raises(AssertionError):
         assert_demuxer_rule(spy, FORMATS["mkv_h264"])
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"container": "mov", "vcodec": "libx265", "faststart": False, "rotate_deg": 90,
+         "width": 1280, "height": 720, "preset": "ultrafast"},
+        {"container": "mkv", "vcodec": "libx264"},
+    ],
+    ids=["mov_hevc_turned", "mkv_h264"],
+)  # fmt: skip
+def test_new_sample_clips_are_byte_identical_each_time(
+    tmp_path: Path, kwargs: dict[str, Any]
+) -> None:
+    """HEVC (one x265 pool and frame thread), the rotation pass and Matroska muxing are
+    deterministic: the same arguments give the same bytes, so content keys stay stable."""
+    first = make_clip(tmp_path / "a", duration_s=1, **kwargs)
+    second = make_clip(tmp_path / "b", duration_s=1, **kwargs)
+    assert sha256_file(first) == sha256_file(second)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b"]  # no temp file left
 
 
 # ----- fixtures and helpers ---------------------------------------------------------------------
