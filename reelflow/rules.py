@@ -117,6 +117,11 @@ def sniff_container(head: bytes) -> str:
         raise InputRejectedError(
             f"an EBML file of type {doctype!r}, neither WebM nor Matroska", reason="container"
         )
+    box = head[4:8]
+    if box == b"ftyp":
+        # A file type box is unambiguous, whatever text follows it (a brand "<MPD" is still an
+        # MP4), and ``-f mov`` follows no manifest: judged before the playlist heuristics.
+        return "mov" if head[8:12] == b"qt  " else "mp4"
     text = head.lstrip(b"\xef\xbb\xbf \t\r\n")
     if text.startswith(b"#EXTM3U") or text.startswith(b"ffconcat") or b"<MPD" in text[:512]:
         raise InputRejectedError(
@@ -128,14 +133,10 @@ def sniff_container(head: bytes) -> str:
             "an MPEG transport stream (video/mp2t): TikTok takes MP4, MOV or WebM",
             reason="container",
         )
-    box = head[4:8]
-    if box == b"ftyp":
-        brand = head[8:12]
-        return "mov" if brand == b"qt  " else "mp4"
     if box in (b"moov", b"mdat", b"wide", b"free", b"skip"):
         return "mov"
     raise InputRejectedError(
-        "not a video container: expected MP4/MOV ('ftyp' box) or WebM (EBML) magic bytes",
+        "not a video container: expected MP4/MOV ('ftyp' box) or WebM/Matroska (EBML) magic bytes",
         reason="bad_magic",
     )
 
@@ -143,9 +144,9 @@ def sniff_container(head: bytes) -> str:
 def check_postable(content_type: str, *, media_id: str | None = None) -> None:
     """Refuse (``PublishRefusedError``, terminal) to post a container TikTok does not take.
 
-    Called before creator_info, init or any byte is sent, on every publish path. Matroska is
-    the one stored container this refuses; the message says how to make it postable without
-    re-encoding.
+    ``flows.publish.publish_stored_media`` (every publish path goes through it) calls this
+    before any ledger row, init or byte. Matroska is the one stored container it refuses; the
+    message says how to make it postable without re-encoding.
     """
     if content_type in POSTABLE_CONTENT_TYPES:
         return

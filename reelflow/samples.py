@@ -123,7 +123,7 @@ def make_clip(
         raise ValueError("fps and duration_s must be positive")
     if extra_bytes < 0 or 0 < extra_bytes < _FREE_BOX_HEADER:
         raise ValueError(f"extra_bytes must be 0 or at least {_FREE_BOX_HEADER}")
-    if extra_bytes and container == "webm":
+    if extra_bytes and container not in ("mp4", "mov"):
         raise ValueError("extra_bytes pads with an ISO-BMFF box; it needs mp4 or mov")
 
     inputs: list[str] = []

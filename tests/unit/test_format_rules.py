@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from reelflow.errors import InputRejectedError, PublishRefusedError
@@ -90,8 +90,11 @@ def test_other_ebml_doctypes_are_refused(doctype: bytes) -> None:
 
 
 @given(st.binary(min_size=4, max_size=4))
+@example(b"<MPD")  # found by hypothesis: was taken for a DASH manifest
+@example(b"#EXT")
 def test_ftyp_brand_decides_mov_or_mp4(brand: bytes) -> None:
-    """ftyp with major brand ``qt  `` → mov, any other brand → mp4 (both read by -f mov)."""
+    """ftyp with major brand ``qt  `` → mov, any other brand → mp4 (both read by -f mov),
+    whatever text the brand spells."""
     head = b"\x00\x00\x00\x14ftyp" + brand + b"\x00" * 8
     assert sniff_container(head) == ("mov" if brand == b"qt  " else "mp4")
 
@@ -204,6 +207,7 @@ def test_webm_holding_h264_is_named_matroska() -> None:
         ({"container": "mkv", "rotate_deg": 90}, "rotate_deg"),
         ({"container": "mov", "rotate_deg": 45}, "rotate_deg"),
         ({"container": "avi"}, "container must be one of"),
+        ({"container": "mkv", "extra_bytes": 64}, "needs mp4 or mov"),
     ],
 )
 def test_sample_maker_refuses_combinations_it_cannot_write(
