@@ -200,7 +200,7 @@ def test_the_demuxer_check_catches_a_guessing_call(tmp_path: Path, argv: list[st
     "kwargs",
     [
         {"container": "mov", "vcodec": "libx265", "faststart": False, "rotate_deg": 90,
-         "width": 1280, "height": 720, "preset": "ultrafast"},
+         "width": 640, "height": 360, "preset": "ultrafast"},
         {"container": "mkv", "vcodec": "libx264"},
     ],
     ids=["mov_hevc_turned", "mkv_h264"],
