@@ -56,8 +56,9 @@ lint: setup
 typecheck: setup
 	$(BIN)/mypy
 
+# Tests marked `long` (minutes-long repeats of what other tests cover) run in `make chaos`.
 test: setup js lint typecheck
-	$(BIN)/pytest -q -p no:cacheprovider --durations=25
+	$(BIN)/pytest -q -p no:cacheprovider --durations=25 -m "not long"
 
 # The end-to-end tests (real `prefect server start`, workers, served deployments) alone;
 # `make test` runs them too.
@@ -68,7 +69,7 @@ test-e2e: setup
 # and 20 runs under 10 % faults; prints the tally per step and the retries per hop.
 chaos: setup
 	REELFLOW_CHAOS_POINTS=$${REELFLOW_CHAOS_POINTS:-50} REELFLOW_FAULT_RUNS=$${REELFLOW_FAULT_RUNS:-20} \
-		$(BIN)/pytest -q -p no:cacheprovider -m chaos tests/e2e
+		$(BIN)/pytest -q -p no:cacheprovider -m "chaos or long" tests/e2e
 
 bench: setup
 	$(BIN)/python -m bench.ingest

@@ -58,7 +58,7 @@ from reelflow.errors import (
     TransientStorageError,
 )
 from reelflow.event_policy import GATEWAY_SOURCE_PREFIX, check_event_run, printable
-from reelflow.ingest_options import IngestOptions, check_ingest_options
+from reelflow.ingest_options import IngestOptions, check_ingest_options, post_options_from_text
 from reelflow.logging import get_logger, remember_settings_secrets
 from reelflow.planning import CONTAINER_EXT, S3_MIN_PART_BYTES, upload_buffer_bytes, video_key
 from reelflow.sources import SourceRef
@@ -132,6 +132,7 @@ def upload_request(row: GatewayUpload, rt: Runtime) -> UploadRequest:
         default_concurrency=1,
         memory_budget_bytes=upload_buffer_bytes(S3_MIN_PART_BYTES, 1),
         now=datetime.now(UTC),
+        post=post_options_from_text(meta),
     )
     if publish_at is not None and options.publish is None:
         raise InputRejectedError("publish_at needs an account to publish to", reason="no_account")

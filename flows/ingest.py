@@ -37,7 +37,7 @@ from flows.run_context import run_owner, tag_run
 from reelflow.credentials import reveal
 from reelflow.errors import InputRejectedError, LeaseLostError
 from reelflow.event_policy import check_event_run
-from reelflow.ingest_options import check_ingest_request
+from reelflow.ingest_options import check_ingest_request, post_options_from
 from reelflow.logging import configure_logging, get_logger, remember_settings_secrets
 from reelflow.planning import video_key
 from reelflow.progress import ProgressReporter
@@ -173,6 +173,11 @@ def ingest_video(
     mode: Mode | None = None,
     publish_at: datetime | None = None,
     again: bool = False,
+    disable_comment: bool | None = None,
+    disable_duet: bool | None = None,
+    disable_stitch: bool | None = None,
+    brand_content_toggle: bool | None = None,
+    brand_organic_toggle: bool | None = None,
     options_error: str | None = None,
     origin: str | None = None,
     source_secret: str | None = None,
@@ -198,6 +203,15 @@ def ingest_video(
         again: Post it even though this video was already published to this account (without
             it the existing publish is returned, whatever its caption); the same request run
             again does not post a third time.
+        disable_comment: Turn comments off for this post (Direct Post). Empty: as the
+            creator set it in TikTok; false asks for them on, which a creator who turned them
+            off cannot.
+        disable_duet: Turn duets off for this post; empty/false as for comments.
+        disable_stitch: Turn stitches off for this post; empty/false as for comments.
+        brand_content_toggle: Commercial content disclosure: a paid partnership ("Branded
+            content"); such a post cannot be SELF_ONLY.
+        brand_organic_toggle: Commercial content disclosure: promotes the creator's own
+            business ("Your brand").
         options_error: Set by the S3 event bridge when a sidecar/metadata was invalid: the run
             fails with that validation error before anything is uploaded.
         origin: Who started the run: empty for a person (CLI, UI, API); "s3-event" when the
@@ -234,8 +248,25 @@ def ingest_video(
     # The real URL (credentials and all) exists only in this process, never as a parameter.
     real_source = reveal(source, source_secret)
     # The same rules as the CLI's (reelflow.ingest_options), for callers from Python or the UI.
+    post = post_options_from(
+        {
+            "disable_comment": disable_comment,
+            "disable_duet": disable_duet,
+            "disable_stitch": disable_stitch,
+            "brand_content_toggle": brand_content_toggle,
+            "brand_organic_toggle": brand_organic_toggle,
+        }
+    )
     opts = check_ingest_request(
-        settings, chunk_size_bytes, concurrency, account, caption, privacy_level, mode, publish_at
+        settings,
+        chunk_size_bytes,
+        concurrency,
+        account,
+        caption,
+        privacy_level,
+        mode,
+        publish_at,
+        post=post,
     )
     publish_mode = opts.mode
     tag_run(account, publish_mode)

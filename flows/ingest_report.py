@@ -163,6 +163,7 @@ def publish_or_queue(
             caption=request.caption,
             due_at=publish_at,
             again=request.again,
+            post=request.post,
         )
         get_logger(media_id=media.media_id).info("publish_scheduled", due_at=str(publish_at))
         done = json.loads(row.result_json) if row.result_json else {}

@@ -31,7 +31,7 @@ from prefect.artifacts import (
 from flows.publish_run import PublishRun, artifact_key, run_summary, summary_markdown
 from flows.run_context import run_owner
 from reelflow.errors import InputRejectedError, ReelflowError
-from reelflow.ingest_options import check_publish_request
+from reelflow.ingest_options import check_publish_request, post_options_from
 from reelflow.logging import configure_logging, get_logger
 from reelflow.publish_rules import (
     DEFAULT_PRIVACY,
@@ -56,7 +56,7 @@ from reelflow.tiktok.errors import (
     UploadUrlExpiredError,
 )
 from reelflow.tiktok.plan import DEFAULT_PREFERRED_CHUNK_BYTES
-from storage.catalog import Media
+from storage.catalog import DELETING, Media
 from storage.leases import Fence, Leases
 from storage.publishing import (
     Publish,
@@ -201,7 +201,8 @@ def publish_stored_media(
     """
     post_options(request)  # the rules again: a caller may have built the request by hand
     media = rt.catalog.get_media(media_id)
-    if media is None:
+    # A media being deleted (storage.catalog.begin_media_delete) is no longer published.
+    if media is None or media.status == DELETING:
         raise InputRejectedError(f"no stored media {media_id!r}", reason="media_not_found")
     check_postable(media.content_type, media_id=media_id)  # no ledger row, no call to TikTok
     row = find_or_make_publish(rt.catalog.engine, media_id, media.size_bytes, request)
@@ -378,6 +379,11 @@ def publish_media(
     poll_deadline_s: float = DEFAULT_POLL_DEADLINE_S,
     chunk_size_bytes: int | None = None,
     again: bool = False,
+    disable_comment: bool | None = None,
+    disable_duet: bool | None = None,
+    disable_stitch: bool | None = None,
+    brand_content_toggle: bool = False,
+    brand_organic_toggle: bool = False,
 ) -> dict[str, Any]:
     """Publish a stored media to a TikTok account (Direct Post or inbox), exactly once.
 
@@ -394,9 +400,27 @@ def publish_media(
         again: Post it once more even though this media was already published to this
             account (otherwise the existing publish is returned, whatever its caption).
             Running the same request again does not post a third time.
+        disable_comment: Turn comments off for this post (Direct Post). Empty: as the
+            creator set it in TikTok; false asks for them on, which a creator who turned them
+            off cannot.
+        disable_duet: Turn duets off for this post; empty/false as for comments.
+        disable_stitch: Turn stitches off for this post; empty/false as for comments.
+        brand_content_toggle: Commercial content disclosure: a paid partnership ("Branded
+            content"); such a post cannot be SELF_ONLY.
+        brand_organic_toggle: Commercial content disclosure: promotes the creator's own
+            business ("Your brand").
     """
     configure_logging()
-    request = check_publish_request(account, mode, privacy, caption, again=again)
+    post = post_options_from(
+        {
+            "disable_comment": disable_comment,
+            "disable_duet": disable_duet,
+            "disable_stitch": disable_stitch,
+            "brand_content_toggle": brand_content_toggle,
+            "brand_organic_toggle": brand_organic_toggle,
+        }
+    )
+    request = check_publish_request(account, mode, privacy, caption, again=again, post=post)
     rt = Runtime.from_settings(Settings())
     return publish_stored_media(
         rt,

@@ -32,9 +32,14 @@ from reelflow.cli_errors import (  # noqa: E402
     failing_in_one_line,
     quiet_prefect_console,
 )
+from reelflow.cli_media import register as _register_media  # noqa: E402
 from reelflow.cli_tiktok import (  # noqa: E402
     again_option,
+    brand_content_option,
+    brand_organic_option,
+    interaction_option,
     note_existing_publish,
+    post_flags,
     print_summary,
     summary_json_option,
     verbose_option,
@@ -56,6 +61,7 @@ app = typer.Typer(
 app.add_typer(events_app, name="s3-events", help="Bridge S3 bucket events into Prefect events")
 app.add_typer(gateway_app, name="gateway")  # tus upload gateway + its tokens
 _register_tiktok(app)  # accounts, publish, sandbox
+_register_media(app)  # media list|show|delete
 
 
 @app.command()
@@ -79,6 +85,12 @@ def ingest(
         None, "--publish-at", help="Publish later (ISO 8601 with timezone); queued for publish-due"
     ),
     again: bool = again_option("video"),
+    # TikTok post options (H-media): interactions and commercial content disclosure.
+    disable_comment: bool | None = interaction_option("comment"),
+    disable_duet: bool | None = interaction_option("duet"),
+    disable_stitch: bool | None = interaction_option("stitch"),
+    brand_content: bool = brand_content_option(),
+    brand_organic: bool = brand_organic_option(),
     as_json: bool = summary_json_option(),
     verbose: bool = verbose_option(),
     upload: str | None = typer.Option(
@@ -91,9 +103,20 @@ def ingest(
         print_summary(summary, as_json, title=f"ingested {summary['media_id']}")
         return
     with failing_in_one_line():
+        post = post_flags(
+            disable_comment, disable_duet, disable_stitch, brand_content, brand_organic
+        )
         # The flow checks the same rules; checked here first, before anything (Prefect) starts.
         check_ingest_request(
-            Settings(), chunk_size, concurrency, account, caption, privacy, mode, publish_at
+            Settings(),
+            chunk_size,
+            concurrency,
+            account,
+            caption,
+            privacy,
+            mode,
+            publish_at,
+            post=post,
         )
         from flows.ingest import ingest_video  # lazy: loads prefect (see the imports above)
 
@@ -113,6 +136,11 @@ def ingest(
                 mode=mode,  # type: ignore[arg-type]
                 publish_at=publish_at,
                 again=again,
+                disable_comment=post.disable_comment,
+                disable_duet=post.disable_duet,
+                disable_stitch=post.disable_stitch,
+                brand_content_toggle=post.brand_content_toggle,
+                brand_organic_toggle=post.brand_organic_toggle,
             )
     note_existing_publish(summary.get("publish"))
     print_summary(summary, as_json, title=f"ingested {summary['media_id']}")

@@ -1,4 +1,6 @@
-"""TikTok commands of the ``reelflow`` CLI: ``accounts add|list``, ``publish``, ``sandbox``.
+"""TikTok commands of the ``reelflow`` CLI: ``accounts add|list|remove``, ``publish``,
+``sandbox``. ``accounts list`` shows each account's token health
+(:func:`storage.accounts.token_health`); ``accounts remove`` deletes the row and both tokens.
 
 Mount them with :func:`register` (``register(app)`` on the main typer app), or use
 ``tiktok_app``, which already carries them; ``python -m reelflow.cli_tiktok`` runs it alone.
@@ -35,6 +37,7 @@ os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
 from reelflow.cli_errors import OneLineErrors, failing_in_one_line, quiet_prefect_console  # noqa: E402
 from reelflow.errors import InputRejectedError  # noqa: E402
 from reelflow.ingest_options import (  # noqa: E402
+    PostOptions,
     check_account_name,
     check_publish_request,
 )
@@ -65,6 +68,60 @@ def again_option(what: str) -> Any:
     return typer.Option(
         False, "--again", help=f"Post even if this {what} is already on the account (once)"
     )
+
+
+def interaction_option(what: str) -> Any:
+    """``--disable-<what>/--allow-<what>``: unset follows the creator's TikTok setting."""
+    whats = f"{what}es" if what.endswith("h") else f"{what}s"
+    return typer.Option(
+        None,
+        f"--disable-{what}/--allow-{what}",
+        help=f"Turn {whats} off / on for this post (default: as the creator set it in TikTok; "
+        f"a creator who turned {whats} off cannot allow them)",
+        show_default=False,
+    )
+
+
+def brand_content_option() -> Any:
+    return typer.Option(
+        False,
+        "--brand-content",
+        help="Disclose a paid partnership (TikTok's 'Branded content'); not with SELF_ONLY",
+    )
+
+
+def brand_organic_option() -> Any:
+    return typer.Option(
+        False, "--brand-organic", help="Disclose that it promotes your own business ('Your brand')"
+    )
+
+
+def post_flags(
+    disable_comment: bool | None,
+    disable_duet: bool | None,
+    disable_stitch: bool | None,
+    brand_content: bool,
+    brand_organic: bool,
+) -> PostOptions:
+    """The post options the flags above give (checked with the rest of the request)."""
+    return PostOptions(
+        disable_comment=disable_comment,
+        disable_duet=disable_duet,
+        disable_stitch=disable_stitch,
+        brand_content_toggle=brand_content,
+        brand_organic_toggle=brand_organic,
+    )
+
+
+def post_params(post: PostOptions) -> dict[str, Any]:
+    """The flow parameters (``ingest-video``, ``publish-media``) that carry ``post``."""
+    return {
+        "disable_comment": post.disable_comment,
+        "disable_duet": post.disable_duet,
+        "disable_stitch": post.disable_stitch,
+        "brand_content_toggle": post.brand_content_toggle,
+        "brand_organic_toggle": post.brand_organic_toggle,
+    }
 
 
 def summary_json_option() -> Any:
@@ -179,23 +236,62 @@ def accounts_add(
 
 @accounts_app.command("list")
 def accounts_list(as_json: bool = typer.Option(False, "--json")) -> None:
-    """List stored accounts (names, open ids, scopes, expiries; never tokens)."""
-    from storage.accounts import list_accounts  # lazy: loads SQLAlchemy
+    """List stored accounts with their token health (expiries, last refresh; never tokens)."""
+    from storage.accounts import list_accounts, token_health  # lazy: loads SQLAlchemy
+    from storage.clock import utcnow
 
-    rows = [_account_view(r) for r in list_accounts(_engine(_settings()))]
+    now = utcnow()
+    rows = [
+        {**_account_view(r), **token_health(r, now)} for r in list_accounts(_engine(_settings()))
+    ]
     if as_json:
         typer.echo(json.dumps(rows))
         return
-    table = Table("name", "open_id", "scopes", "access expires", "refresh expires")
+    table = Table(
+        "name", "health", "scopes", "access expires in", "refresh expires in", "last refresh error"
+    )
     for r in rows:
         table.add_row(
             r["name"],
-            str(r["open_id"]),
+            r["health"],
             r["scopes"],
-            r["access_expires_at"],
-            str(r["refresh_expires_at"]),
+            _duration(r["access_expires_in_s"]),
+            _duration(r["refresh_expires_in_s"]),
+            str(r["last_refresh_error"] or ""),
         )
     Console().print(table)
+
+
+def _duration(seconds: int | None) -> str:
+    """``3h 12m`` / ``expired 5m ago`` / ``unknown`` (TikTok sent no refresh lifetime)."""
+    if seconds is None:
+        return "unknown"
+    span = abs(seconds)
+    days, rest = divmod(span, 86400)
+    hours, rest = divmod(rest, 3600)
+    text = f"{days}d {hours}h" if days else f"{hours}h {rest // 60}m" if hours else f"{rest // 60}m"
+    return text if seconds > 0 else f"expired {text} ago"
+
+
+@accounts_app.command("remove")
+def accounts_remove(
+    name: str = typer.Argument(..., help="The account's local name"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Remove an account: its tokens are deleted from the catalog (publish history stays).
+
+    TikTok keeps the authorization until the creator revokes the app in TikTok's settings.
+    """
+    with failing_in_one_line():
+        from storage.accounts import remove_account  # lazy: loads SQLAlchemy
+
+        check_account_name(name)
+        if not remove_account(_engine(_settings()), name):
+            raise InputRejectedError(f"no TikTok account named {name!r}", reason="no_such_account")
+    if as_json:
+        typer.echo(json.dumps({"name": name, "removed": True}))
+    else:
+        typer.echo(f"removed TikTok account {name} (its tokens are deleted)")
 
 
 def publish(
@@ -208,13 +304,21 @@ def publish(
         None, "--poll-deadline", help="Seconds to wait for TikTok's processing"
     ),
     again: bool = again_option("media"),
+    disable_comment: bool | None = interaction_option("comment"),
+    disable_duet: bool | None = interaction_option("duet"),
+    disable_stitch: bool | None = interaction_option("stitch"),
+    brand_content: bool = brand_content_option(),
+    brand_organic: bool = brand_organic_option(),
     as_json: bool = summary_json_option(),
     verbose: bool = verbose_option(),
 ) -> None:
     """Publish stored media to TikTok, once per account (a re-run resumes or only polls;
     another caption finds the existing post unless --again)."""
     with failing_in_one_line():
-        check_publish_request(account, mode, privacy, caption)  # before anything starts
+        post = post_flags(
+            disable_comment, disable_duet, disable_stitch, brand_content, brand_organic
+        )
+        check_publish_request(account, mode, privacy, caption, post=post)  # before anything
         if poll_deadline_s is not None and not poll_deadline_s >= 0:
             raise InputRejectedError(
                 f"--poll-deadline {poll_deadline_s} must be 0 or more seconds",
@@ -233,6 +337,7 @@ def publish(
             mode=mode,
             poll_deadline_s=DEFAULT_POLL_DEADLINE_S if poll_deadline_s is None else poll_deadline_s,
             again=again,
+            **post_params(post),
         )
     note_existing_publish(summary)
     print_summary(summary, as_json, title=f"TikTok publish of {media_id}")

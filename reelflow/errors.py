@@ -28,6 +28,7 @@ these classes once, at the edge that calls the foreign library (``raise ... from
     ├── MediaToolError                 terminal: ffmpeg/ffprobe failed on a valid input
     ├── ScannerUnavailableError        retryable: clamd unreachable, timed out or answered an error
     ├── EventDeliveryError             the S3-event bridge could not hand an event on
+    ├── MediaInUseError                a media delete refused: a publish of it is in flight/queued
     └── PublishError                   TikTok publishing (leaves in reelflow.tiktok.errors)
         ├── PublishRefusedError        terminal: refused before TikTok would (privacy, duration)
         └── TikTokApiError             one class per TikTok error code (AuthorizationRevokedError
@@ -167,6 +168,26 @@ class ScannerUnavailableError(ReelflowError):
 
     retryable = True
     reason = "scanner_unavailable"
+
+
+class MediaInUseError(ReelflowError):
+    """A media cannot be deleted now: a publish of it is in flight or queued (``reason``
+    ``publish_in_flight`` / ``publish_scheduled``, ``publish_ids`` the rows). Not retryable by
+    a task (the publish may take minutes); the same delete succeeds once it has finished."""
+
+    retryable = False
+
+    def __init__(self, message: str, *, reason: str, **context: Any) -> None:
+        super().__init__(message, reason=reason, **context)
+        self.reason = reason
+
+    def __reduce__(self) -> tuple[Any, ...]:  # Prefect pickles exceptions into states
+        return (_rebuild_in_use, (self.message, self.reason, self.context))
+
+
+def _rebuild_in_use(message: str, reason: str, context: dict[str, Any]) -> MediaInUseError:
+    context = {k: v for k, v in context.items() if k != "reason"}
+    return MediaInUseError(message, reason=reason, **context)
 
 
 class PublishError(ReelflowError):

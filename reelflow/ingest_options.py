@@ -12,6 +12,7 @@ or import prefect, boto3, requests or sqlmodel.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -21,13 +22,19 @@ from reelflow.planning import S3_MAX_PART_BYTES, upload_buffer_bytes
 # The post options' rules have one home, reelflow.publish_rules; they are part of every
 # request checked here, so they stay importable from this module too.
 from reelflow.publish_rules import DEFAULT_PRIVACY as DEFAULT_PRIVACY
+from reelflow.publish_rules import DISCLOSURES, INTERACTIONS
 from reelflow.publish_rules import MAX_CAPTION_UTF16_UNITS as MAX_CAPTION_UTF16_UNITS
 from reelflow.publish_rules import MODES as MODES
+from reelflow.publish_rules import POST_OPTION_KEYS as POST_OPTION_KEYS
 from reelflow.publish_rules import PRIVACY_LEVELS as PRIVACY_LEVELS
+from reelflow.publish_rules import PostOptions as PostOptions
 from reelflow.publish_rules import PublishRequest as PublishRequest
 from reelflow.publish_rules import check_caption as check_caption
 from reelflow.publish_rules import check_mode as check_mode
+from reelflow.publish_rules import check_post_options as check_post_options
 from reelflow.publish_rules import check_privacy as check_privacy
+from reelflow.publish_rules import parse_flag as parse_flag
+from reelflow.publish_rules import post_options_from as post_options_from
 from reelflow.publish_rules import utf16_units as utf16_units
 from reelflow.settings import Settings
 
@@ -117,6 +124,27 @@ def check_account_name(name: str) -> str:
     return name
 
 
+def post_options_from_text(values: Mapping[str, str | None]) -> PostOptions:
+    """The post options of a tus upload's metadata (the keys of
+    :data:`POST_OPTION_KEYS`, values "true"/"false"; empty or absent = not set).
+
+    An unset ``disable_*`` follows the creator's setting; an unset disclosure is false.
+    """
+    flags = {key: parse_flag(key, values.get(key)) for key in POST_OPTION_KEYS}
+    return post_options_from(
+        {**{key: flags[key] for key in INTERACTIONS}, **{k: bool(flags[k]) for k in DISCLOSURES}}
+    )
+
+
+def post_options_text(post: PostOptions) -> dict[str, str | None]:
+    """The inverse of :func:`post_options_from_text`, as upload metadata records them."""
+    out: dict[str, str | None] = {}
+    for key in POST_OPTION_KEYS:
+        value = getattr(post, key)
+        out[key] = None if value is None else ("true" if value else "false")
+    return out
+
+
 def check_publish_at(publish_at: datetime | None, now: datetime) -> datetime | None:
     """A time with a timezone, not in the past (beyond :data:`PUBLISH_AT_PAST_GRACE`)."""
     if publish_at is None:
@@ -137,19 +165,29 @@ def check_publish_at(publish_at: datetime | None, now: datetime) -> datetime | N
 
 
 def check_publish_request(
-    account: str, mode: str, privacy: str | None, caption: str | None, *, again: bool = False
+    account: str,
+    mode: str,
+    privacy: str | None,
+    caption: str | None,
+    *,
+    again: bool = False,
+    post: PostOptions | None = None,
 ) -> PublishRequest:
-    """What `reelflow publish` / ``publish_media`` accept (``mode`` direct or inbox)."""
+    """What `reelflow publish` / ``publish_media`` accept (``mode`` direct or inbox); ``post``:
+    the interaction and disclosure options (:func:`check_post_options`)."""
     check_account_name(account)
     check_mode(mode)
     check_privacy(privacy)
     check_caption(caption)
+    privacy_level = (privacy or DEFAULT_PRIVACY) if mode == "direct" else None
+    options = check_post_options(post or PostOptions(), mode=mode, privacy_level=privacy_level)
     return PublishRequest(
         account=account,
         mode=mode,
-        privacy=(privacy or DEFAULT_PRIVACY) if mode == "direct" else None,
+        privacy=privacy_level,
         caption=caption,
         again=again,
+        post=options if mode == "direct" else PostOptions(),
     )
 
 
@@ -178,6 +216,7 @@ def check_ingest_options(
     default_concurrency: int,
     memory_budget_bytes: int,
     now: datetime,
+    post: PostOptions | None = None,
 ) -> IngestOptions:
     """Every rule an ingest request must pass before anything starts (all callers)."""
     chunk = check_chunk_size(
@@ -198,9 +237,14 @@ def check_ingest_options(
         raise InputRejectedError(
             "publish_at needs an account to publish to (--account)", reason="no_account"
         )
+    if publish_mode == "none" and post is not None and post.asked:
+        raise InputRejectedError(
+            f"{', '.join(post.asked)} need an account to publish to (--account)",
+            reason="no_account",
+        )
     request = None
     if publish_mode != "none" and account:
-        request = check_publish_request(account, publish_mode, privacy, caption)
+        request = check_publish_request(account, publish_mode, privacy, caption, post=post)
     return IngestOptions(
         chunk_size_bytes=chunk,
         concurrency=parallel,
@@ -222,10 +266,11 @@ def check_ingest_request(
     publish_at: datetime | None,
     *,
     now: datetime | None = None,
+    post: PostOptions | None = None,
 ) -> IngestOptions:
     """An ingest request's option values (the CLI's, the flow's parameters, a gateway upload's
     metadata), with the settings' defaults and memory budget, checked against
-    :func:`check_ingest_options` at ``now`` (None: the clock now)."""
+    :func:`check_ingest_options` at ``now`` (None: the clock now); ``post`` the post options."""
     return check_ingest_options(
         chunk_size_bytes=chunk_size_bytes,
         concurrency=concurrency,
@@ -238,4 +283,5 @@ def check_ingest_request(
         default_concurrency=settings.upload_concurrency,
         memory_budget_bytes=settings.memory_budget_bytes,
         now=datetime.now(UTC) if now is None else now,
+        post=post,
     )

@@ -2,8 +2,13 @@
 
 * What a post may carry: :data:`MODES`, :data:`PRIVACY_LEVELS` (:data:`DEFAULT_PRIVACY`), the
   caption limit (:data:`MAX_CAPTION_UTF16_UNITS`, counted as TikTok counts) and their checks.
-* :class:`PublishRequest`: one checked request (account, mode, privacy, caption, again) instead
-  of loose arguments; :func:`post_options` is what a ledger row records and TikTok is sent.
+* :class:`PostOptions`: what a creator sets on a post besides privacy and caption (interactions
+  ``disable_comment`` / ``disable_duet`` / ``disable_stitch`` and TikTok's commercial content
+  disclosure ``brand_content_toggle`` / ``brand_organic_toggle``); :func:`check_post_options`
+  (no creator needed) and :func:`check_creator_settings` (against creator_info).
+* :class:`PublishRequest`: one checked request (account, mode, privacy, caption, post options,
+  again) instead of loose arguments; :func:`post_options` is what a ledger row records and
+  TikTok is sent.
 * The ledger's local states, and :func:`next_step`: the one way forward for a ledger row and
   TikTok's view of its session.
 * :func:`select_publish`: which existing publish of a media to an account a request *is*.
@@ -14,11 +19,11 @@ Must not: do I/O, read settings or the clock, or import prefect, requests, sqlmo
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal, Protocol, TypeVar
 
-from reelflow.errors import InputRejectedError
+from reelflow.errors import InputRejectedError, PublishRefusedError
 
 DIRECT, INBOX = "direct", "inbox"  # Direct Post, or an upload the creator finishes in the app
 MODES = (DIRECT, INBOX)  # how a publish reaches TikTok
@@ -79,6 +84,127 @@ def check_mode(mode: str, allowed: tuple[str, ...] = MODES) -> str:
     return mode
 
 
+# The post options' names: Direct Post's post_info fields, and the keys of the flow parameters,
+# S3 sidecars and tus upload metadata that carry them (one spelling everywhere).
+INTERACTIONS = ("disable_comment", "disable_duet", "disable_stitch")
+DISCLOSURES = ("brand_content_toggle", "brand_organic_toggle")
+POST_OPTION_KEYS = (*INTERACTIONS, *DISCLOSURES)
+# creator_info's name for the creator's own setting of each interaction.
+CREATOR_SETTING = {
+    "disable_comment": "comment_disabled",
+    "disable_duet": "duet_disabled",
+    "disable_stitch": "stitch_disabled",
+}
+PRIVATE_PRIVACY = "SELF_ONLY"  # "Only me": TikTok's UX rules forbid it for branded content
+
+
+@dataclass(frozen=True)
+class PostOptions:
+    """A post's interaction settings and commercial content disclosure.
+
+    ``disable_*`` None means "as the creator set it in TikTok" (creator_info's
+    ``*_disabled``); True turns the interaction off for this post; False asks for it on, which
+    a creator who turned it off in TikTok cannot (:func:`check_creator_settings`).
+    ``brand_content_toggle`` marks a paid partnership ("Branded content", labelled "Paid
+    partnership"), ``brand_organic_toggle`` the creator's own business ("Your brand",
+    "Promotional content"); both may be on.
+    """
+
+    disable_comment: bool | None = None
+    disable_duet: bool | None = None
+    disable_stitch: bool | None = None
+    brand_content_toggle: bool = False
+    brand_organic_toggle: bool = False
+
+    @property
+    def asked(self) -> tuple[str, ...]:
+        """The options turned on (what a post without a Direct Post would silently lose)."""
+        return tuple(k for k in POST_OPTION_KEYS if getattr(self, k) is True)
+
+    def recorded(self) -> dict[str, bool]:
+        """The options a ledger row records: only those set, so a request without any has the
+        same canonical options (and hash) as rows written before post options existed."""
+        return {
+            f.name: getattr(self, f.name)
+            for f in fields(self)
+            if getattr(self, f.name) is not None and getattr(self, f.name) != f.default
+        }
+
+
+def post_options_from(values: Mapping[str, Any]) -> PostOptions:
+    """:class:`PostOptions` from a mapping (recorded options, parameters); other keys ignored,
+    values type-checked (:func:`check_post_options`)."""
+    picked = {k: values[k] for k in POST_OPTION_KEYS if k in values and values[k] is not None}
+    for key, value in picked.items():
+        if not isinstance(value, bool):
+            raise InputRejectedError(
+                f"{key} must be true or false, not {value!r}", reason="invalid_post_option"
+            )
+    return PostOptions(**picked)
+
+
+def parse_flag(key: str, value: str | None) -> bool | None:
+    """A post option's text value (upload metadata, sidecar): "true"/"false" (any case, or
+    1/0, yes/no); empty or absent is None (not set)."""
+    if value is None or value.strip() == "":
+        return None
+    text = value.strip().lower()
+    if text in ("true", "1", "yes"):
+        return True
+    if text in ("false", "0", "no"):
+        return False
+    shown = value if value.isprintable() else ascii(value)
+    raise InputRejectedError(
+        f"{key} must be true or false, not {shown[:40]!r}", reason="invalid_post_option"
+    )
+
+
+def check_post_options(post: PostOptions, *, mode: str, privacy_level: str | None) -> PostOptions:
+    """Rules that need no creator: types, Direct Post only, branded content not private.
+
+    An inbox upload carries no ``post_info`` (the creator sets everything in the TikTok app,
+    and TikTok drops what is sent), so asking it to disable an interaction or to disclose
+    commercial content is refused rather than silently lost; False values are accepted there
+    (they ask for nothing). Branded content cannot be ``SELF_ONLY``: TikTok's content sharing
+    UX rules ("Branded content visibility cannot be set to private").
+    """
+    for f in fields(post):
+        value = getattr(post, f.name)
+        if value is not None and not isinstance(value, bool):
+            raise InputRejectedError(
+                f"{f.name} must be true or false, not {value!r}", reason="invalid_post_option"
+            )
+    if mode != DIRECT:
+        if post.asked:
+            raise InputRejectedError(
+                f"{', '.join(post.asked)} need a Direct Post (mode direct): an inbox upload is "
+                "finished in the TikTok app, where the creator sets them",
+                reason="post_options_need_direct",
+            )
+        return post
+    if post.brand_content_toggle and (privacy_level or DEFAULT_PRIVACY) == PRIVATE_PRIVACY:
+        raise InputRejectedError(
+            "branded content (brand_content_toggle, a paid partnership) cannot be posted "
+            f"{PRIVATE_PRIVACY}: TikTok requires it to be visible; choose another privacy level",
+            reason="branded_content_private",
+        )
+    return post
+
+
+def check_creator_settings(post: PostOptions, creator: Mapping[str, Any], account: str) -> None:
+    """Refuse turning on an interaction the creator turned off in TikTok (creator_info)."""
+    for key in INTERACTIONS:
+        setting = CREATOR_SETTING[key]
+        if getattr(post, key) is False and creator.get(setting):
+            what = key.removeprefix("disable_")
+            whats = f"{what}es" if what.endswith("h") else f"{what}s"
+            raise PublishRefusedError(
+                f"TikTok account {account!r} has {whats} turned off ({setting}); a post "
+                f"cannot allow them ({key}=false); leave {key} out or set it true",
+                reason=f"{what}_disabled_by_creator",
+            )
+
+
 @dataclass(frozen=True)
 class PublishRequest:
     """Checked publish options: ``privacy`` is filled in for Direct Post, None for inbox.
@@ -93,6 +219,7 @@ class PublishRequest:
     privacy: str | None
     caption: str | None
     again: bool = False
+    post: PostOptions = field(default_factory=PostOptions)
 
     @property
     def is_direct(self) -> bool:
@@ -109,12 +236,14 @@ def post_options(request: PublishRequest) -> dict[str, Any]:
     check_mode(request.mode)
     check_privacy(request.privacy)
     check_caption(request.caption)
+    check_post_options(request.post, mode=request.mode, privacy_level=request.privacy_level)
     if not request.is_direct:  # the user picks caption and privacy in the app (UP)
         return {"mode": request.mode}
     return {
         "mode": request.mode,
         "privacy_level": request.privacy_level,
         "caption": request.caption or "",
+        **request.post.recorded(),
     }
 
 
@@ -129,6 +258,7 @@ def request_from_options(
         privacy=options.get("privacy_level", DEFAULT_PRIVACY) if mode == DIRECT else None,
         caption=options.get("caption") or None,
         again=again,
+        post=post_options_from(options) if mode == DIRECT else PostOptions(),
     )
 
 
@@ -141,17 +271,23 @@ def asks_creator_info(request: PublishRequest, scopes: Collection[str]) -> bool:
 def direct_post_info(
     request: PublishRequest, creator: dict[str, Any], cover_ms: int
 ) -> dict[str, Any] | None:
-    """The ``post_info`` of a Direct Post init (None for inbox): the creator's interaction
-    settings are kept as the creator set them."""
+    """The ``post_info`` of a Direct Post init (None for inbox).
+
+    An interaction the request leaves unset is sent as the creator set it; one the creator
+    turned off stays off (:func:`check_creator_settings` refused asking otherwise). The two
+    disclosure toggles are always sent: TikTok's table marks ``brand_content_toggle`` required
+    although its examples omit it, so an explicit false is the safe reading.
+    """
     if not request.is_direct:
         return None
-    info: dict[str, Any] = {
-        "privacy_level": request.privacy_level,
-        "disable_comment": bool(creator.get("comment_disabled")),
-        "disable_duet": bool(creator.get("duet_disabled")),
-        "disable_stitch": bool(creator.get("stitch_disabled")),
-        "video_cover_timestamp_ms": int(cover_ms),
-    }
+    post = request.post
+    info: dict[str, Any] = {"privacy_level": request.privacy_level}
+    for key in INTERACTIONS:
+        asked = getattr(post, key)
+        info[key] = bool(creator.get(CREATOR_SETTING[key])) or bool(asked)
+    info["brand_content_toggle"] = post.brand_content_toggle
+    info["brand_organic_toggle"] = post.brand_organic_toggle
+    info["video_cover_timestamp_ms"] = int(cover_ms)
     if request.caption:
         info["title"] = request.caption
     return info

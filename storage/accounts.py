@@ -3,7 +3,10 @@
 ``Account`` is a named TikTok login: its ``open_id`` and scopes, the access and refresh tokens
 *encrypted* (:mod:`storage.crypto`), and their absolute expiry times (computed from the
 ``expires_in`` TikTok sent, never assumed). :class:`AccountTokenStore` is the catalog's side of
-``reelflow.tiktok.tokens.AccountStore``: what ``TokenManager`` reads and writes.
+``reelflow.tiktok.tokens.AccountStore``: what ``TokenManager`` reads and writes, including the
+outcome of the last refresh (``last_refresh_at``, ``last_refresh_error`` and its time, columns
+:data:`ADDED_COLUMNS` adds to older catalogs). :func:`token_health` is what ``accounts list``
+shows of it; :func:`remove_account` deletes the row, and with it both tokens.
 
 Must not: call TikTok, or decide when to refresh (that is ``reelflow.tiktok.tokens``). Rows'
 ``repr`` hides the encrypted columns, so a logged row leaks neither plaintext nor ciphertext.
@@ -13,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Unpack
+from typing import Any, Unpack
 
 from sqlalchemy import DateTime
 from sqlalchemy.engine import Engine
@@ -41,8 +44,21 @@ class Account(SQLModel, table=True):
     access_lifetime_s: int  # the expires_in received, to refresh a fraction ahead of expiry
     refresh_expires_at: datetime | None = optional_timestamp_field()
     token_version: int = 0  # bumped by every token write, so a reader sees a rotation happened
+    last_refresh_at: datetime | None = optional_timestamp_field()  # the last refresh that worked
+    last_refresh_error: str | None = None  # the last refused refresh's code and message
+    last_refresh_error_at: datetime | None = optional_timestamp_field()
     created_at: datetime = timestamp_field()
     updated_at: datetime = timestamp_field()
+
+
+# Columns added after the table first shipped (storage.catalog adds them to an older catalog).
+_TIMESTAMP_DDL = "TIMESTAMP WITH TIME ZONE"
+ADDED_COLUMNS = {
+    "last_refresh_at": _TIMESTAMP_DDL,
+    "last_refresh_error": "TEXT",
+    "last_refresh_error_at": _TIMESTAMP_DDL,
+}
+MAX_REFRESH_ERROR_CHARS = 500  # a message, not a log: enough for code, text and log_id
 
 
 def save_account(
@@ -112,7 +128,69 @@ def store_refreshed_tokens(
             row.refresh_token_enc = box.seal(refresh_token)
         if refresh_expires_in:
             row.refresh_expires_at = now + timedelta(seconds=refresh_expires_in)
+        row.last_refresh_at, row.last_refresh_error, row.last_refresh_error_at = now, None, None
         return _save_new_version(s, row, open_id=open_id, scopes=scopes, now=now)
+
+
+def record_refresh_error(engine: Engine, name: str, error: str, *, now: datetime) -> None:
+    """Note a refused refresh on the account (no token in it: the message is redacted and
+    TokenManager's messages name none); a later successful refresh clears it."""
+    with Session(engine, expire_on_commit=False) as s:
+        row = s.exec(select(Account).where(Account.name == name)).first()
+        if row is None:
+            return  # removed meanwhile: nothing to note it on
+        row.last_refresh_error = error[:MAX_REFRESH_ERROR_CHARS]
+        row.last_refresh_error_at = now
+        commit_row(s, row)
+
+
+def remove_account(engine: Engine, name: str) -> bool:
+    """Delete the account and so both its (encrypted) tokens; False when there was none.
+
+    The publish ledger keeps the account's name on its rows (what was posted where stays
+    known); a later ``accounts add`` of the name starts from new tokens.
+    """
+    with Session(engine) as s:
+        row = s.exec(select(Account).where(Account.name == name)).first()
+        if row is None:
+            return False
+        s.delete(row)
+        s.commit()
+        return True
+
+
+def _seconds_until(when: datetime | None, now: datetime) -> int | None:
+    return None if when is None else int((aware(when) - now).total_seconds())
+
+
+def token_health(row: Account, now: datetime) -> dict[str, Any]:
+    """What ``accounts list`` shows of an account's tokens (never the tokens): seconds until
+    each expires (negative: expired), the last refresh and the last refused one, and a one-word
+    ``health``: ``ok``, ``refresh_due`` (the access token expired; the next use refreshes it),
+    ``refresh_failing`` (the last refresh was refused after the last good one) or ``expired``
+    (the refresh token expired: re-authorize with ``accounts add``)."""
+    access_in = _seconds_until(row.access_expires_at, now)
+    refresh_in = _seconds_until(row.refresh_expires_at, now)
+    last_ok, last_err = aware(row.last_refresh_at), aware(row.last_refresh_error_at)
+    failing = row.last_refresh_error is not None and (
+        last_ok is None or (last_err is not None and last_err >= last_ok)
+    )
+    if refresh_in is not None and refresh_in <= 0:
+        health = "expired"
+    elif failing:
+        health = "refresh_failing"
+    elif access_in is not None and access_in <= 0:
+        health = "refresh_due"
+    else:
+        health = "ok"
+    return {
+        "health": health,
+        "access_expires_in_s": access_in,
+        "refresh_expires_in_s": refresh_in,
+        "last_refresh_at": last_ok.isoformat() if last_ok else None,
+        "last_refresh_error": row.last_refresh_error,
+        "last_refresh_error_at": last_err.isoformat() if last_err else None,
+    }
 
 
 def _save_new_version(
@@ -177,3 +255,6 @@ class AccountTokenStore:
         self, name: str, *, now: datetime, **tokens: Unpack[RefreshedTokens]
     ) -> None:
         store_refreshed_tokens(self._engine, self._box, name, now=now, **tokens)
+
+    def record_refresh_error(self, name: str, error: str, *, now: datetime) -> None:
+        record_refresh_error(self._engine, name, error, now=now)

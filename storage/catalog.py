@@ -13,19 +13,30 @@ reconciles it with the store (``ListParts``). Works on SQLite and PostgreSQL (ps
 A :class:`Catalog` made with ``fenced(fence)`` belongs to the run holding a source's lease: each
 of its ledger writes (sessions, parts, media) checks the fencing token in the write's own
 transaction, and a stale token's write is rolled back with ``LeaseLostError``.
+
+Media deletion (the ``delete-media`` flow drives it) is three steps, each safe to repeat:
+:func:`begin_media_delete` (refuse while a publish is in flight or queued, else mark the media
+``deleting`` and plan which content-addressed keys no other media row references),
+:func:`confirm_media_delete` (a second look for a publish that slipped in), the object deletes
+(the caller's), then :func:`finish_media_delete` (the rows). A run killed after the mark leaves
+a ``deleting`` media that the same delete finishes.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import UniqueConstraint, event, inspect, text
+from sqlalchemy import UniqueConstraint, event, func, inspect, or_, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine
-from sqlmodel import Field, Session, SQLModel, create_engine, delete, select
+from sqlmodel import Field, Session, SQLModel, col, create_engine, delete, select
+
+from reelflow import publish_rules as _publish_rules
+from reelflow.errors import InputRejectedError, MediaInUseError
 
 # Imported for their tables too: make_engine creates every table SQLModel knows.
 from storage import accounts as _accounts  # noqa: F401
@@ -35,7 +46,7 @@ from storage import publishing as _publishing  # noqa: F401
 from storage import schedule as _schedule  # noqa: F401
 from storage import stages as _stages  # noqa: F401
 from storage.base import PartReceipt
-from storage.clock import utcnow
+from storage.clock import aware, utcnow
 from storage.rows import timestamp_field as _ts
 from storage.rows import update_row
 
@@ -141,15 +152,18 @@ def _create_schema(engine: Engine) -> None:
         if conn.dialect.name == "postgresql":
             conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK_KEY})
         SQLModel.metadata.create_all(conn)
-        _add_lease_columns(conn)
+        _add_columns(conn, "lease", _leases.ADDED_COLUMNS)
+        _add_columns(conn, "scheduled_publish", _schedule.ADDED_COLUMNS)
+        _add_columns(conn, "tiktok_account", _accounts.ADDED_COLUMNS)
 
 
-def _add_lease_columns(conn: Connection) -> None:
-    """create_all never alters a table: add the fencing/identity columns to an older catalog."""
-    have = {c["name"] for c in inspect(conn).get_columns("lease")}
-    for name, ddl in _leases.ADDED_COLUMNS.items():
+def _add_columns(conn: Connection, table: str, columns: dict[str, str]) -> None:
+    """create_all never alters a table: add the columns a later version added to an older
+    catalog (the leases' fencing/identity, scheduled posts' options, accounts' refresh health)."""
+    have = {c["name"] for c in inspect(conn).get_columns(table)}
+    for name, ddl in columns.items():
         if name not in have:
-            conn.execute(text(f"ALTER TABLE lease ADD COLUMN {name} {ddl}"))
+            conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {name} {ddl}"))
 
 
 class Catalog:
@@ -283,3 +297,162 @@ class Catalog:
     def list_media(self) -> list[Media]:
         with Session(self.engine) as s:
             return list(s.exec(select(Media).order_by(Media.created_at)).all())  # type: ignore[arg-type]
+
+
+# ----- media deletion ---------------------------------------------------------------------------
+
+DELETING = "deleting"  # a delete started (objects may be gone); running it again finishes it
+# Publishes that may still send to TikTok or read the stored video: a delete waits for them.
+_IN_FLIGHT = frozenset(
+    {_publish_rules.UPLOADING, _publish_rules.UPLOADED, _publish_rules.PROCESSING}
+)
+# Publishes that live on after their media: TikTok has the post, so the ledger keeps it (a
+# re-ingest of the same video then finds it and never posts it twice).
+_KEPT = frozenset({_publish_rules.PUBLISHED, _publish_rules.SENT_TO_INBOX})
+
+
+@dataclass(frozen=True)
+class MediaDeletePlan:
+    """What deleting one media removes: ``delete_keys`` (no other media row references them)
+    and ``kept_keys`` (another media row of the same store does: content-addressed keys are
+    shared by content, so they are reference-counted, never deleted under another row)."""
+
+    media_id: str
+    store_url: str
+    delete_keys: tuple[str, ...]
+    kept_keys: tuple[str, ...]
+
+
+def media_keys(media: Media) -> tuple[str, ...]:
+    return tuple(dict.fromkeys((media.video_key, media.thumbnail_key, media.metadata_key)))
+
+
+def _in_use(s: Session, media_id: str, now: datetime) -> MediaInUseError | None:
+    """Why ``media_id`` cannot be deleted now, or None."""
+    pubs = s.exec(select(_publishing.Publish).where(_publishing.Publish.media_id == media_id)).all()
+    live_leases = {
+        lease.name
+        for lease in s.exec(
+            select(_leases.Lease).where(
+                _leases.Lease.name.in_([p.id for p in pubs]),  # type: ignore[attr-defined]
+                col(_leases.Lease.owner).is_not(None),
+            )
+        ).all()
+        if lease.expires_at is not None and aware(lease.expires_at) > now
+    }
+    busy = [p.id for p in pubs if p.status in _IN_FLIGHT or p.id in live_leases]
+    if busy:
+        return MediaInUseError(
+            f"media {media_id} is being published ({', '.join(busy)}); delete it once the "
+            "publish has finished (`reelflow status " + media_id + "`)",
+            reason="publish_in_flight",
+            publish_ids=busy,
+        )
+    queued = s.exec(
+        select(_schedule.ScheduledPublish).where(
+            _schedule.ScheduledPublish.media_id == media_id,
+            col(_schedule.ScheduledPublish.status).in_((_schedule.QUEUED, _schedule.CLAIMED)),
+        )
+    ).all()
+    if queued:
+        return MediaInUseError(
+            f"media {media_id} has {len(queued)} scheduled publish(es) "
+            f"({', '.join(q.id for q in queued)}); they must run or be removed first",
+            reason="publish_scheduled",
+            publish_ids=[q.id for q in queued],
+        )
+    return None
+
+
+def begin_media_delete(
+    engine: Engine, media_id: str, *, now: datetime | None = None, mark: bool = True
+) -> MediaDeletePlan:
+    """Refuse (MediaInUseError) or mark the media ``deleting`` and plan its object deletes.
+
+    One transaction: the in-flight check and the mark. A publish that read the media before
+    the mark is caught by :func:`confirm_media_delete`'s second look; one that starts after it
+    finds no stored media (``flows.publish`` publishes only ``stored`` media).
+    Raises ``InputRejectedError`` (``media_not_found``) for an unknown media. ``mark`` False
+    only plans (a dry run): the same refusals, nothing written.
+    """
+    now = now or utcnow()
+    with Session(engine, expire_on_commit=False) as s:
+        media = s.get(Media, media_id)
+        if media is None:
+            raise InputRejectedError(f"no stored media {media_id!r}", reason="media_not_found")
+        refused = _in_use(s, media_id, now)
+        if refused is not None:
+            raise refused
+        if mark:
+            media.status = DELETING
+            s.add(media)
+            s.commit()
+        return _plan(s, media)
+
+
+def _plan(s: Session, media: Media) -> MediaDeletePlan:
+    keep: list[str] = []
+    delete_keys: list[str] = []
+    for key in media_keys(media):
+        others = s.exec(
+            select(func.count())
+            .select_from(Media)
+            .where(
+                col(Media.media_id) != media.media_id,
+                col(Media.store_url) == media.store_url,
+                or_(
+                    col(Media.video_key) == key,
+                    col(Media.thumbnail_key) == key,
+                    col(Media.metadata_key) == key,
+                ),
+            )
+        ).one()
+        (keep if others else delete_keys).append(key)
+    return MediaDeletePlan(media.media_id, media.store_url, tuple(delete_keys), tuple(keep))
+
+
+def confirm_media_delete(engine: Engine, media_id: str, *, now: datetime | None = None) -> None:
+    """The second look after the mark: a publish that slipped in between puts the media back
+    (``stored``) and refuses, so nothing it reads is deleted under it."""
+    now = now or utcnow()
+    with Session(engine) as s:
+        refused = _in_use(s, media_id, now)
+        if refused is None:
+            return
+        media = s.get(Media, media_id)
+        if media is not None:
+            media.status = "stored"
+            s.add(media)
+            s.commit()
+        raise refused
+
+
+def finish_media_delete(engine: Engine, media_id: str) -> dict[str, int]:
+    """Remove the catalog rows of a media whose objects are gone (one transaction): the media,
+    its upload sessions and their part rows, its publishes that never reached TikTok (pending
+    or failed) and its finished scheduled rows. Publishes TikTok has (published, sent to the
+    inbox) stay: they record a post that still exists. Returns the count per table."""
+    P, SP = _publishing.Publish, _schedule.ScheduledPublish
+    with Session(engine) as s:
+        sessions = [
+            r.id for r in s.exec(select(UploadSession).where(UploadSession.media_id == media_id))
+        ]
+        counts = {
+            "upload_part": _count_delete(
+                s, delete(UploadPartRow).where(col(UploadPartRow.session_id).in_(sessions))
+            ),
+            "uploadsession": _count_delete(
+                s, delete(UploadSession).where(col(UploadSession.id).in_(sessions))
+            ),
+            "tiktok_publish": _count_delete(
+                s, delete(P).where(col(P.media_id) == media_id, col(P.status).not_in(_KEPT))
+            ),
+            "scheduled_publish": _count_delete(s, delete(SP).where(col(SP.media_id) == media_id)),
+            "media": _count_delete(s, delete(Media).where(col(Media.media_id) == media_id)),
+        }
+        s.commit()
+        return counts
+
+
+def _count_delete(s: Session, stmt: Any) -> int:
+    return int(s.exec(stmt).rowcount)  # type: ignore[call-overload]

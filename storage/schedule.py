@@ -5,7 +5,9 @@ An ingest with a future ``publish_at`` stores the media and queues one row here;
 never take the same row) and publishes them through the exactly-once publish ledger.
 
 A queued publish is identified like a publish, by (media, account): queuing it again while it
-waits moves it and takes the new caption and privacy (an edit of the scheduled post). A queued
+waits moves it and takes the new caption, privacy and post options (an edit of the scheduled
+post; the post options are kept as JSON in ``post_options_json``, added to older catalogs by
+:data:`ADDED_COLUMNS`). A queued
 ``again`` publish (an explicit re-post) is a row of its own per set of options, with the id
 prefix ``spa_`` (which is how ``publish-due`` knows to pass ``again``; rows queued before this
 existed are all ``sp_``: plain publishes).
@@ -23,7 +25,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import DateTime, Field, Session, SQLModel, select
 
 from reelflow.ingest_options import check_publish_request
-from reelflow.publish_rules import PublishRequest
+from reelflow.publish_rules import PostOptions, PublishRequest, post_options_from
 from storage.clock import aware, utcnow
 from storage.rows import commit_row
 
@@ -31,6 +33,9 @@ QUEUED = "queued"
 CLAIMED = "publishing"
 DONE = "done"
 FAILED = "failed"
+# Columns added after the table first shipped: create_all never alters a table, so the catalog
+# adds them to an older one (storage.catalog).
+ADDED_COLUMNS = {"post_options_json": "TEXT"}
 
 
 class ScheduledPublish(SQLModel, table=True):
@@ -42,6 +47,7 @@ class ScheduledPublish(SQLModel, table=True):
     mode: str
     privacy: str | None = None
     caption: str | None = None
+    post_options_json: str | None = None  # PostOptions.recorded(); None: none set
     due_at: datetime = Field(sa_type=DateTime(timezone=True), index=True)  # type: ignore[call-overload]
     status: str = QUEUED
     attempts: int = 0
@@ -60,8 +66,10 @@ def schedule_id(media_id: str, request: PublishRequest) -> str:
     if not request.again:
         raw = json.dumps([media_id, request.account, "publish"])
         return PLAIN_PREFIX + hashlib.sha256(raw.encode()).hexdigest()[:24]
-    options = [request.mode, request.privacy, request.caption]
-    raw = json.dumps([media_id, request.account, *options, "again"])
+    options: list[Any] = [request.mode, request.privacy, request.caption]
+    if request.post.recorded():  # absent when none is set: ids queued before stay the same
+        options.append(request.post.recorded())
+    raw = json.dumps([media_id, request.account, *options, "again"], sort_keys=True)
     return AGAIN_PREFIX + hashlib.sha256(raw.encode()).hexdigest()[:24]
 
 
@@ -72,8 +80,9 @@ def is_again(row: ScheduledPublish) -> bool:
 
 def queued_request(row: ScheduledPublish) -> PublishRequest:
     """The checked request a queued row stands for (a bad row fails here, terminally)."""
+    post = post_options_from(json.loads(row.post_options_json or "{}"))
     return check_publish_request(
-        row.account, row.mode, row.privacy, row.caption, again=is_again(row)
+        row.account, row.mode, row.privacy, row.caption, again=is_again(row), post=post
     )
 
 
@@ -87,12 +96,17 @@ def queue_publish(
     caption: str | None,
     due_at: datetime,
     again: bool = False,
+    post: PostOptions | None = None,
 ) -> ScheduledPublish:
     """Queue the publish, or (while it is still queued) move it and take the new options.
 
     Returns the row; a row already taken by publish-due, done or failed, is returned as it is.
     """
-    row_id = schedule_id(media_id, PublishRequest(account, mode, privacy, caption, again))
+    post = post or PostOptions()
+    recorded = json.dumps(post.recorded(), sort_keys=True) if post.recorded() else None
+    row_id = schedule_id(
+        media_id, PublishRequest(account, mode, privacy, caption, again, post=post)
+    )
     with Session(engine, expire_on_commit=False) as s:
         row = s.get(ScheduledPublish, row_id)
         if row is None:
@@ -103,11 +117,13 @@ def queue_publish(
                 mode=mode,
                 privacy=privacy,
                 caption=caption,
+                post_options_json=recorded,
                 due_at=due_at,
             )
         elif row.status == QUEUED:
             row.due_at, row.updated_at = due_at, utcnow()
             row.mode, row.privacy, row.caption = mode, privacy, caption
+            row.post_options_json = recorded
         return commit_row(s, row)
 
 

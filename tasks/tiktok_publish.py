@@ -1,7 +1,9 @@
 """Step 6, tiktok-publish: the creator check, the init, and TikTok's status of a publish.
 
-* ``check_creator``: creator_info; refuses terminally a privacy level the creator does not offer
-  or a video longer than ``max_video_post_duration_sec`` (:class:`PublishRefusedError`).
+* ``check_creator``: creator_info; refuses terminally a privacy level the creator does not offer,
+  a post option allowing an interaction the creator turned off (``comment_disabled_by_creator``
+  and the like) or a video longer than ``max_video_post_duration_sec``
+  (:class:`PublishRefusedError`).
 * ``init_upload``: one FILE_UPLOAD init (Direct Post or inbox) with the chunk plan it computes;
   the ``publish_id`` and the (encrypted) upload URL are in the ledger before the task returns,
   and the plan goes back to the caller in the :class:`UploadSession` (never rebuilt from the row
@@ -28,7 +30,7 @@ from prefect.tasks import exponential_backoff
 
 from reelflow.errors import IntegrityCheckError, PublishRefusedError, retry_if_retryable
 from reelflow.logging import get_logger
-from reelflow.publish_rules import PublishRequest, check_caption
+from reelflow.publish_rules import PublishRequest, check_caption, check_creator_settings
 from reelflow.tiktok.client import PublishStatus
 from reelflow.tiktok.plan import (
     TikTokUploadPlan,
@@ -80,17 +82,20 @@ def check_creator(
             f"(it offers {', '.join(info.privacy_level_options)})",
             reason="privacy_level_not_offered",
         )
-    limit = info.max_video_post_duration_sec
-    if duration_s is not None:
-        check_post_duration(limit, duration_s, ctx.tokens.name)
-    log.info("creator_checked", privacy_options=list(info.privacy_level_options), max_s=limit)
-    return {
+    creator = {
         "privacy_level_options": list(info.privacy_level_options),
-        "max_video_post_duration_sec": limit,
+        "max_video_post_duration_sec": info.max_video_post_duration_sec,
         "comment_disabled": info.comment_disabled,
         "duet_disabled": info.duet_disabled,
         "stitch_disabled": info.stitch_disabled,
     }
+    if request.is_direct:
+        check_creator_settings(request.post, creator, ctx.tokens.name)
+    limit = info.max_video_post_duration_sec
+    if duration_s is not None:
+        check_post_duration(limit, duration_s, ctx.tokens.name)
+    log.info("creator_checked", privacy_options=list(info.privacy_level_options), max_s=limit)
+    return creator
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from typing import Any
 
 from deployments.s3_events.notifications import S3Object
 from deployments.s3_events.options import ObjectOptions, PublishOptions
+from reelflow.ingest_options import POST_OPTION_KEYS
 
 EVENT_CREATED = "reelflow.s3.object.created"
 RESOURCE_ID_PREFIX = "reelflow.s3."
@@ -61,6 +62,7 @@ def build_event(obj: S3Object, found: ObjectOptions, *, occurred: datetime) -> d
             "privacy_level": opts.privacy_level,
             "mode": opts.mode,
             "publish_at": opts.publish_at.isoformat() if opts.publish_at else None,
+            **{key: getattr(opts, key) for key in POST_OPTION_KEYS},
             "run_name": f"ingest-{basename}",
             "sidecar_key": found.sidecar_key,
             "options_error": found.error,

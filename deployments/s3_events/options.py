@@ -26,11 +26,13 @@ from pydantic_core import PydanticCustomError
 from reelflow.errors import InputRejectedError
 from reelflow.ingest_options import (
     INGEST_MODES,
+    POST_OPTION_KEYS,
     check_account_name,
     check_caption,
     check_mode,
     check_privacy,
     check_publish_at,
+    parse_flag,
 )
 
 MAX_SIDECAR_BYTES = 64 * 1024  # options fit in a few hundred bytes; anything bigger is a mistake
@@ -41,6 +43,8 @@ METADATA_FIELDS = {
     "privacy": "privacy_level",
     "mode": "mode",
     "publish-at": "publish_at",
+    # The post options, x-amz-meta-reelflow-disable-comment: true and so on.
+    **{key.replace("_", "-"): key for key in POST_OPTION_KEYS},
 }
 T = TypeVar("T")
 
@@ -73,6 +77,25 @@ class PublishOptions(BaseModel):
     privacy_level: str | None = None
     mode: str | None = None
     publish_at: datetime | None = None
+    disable_comment: bool | None = None
+    disable_duet: bool | None = None
+    disable_stitch: bool | None = None
+    brand_content_toggle: bool | None = None
+    brand_organic_toggle: bool | None = None
+
+    @field_validator(*POST_OPTION_KEYS, mode="before")
+    @classmethod
+    def _flag(cls, v: Any, info: Any) -> Any:
+        # JSON true/false in a sidecar; "true"/"false" text in metadata (headers are text).
+        # Lax pydantic would take 1, "on" or "y" too: the contract is a boolean.
+        if v is None or isinstance(v, bool):
+            return v
+        if isinstance(v, str):
+            try:
+                return parse_flag(info.field_name, v)
+            except InputRejectedError as exc:
+                raise PydanticCustomError(exc.reason, "{detail}", {"detail": exc.message}) from exc
+        raise ValueError("must be true or false")
 
     @field_validator("account")
     @classmethod

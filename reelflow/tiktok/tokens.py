@@ -90,6 +90,12 @@ class AccountStore(Protocol):
         ...
 
 
+class RefreshErrorRecorder(Protocol):
+    """A store that also keeps the last refused refresh (``accounts list`` shows it); optional."""
+
+    def record_refresh_error(self, name: str, error: str, *, now: datetime) -> None: ...
+
+
 def refresh_due(account: StoredTokens, now: datetime) -> bool:
     """True when the stored access token is expired or inside its refresh-ahead margin."""
     expires_at = account.access_expires_at
@@ -163,12 +169,15 @@ class TokenManager:
                 return current  # someone refreshed while we waited for the lock
             refresh_expires = account.refresh_expires_at
             if refresh_expires is not None and refresh_expires <= now:
-                raise AuthorizationRevokedError(
-                    f"TikTok account {self.name!r}: the refresh token expired at "
-                    f"{refresh_expires.isoformat()}; re-authorize with `reelflow accounts add`",
-                    code="refresh_token_expired",
-                    http_status=None,
-                    endpoint=TOKEN_PATH,
+                raise self._noted(
+                    now,
+                    AuthorizationRevokedError(
+                        f"TikTok account {self.name!r}: the refresh token expired at "
+                        f"{refresh_expires.isoformat()}; re-authorize with `reelflow accounts add`",
+                        code="refresh_token_expired",
+                        http_status=None,
+                        endpoint=TOKEN_PATH,
+                    ),
                 )
             try:
                 tokens = self._client.refresh(account.refresh_token.reveal())
@@ -178,14 +187,17 @@ class TokenManager:
                     # Another run rotated the refresh token between our read and our call.
                     self._log.info("access_token_refreshed_elsewhere")
                     return latest.access_token.reveal()
-                raise AuthorizationRevokedError(
-                    f"TikTok account {self.name!r}: refresh refused ({exc.code}); the "
-                    "authorization was revoked or expired; re-authorize with "
-                    f"`reelflow accounts add` [log_id {exc.log_id}]",
-                    code=exc.code,
-                    http_status=exc.http_status,
-                    log_id=exc.log_id,
-                    endpoint=TOKEN_PATH,
+                raise self._noted(
+                    now,
+                    AuthorizationRevokedError(
+                        f"TikTok account {self.name!r}: refresh refused ({exc.code}); the "
+                        "authorization was revoked or expired; re-authorize with "
+                        f"`reelflow accounts add` [log_id {exc.log_id}]",
+                        code=exc.code,
+                        http_status=exc.http_status,
+                        log_id=exc.log_id,
+                        endpoint=TOKEN_PATH,
+                    ),
                 ) from exc
             rotated = account.refresh_token.reveal() != tokens.refresh_token
             self._accounts.save_refreshed(
@@ -207,6 +219,14 @@ class TokenManager:
                 refresh_expires_in=tokens.refresh_expires_in,
             )
             return tokens.access_token
+
+    def _noted(self, now: datetime, error: AuthorizationRevokedError) -> AuthorizationRevokedError:
+        """Keep the refused refresh on the account when the store can (its message names no
+        token), then hand the error back to be raised."""
+        record: Callable[..., None] | None = getattr(self._accounts, "record_refresh_error", None)
+        if record is not None:  # a RefreshErrorRecorder
+            record(self.name, f"{error.code}: {error}", now=now)
+        return error
 
     def _account(self) -> StoredTokens:
         account = self._accounts.load(self.name)

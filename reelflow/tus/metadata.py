@@ -14,7 +14,14 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from reelflow.errors import ConfigurationError, InputRejectedError
-from reelflow.ingest_options import IngestOptions, check_ingest_request
+from reelflow.ingest_options import (
+    POST_OPTION_KEYS,
+    IngestOptions,
+    PostOptions,
+    check_ingest_request,
+    post_options_from_text,
+    post_options_text,
+)
 from reelflow.publish_rules import PublishRequest
 from reelflow.settings import Settings
 from reelflow.tus.protocol import BASE64, CONTROL_CHARS, TusError, bad_request, shown
@@ -89,7 +96,16 @@ def encode_metadata(meta: Mapping[str, str | None]) -> str:
 # Refusals of the run's own defaults (REELFLOW_CHUNK_SIZE_BYTES, _UPLOAD_CONCURRENCY,
 # _MEMORY_BUDGET_BYTES): no metadata can cause or fix them.
 _SETTINGS_REASONS = frozenset({"invalid_chunk_size", "invalid_concurrency", "over_memory_budget"})
-OPTION_KEYS = ("filename", "filetype", "account", "caption", "privacy_level", "mode", "publish_at")
+OPTION_KEYS = (
+    "filename",
+    "filetype",
+    "account",
+    "caption",
+    "privacy_level",
+    "mode",
+    "publish_at",
+    *POST_OPTION_KEYS,  # "true"/"false" (reelflow.ingest_options.post_options_from_text)
+)
 
 
 @dataclass(frozen=True)
@@ -106,6 +122,7 @@ class UploadOptions:
     mode: str | None  # as given; ``ingest.mode`` is the mode the run uses
     publish_at: datetime | None
     ingest: IngestOptions
+    post: PostOptions = PostOptions()
 
     @property
     def publish(self) -> PublishRequest | None:
@@ -121,6 +138,7 @@ class UploadOptions:
             "privacy_level": self.privacy_level,
             "mode": self.mode,
             "publish_at": None if self.publish_at is None else self.publish_at.isoformat(),
+            **post_options_text(self.post),
         }
 
 
@@ -174,9 +192,10 @@ def upload_options(
     mode = _text(meta, "mode")
     publish_at = _publish_at(_text(meta, "publish_at"))
     try:
+        post = post_options_from_text(meta)
         # The uploader chooses no part size or concurrency: the settings' defaults apply.
         ingest = check_ingest_request(
-            settings, None, None, account, caption, privacy, mode, publish_at, now=now
+            settings, None, None, account, caption, privacy, mode, publish_at, now=now, post=post
         )
     except InputRejectedError as exc:
         if exc.reason in _SETTINGS_REASONS:  # the operator's to fix, not the client's
@@ -197,4 +216,5 @@ def upload_options(
         mode=mode,
         publish_at=publish_at,
         ingest=ingest,
+        post=post,
     )

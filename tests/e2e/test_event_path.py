@@ -242,7 +242,13 @@ def test_video_put_becomes_completed_stored_published_run(stack: Stack, clips: A
     """Sidecar then video under incoming/ → one run named after the file completes, the media
     is at media/videos/<sha>.mp4 and the sidecar's direct post reached the sandbox."""
     clip = clips.valid()
-    sidecar = {"account": ACCOUNT, "mode": "direct", "privacy_level": "SELF_ONLY"}
+    sidecar = {
+        "account": ACCOUNT,
+        "mode": "direct",
+        "privacy_level": "SELF_ONLY",
+        "disable_comment": True,
+        "brand_organic_toggle": True,
+    }
     # The bridge reads the sidecar when the video's notification arrives: sidecar first.
     stack.s3.put_object(
         Bucket=stack.bucket, Key="incoming/first-light.json", Body=json.dumps(sidecar).encode()
@@ -262,11 +268,19 @@ def test_video_put_becomes_completed_stored_published_run(stack: Stack, clips: A
         "direct",
         "SELF_ONLY",
     )
+    # Post options reach the run as booleans through the trigger's templates; unset ones null.
+    assert (params["disable_comment"], params["brand_organic_toggle"]) == (True, True)
+    assert params.get("disable_duet") is None
     sha = sha256_file(clip)
     head = stack.s3.head_object(Bucket=stack.bucket, Key=f"media/videos/{sha}.mp4")
     assert head["ContentLength"] == clip.stat().st_size
     stats = httpx.get(f"{stack.sandbox.base_url}/_sandbox/stats", timeout=10).json()
     assert stats["posts"] == 1, stats
+    [post] = stats["publishes"].values()
+    assert (post["post_flags"]["disable_comment"], post["post_flags"]["brand_organic_toggle"]) == (
+        True,
+        True,
+    )
     assert len(stack.runs_for(source)) == 1
     # The run's own writes under media/ were notified as well; the bridge lets none through.
     assert [i for s in stack.deliver() for i in s["event_ids"]] == []

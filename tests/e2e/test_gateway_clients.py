@@ -282,7 +282,11 @@ def read_range(path: Path, start: int, length: int) -> bytes:
 # ----- tuspy: checksums, resume after a SIGKILL mid-PATCH --------------------------------------
 
 
-@pytest.mark.parametrize("in_flight_checksum", [True, False], ids=["checksummed", "streamed"])
+@pytest.mark.parametrize(
+    "in_flight_checksum",
+    [True, pytest.param(False, marks=pytest.mark.long)],  # the streamed one in `make chaos`
+    ids=["checksummed", "streamed"],
+)
 def test_tuspy_resumes_on_a_new_gateway_after_sigkill_mid_patch(
     s3_gateway_setup: GatewaySetup,
     gateways: list[GatewayProcess],

@@ -186,6 +186,11 @@ def test_tus_upload_with_account_metadata_ends_as_one_published_post(
             "caption": CAPTION,
             "privacy_level": "SELF_ONLY",
             "mode": "direct",
+            # Post options as the upload page sends them ("true"/"false"; empty = the creator's).
+            "disable_comment": "true",
+            "disable_duet": "",
+            "brand_organic_toggle": "true",
+            "brand_content_toggle": "false",
         },
     )
     patches = 0
@@ -250,6 +255,7 @@ def test_tus_upload_with_account_metadata_ends_as_one_published_post(
     assert (ledger["account"], ledger["mode"]) == (ACCOUNT, "direct"), ledger
     options = json.loads(ledger["options_json"])
     assert options.get("caption") == CAPTION and options.get("privacy_level") == "SELF_ONLY"
+    assert (options.get("disable_comment"), options.get("brand_organic_toggle")) == (True, True)
 
     # The sandbox: exactly one post, that publish, of those bytes, with that caption.
     stats = sandbox_stats(sandbox)
@@ -258,6 +264,9 @@ def test_tus_upload_with_account_metadata_ends_as_one_published_post(
     post = stats["publishes"][ledger["publish_id"]]
     assert post["status"] == "PUBLISH_COMPLETE", post
     assert (post["open_id"], post["mode"], post["source"]) == (open_id, "direct", "FILE_UPLOAD")
+    flags = post["post_flags"]
+    assert (flags["disable_comment"], flags["disable_duet"]) == (True, False), flags
+    assert (flags["brand_organic_toggle"], flags["brand_content_toggle"]) == (True, False), flags
     assert post["title"] == CAPTION, post
     assert post["privacy_level"] == "SELF_ONLY", post
     assert (post["video_size"], post["sha256"]) == (size, sha), post

@@ -106,6 +106,7 @@ def sandbox(tmp_path: Path) -> Iterator[RunningSandbox]:
         yield sb
 
 
+@pytest.mark.long  # ~2 min; test_concurrency and test_lease_takeover cover its rules in make test
 def test_six_plus_ingests_at_once_on_two_workers(
     s3_server: Any,
     bucket: str,

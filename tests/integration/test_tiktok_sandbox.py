@@ -65,6 +65,7 @@ class Client:
         privacy: str | None = "PUBLIC_TO_EVERYONE",
         title: str = "a #sandbox post",
         path: str = INIT,
+        flags: dict[str, Any] | None = None,
     ) -> requests.Response:
         body: dict[str, Any] = {
             "source_info": {
@@ -75,7 +76,7 @@ class Client:
             }
         }
         if path == INIT:
-            body["post_info"] = {"title": title, "privacy_level": privacy}
+            body["post_info"] = {"title": title, "privacy_level": privacy, **(flags or {})}
         return self.call(path, token, body)
 
     def status(self, token: str, publish_id: str) -> requests.Response:
@@ -260,6 +261,40 @@ def test_init_title_and_privacy_rules(client: Client, creator: dict[str, Any]) -
         assert r.json()["error"]["code"] == "privacy_level_option_mismatch"
     bad_source = client.call(INIT, token, {"post_info": {"privacy_level": "SELF_ONLY"}})
     assert bad_source.status_code == 400
+
+
+def test_init_post_info_flags(client: Client, creator: dict[str, Any]) -> None:
+    """The post_info booleans: non-booleans, branded content SELF_ONLY and allowing what the
+    creator turned off are 400 invalid_params; what passes is recorded on the publish."""
+    token = creator["access_token"]
+
+    def code(r: requests.Response) -> tuple[int, str]:
+        return r.status_code, r.json()["error"]["code"]
+
+    for bad in ({"disable_comment": "true"}, {"brand_organic_toggle": 1}):
+        assert code(client.init(token, 1000, 1000, 1, flags=bad)) == (400, "invalid_params")
+    branded_private = client.init(
+        token, 1000, 1000, 1, privacy="SELF_ONLY", flags={"brand_content_toggle": True}
+    )
+    assert code(branded_private) == (400, "invalid_params")
+    assert "private" in branded_private.json()["error"]["message"]
+    ok = client.init(
+        token, 1000, 1000, 1, flags={"brand_content_toggle": True, "disable_stitch": True}
+    )
+    assert ok.status_code == 200, ok.text
+    recorded = client.stats()["publishes"][ok.json()["data"]["publish_id"]]["post_flags"]
+    assert recorded == {
+        "disable_comment": False,
+        "disable_duet": False,
+        "disable_stitch": True,
+        "brand_content_toggle": True,
+        "brand_organic_toggle": False,
+        "is_aigc": False,
+    }
+    client.admin(f"/accounts/{creator['open_id']}/policy", {"comment_disabled": True})
+    allowed = client.init(token, 1000, 1000, 1, flags={"disable_comment": False})
+    assert code(allowed) == (400, "invalid_params")
+    assert client.init(token, 1000, 1000, 1, flags={"disable_comment": True}).status_code == 200
 
 
 def test_put_rejections(client: Client, creator: dict[str, Any]) -> None:

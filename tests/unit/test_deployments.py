@@ -12,13 +12,14 @@ SPECS = load_spec()
 
 
 def test_expected_deployments_are_declared() -> None:
-    """The five deployments the product documents are all in prefect.yaml."""
+    """The deployments the product documents are all in prefect.yaml."""
     assert {s["name"] for s in SPECS} == {
         "ingest-video",
         "publish-media",
         "publish-due",
         "reconcile-publishes",
         "cleanup",
+        "delete-media",
     }
 
 

@@ -103,6 +103,8 @@ def test_direct_post_info_keeps_the_creators_settings() -> None:
         "disable_comment": False,
         "disable_duet": True,
         "disable_stitch": False,
+        "brand_content_toggle": False,
+        "brand_organic_toggle": False,
         "video_cover_timestamp_ms": 1500,
         "title": "hi",
     }

@@ -471,6 +471,11 @@ def test_event_shape() -> None:
         "privacy_level": None,
         "mode": "inbox",
         "publish_at": "2026-12-01T09:00:00+00:00",
+        "disable_comment": None,
+        "disable_duet": None,
+        "disable_stitch": None,
+        "brand_content_toggle": None,
+        "brand_organic_toggle": None,
         "run_name": "ingest-my clip.mp4",
         "sidecar_key": "in/my clip.json",
         "options_error": None,
@@ -676,3 +681,32 @@ def test_short_webhook_secrets_are_refused(secret: str) -> None:
     with pytest.raises(ConfigurationError):
         make_webhook_app(bridge, secret=secret)
     check_webhook_secret("x" * 32)
+
+
+def test_post_options_from_sidecar_and_metadata() -> None:
+    """Sidecar JSON booleans and x-amz-meta-reelflow-disable-comment text give the same options;
+    the sidecar wins field by field, and the event payload carries them to the trigger."""
+    metadata = options_from_metadata(
+        {"reelflow-disable-comment": "true", "reelflow-brand-organic-toggle": "TRUE"},
+        where="b/in/c.mp4",
+    )
+    opts = resolve_options(
+        metadata=metadata, sidecar={"disable_comment": False, "brand_content_toggle": True}
+    )
+    assert (opts.disable_comment, opts.brand_content_toggle, opts.brand_organic_toggle) == (
+        False,
+        True,
+        True,
+    )
+    assert opts.disable_duet is None
+    payload = build_event(OBJ, ObjectOptions(options=opts), occurred=NOW)["payload"]
+    assert (payload["disable_comment"], payload["brand_content_toggle"]) == (False, True)
+
+
+@pytest.mark.parametrize("value", [1, "on", "sure", 0.0])
+def test_post_option_must_be_a_boolean_in_a_sidecar(value: Any) -> None:
+    """1, "on" or a float is refused, naming the sidecar; never coerced to a boolean."""
+    with pytest.raises(InputRejectedError) as info:
+        resolve_options(metadata={}, sidecar={"disable_stitch": value}, sidecar_name="b/s.json")
+    assert info.value.reason == "bad_sidecar"
+    assert "disable_stitch" in str(info.value)

@@ -538,7 +538,34 @@ def test_options_are_checked_and_defaulted() -> None:
         "privacy_level": "PUBLIC_TO_EVERYONE",
         "mode": None,
         "publish_at": later.isoformat(),
+        "disable_comment": None,
+        "disable_duet": None,
+        "disable_stitch": None,
+        "brand_content_toggle": "false",
+        "brand_organic_toggle": "false",
     }
+
+
+def test_post_options_in_metadata_reach_the_publish_request() -> None:
+    """The page's "true"/"false" post options become the request's; the recorded metadata
+    gives the same options back (the run re-checks them)."""
+    got = opts(
+        {
+            "account": "main",
+            "privacy_level": "MUTUAL_FOLLOW_FRIENDS",
+            "disable_comment": "true",
+            "disable_duet": "false",
+            "disable_stitch": "",
+            "brand_content_toggle": "true",
+            "brand_organic_toggle": "false",
+        }
+    )
+    assert got.publish is not None
+    post = got.publish.post
+    assert (post.disable_comment, post.disable_duet, post.disable_stitch) == (True, False, None)
+    assert (post.brand_content_toggle, post.brand_organic_toggle) == (True, False)
+    again = opts({k: v for k, v in got.as_json().items() if v is not None})
+    assert again.publish is not None and again.publish.post == post
 
 
 def test_blank_values_are_absent() -> None:
@@ -580,6 +607,13 @@ def test_publish_at_zulu_is_accepted() -> None:
         ({"filename": "a\nb"}, "bad_metadata"),
         ({"caption": "a\x00b"}, "bad_metadata"),
         ({"filename": "x" * 1025}, "bad_metadata"),
+        ({"account": "main", "disable_comment": "yes please"}, "invalid_post_option"),
+        ({"account": "main", "brand_content_toggle": "true"}, "branded_content_private"),
+        (
+            {"account": "main", "mode": "inbox", "disable_duet": "true"},
+            "post_options_need_direct",
+        ),
+        ({"brand_organic_toggle": "true"}, "no_account"),
     ],
 )
 def test_bad_options_are_400_with_the_cli_reason(meta: dict[str, str], reason: str) -> None:

@@ -41,6 +41,7 @@ class Publish:
     created_at: float
     privacy_level: str | None = None
     title: str = ""
+    post_flags: dict[str, bool] | None = None  # Direct Post's post_info booleans, as accepted
     video_size: int = 0
     chunk_size: int = 0
     total_chunk_count: int = 0
@@ -92,6 +93,7 @@ class Ledger:
         source: str,
         privacy: str | None,
         title: str,
+        post_flags: dict[str, bool] | None = None,
     ) -> Publish:
         with self._lock:
             publish_id = ""
@@ -100,6 +102,7 @@ class Ledger:
             assert len(publish_id) <= MAX_PUBLISH_ID_CHARS
             pub = Publish(publish_id, mode, source, open_id, grant_id, self._clock.now())
             pub.privacy_level, pub.title = privacy, title
+            pub.post_flags = dict(post_flags) if post_flags is not None else None
             self.publishes[publish_id] = pub
             return pub
 

@@ -252,6 +252,11 @@ class SandboxState:
                 privacy_options=privacy_options(account),
                 gates=account.gates,
                 config=self.config,
+                creator={
+                    "comment_disabled": account.comment_disabled,
+                    "duet_disabled": account.duet_disabled,
+                    "stitch_disabled": account.stitch_disabled,
+                },
             )
             pub = self._ledger.new(
                 open_id=token.open_id,
@@ -260,6 +265,7 @@ class SandboxState:
                 source=request.source,
                 privacy=request.privacy,
                 title=request.title,
+                post_flags=request.flags,
             )
             data: dict[str, Any] = {"publish_id": pub.publish_id}
             if request.source == "FILE_UPLOAD":

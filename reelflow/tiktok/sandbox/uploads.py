@@ -1,7 +1,7 @@
 """Init validation and the upload sessions: what an init must say, and which chunk PUTs land.
 
 This module owns the ``post_info``/``source_info`` rules of a video init (title length, privacy
-option, the FILE_UPLOAD chunk maths, PULL_FROM_URL's URL), upload URLs and their lifetime, the
+option, the interaction and commercial-disclosure booleans, the FILE_UPLOAD chunk maths, PULL_FROM_URL's URL), upload URLs and their lifetime, the
 upload files on disk, and the PUT ledger (strictly sequential ranges, on-plan chunk sizes, the
 running SHA-256, the progress ``Content-Range``). It must not speak HTTP (``app`` streams the
 body) or decide statuses after the last byte (``status``), and it keeps its own chunk rules,
@@ -26,6 +26,21 @@ from reelflow.tiktok.sandbox.errors import SandboxError, invalid
 from reelflow.tiktok.sandbox.ledger import TERMINAL, Ledger, Publish
 
 MAX_UPLOAD_URL_CHARS, MAX_TITLE_UTF16_UNITS = 256, 2200
+# post_info booleans (DP). The sandbox's own spelling, never the client's constants.
+POST_INFO_FLAGS = (
+    "disable_comment",
+    "disable_duet",
+    "disable_stitch",
+    "brand_content_toggle",
+    "brand_organic_toggle",
+    "is_aigc",
+)
+# Which of the creator's creator_info settings each interaction flag answers to.
+CREATOR_LOCKS = {
+    "disable_comment": "comment_disabled",
+    "disable_duet": "duet_disabled",
+    "disable_stitch": "stitch_disabled",
+}
 VIDEO_CONTENT_TYPES = frozenset({"video/mp4", "video/quicktime", "video/webm"})
 _RANGE_RE = re.compile(r"^bytes (\d+)-(\d+)/(\d+)$")
 
@@ -64,6 +79,32 @@ class InitRequest:
     privacy: str | None
     title: str
     sizes: tuple[Any, Any, Any]  # video_size, chunk_size, total_chunk_count as sent
+    flags: dict[str, bool] | None = None  # the post_info booleans, absent ones false
+
+
+def validate_post_flags(
+    post_info: Mapping[str, Any], privacy: str, creator: Mapping[str, bool]
+) -> dict[str, bool]:
+    """The post_info booleans, checked; absent ones are false (the [U] lenient reading of
+    ``brand_content_toggle``'s "required").
+
+    400 ``invalid_params`` for a non-boolean, for an interaction the creator turned off
+    (``creator``: creator_info's ``*_disabled``) sent as allowed, and for branded content
+    posted ``SELF_ONLY``; how TikTok itself answers the last two is not documented, so the
+    sandbox takes the strict reading a client must satisfy anyway (TikTok's UX rules).
+    """
+    flags: dict[str, bool] = {}
+    for key in POST_INFO_FLAGS:
+        value = post_info.get(key, False)
+        if not isinstance(value, bool):
+            raise invalid(f"The {key} is invalid")
+        flags[key] = value
+    for key, lock in CREATOR_LOCKS.items():
+        if creator.get(lock) and not flags[key]:
+            raise invalid(f"The {key} is invalid: the creator has {lock}")
+    if flags["brand_content_toggle"] and privacy == "SELF_ONLY":
+        raise invalid("Branded content visibility cannot be set to private")
+    return flags
 
 
 def validate_init(
@@ -73,9 +114,13 @@ def validate_init(
     privacy_options: tuple[str, ...],
     gates: Mapping[str, bool],
     config: SandboxConfig,
+    creator: Mapping[str, bool] | None = None,
 ) -> InitRequest:
-    """Check an init body (``mode`` "direct" or "inbox"): ``post_info`` first, then the source."""
-    privacy, title = None, ""
+    """Check an init body (``mode`` "direct" or "inbox"): ``post_info`` first, then the source.
+
+    ``creator``: the account's creator_info ``*_disabled`` settings (Direct Post checks them).
+    """
+    privacy, title, flags = None, "", None
     if mode == "direct":  # inbox ignores post_info, as TikTok silently does
         post_info = body.get("post_info")
         post_info = post_info if isinstance(post_info, dict) else {}
@@ -87,6 +132,7 @@ def validate_init(
             raise invalid("The title is invalid")
         if len(title.encode("utf-16-le")) // 2 > MAX_TITLE_UTF16_UNITS:
             raise invalid("The title is too long")
+        flags = validate_post_flags(post_info, privacy, creator or {})
     src = body.get("source_info")
     src = src if isinstance(src, dict) else {}
     source = src.get("source")
@@ -103,7 +149,7 @@ def validate_init(
             raise SandboxError(403, URL_UNVERIFIED, "Verify the URL's domain first")
     else:
         raise invalid("The source is invalid")
-    return InitRequest(source, privacy, title, sizes)
+    return InitRequest(source, privacy, title, sizes, flags)
 
 
 @dataclass
