@@ -50,7 +50,9 @@ events_app = typer.Typer(
 )
 
 _PREFIX_HELP = "Only keys starting with this prefix (case-sensitive)"
-_SUFFIX_HELP = "Video name suffix, case-insensitive; repeat for several (default: .mp4 .mov .webm)"
+_SUFFIX_HELP = (
+    "Video name suffix, case-insensitive; repeat for several (default: .mp4 .mov .webm .mkv)"
+)
 
 
 def _policy(settings: Any) -> Any:

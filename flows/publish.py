@@ -47,6 +47,7 @@ from reelflow.publish_rules import (
     next_step,
     post_options,
 )
+from reelflow.rules import check_postable
 from reelflow.settings import Settings
 from reelflow.tiktok.client import PublishStatus
 from reelflow.tiktok.errors import (
@@ -203,6 +204,7 @@ def publish_stored_media(
     # A media being deleted (storage.catalog.begin_media_delete) is no longer published.
     if media is None or media.status == DELETING:
         raise InputRejectedError(f"no stored media {media_id!r}", reason="media_not_found")
+    check_postable(media.content_type, media_id=media_id)  # no ledger row, no call to TikTok
     row = find_or_make_publish(rt.catalog.engine, media_id, media.size_bytes, request)
     return _publish_row(
         rt,

@@ -29,7 +29,7 @@ THUMBNAIL_MAX_SEEK_S = 5.0
 # which skips a black or blurred frame without decoding the whole clip.
 THUMBNAIL_CANDIDATE_FRAMES = 24
 # Container (from rules.sniff_container) → the one ffmpeg demuxer allowed to read it.
-DEMUXERS = {"mp4": "mov", "mov": "mov", "webm": "matroska"}
+DEMUXERS = {"mp4": "mov", "mov": "mov", "webm": "matroska", "mkv": "matroska"}
 RELAY_PROTOCOLS = "http,tcp"
 FILE_PROTOCOLS = "file"
 

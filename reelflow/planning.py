@@ -92,8 +92,13 @@ def b64(digest: bytes) -> str:
 
 # --- keys ------------------------------------------------------------------------------------
 
-CONTAINER_EXT = {"mp4": "mp4", "mov": "mov", "webm": "webm"}
-CONTENT_TYPES = {"mp4": "video/mp4", "mov": "video/quicktime", "webm": "video/webm"}
+CONTAINER_EXT = {"mp4": "mp4", "mov": "mov", "webm": "webm", "mkv": "mkv"}
+CONTENT_TYPES = {
+    "mp4": "video/mp4",
+    "mov": "video/quicktime",
+    "webm": "video/webm",
+    "mkv": "video/x-matroska",
+}
 
 
 def media_id_for(sha256_hex: str) -> str:

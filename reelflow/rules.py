@@ -2,8 +2,14 @@
 
 Input is plain data (the first bytes of a file, ffprobe's JSON as a dict); output is a
 ``VideoMeta`` or a ``InputRejectedError`` saying exactly which rule failed. The limits are
-TikTok's (Content Posting API media transfer guide): MP4/MOV/WebM, H.264/H.265/VP8/VP9,
-23-60 fps, 360-4096 px each side, at most 4 GB, at most 10 minutes through the API.
+TikTok's (Content Posting API media transfer guide): H.264/H.265/VP8/VP9, 23-60 fps, 360-4096 px
+each side, at most 4 GB, at most 10 minutes through the API.
+
+Containers: MP4, MOV (QuickTime, as phones write it: ``qt  `` brand, ``moov`` after ``mdat``)
+and WebM are stored and posted. Matroska (what OBS records) is stored, labelled as what it is
+(``video/x-matroska``, ``.mkv``, never "WebM"), and :func:`check_postable` refuses to post it:
+TikTok takes MP4, MOV and WebM only, and posting a remux would send TikTok bytes that were never
+validated, scanned or stored (docs/formats.md).
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ from dataclasses import asdict, dataclass
 from fractions import Fraction
 from typing import Any
 
-from reelflow.errors import InputRejectedError
+from reelflow.errors import InputRejectedError, PublishRefusedError
 from reelflow.planning import CONTENT_TYPES, MAX_SOURCE_BYTES
 
 MIN_FPS = 23.0
@@ -28,11 +34,14 @@ TS_PACKET_BYTES = 188
 # rounding (a remote probe and a local one can disagree in the last digits).
 DURATION_TOLERANCE_S = 0.05
 FPS_TOLERANCE = 0.01
+# The Content-Types TikTok's upload PUT takes ("Send Video to TikTok Servers"): MP4, MOV, WebM.
+POSTABLE_CONTENT_TYPES = frozenset({"video/mp4", "video/quicktime", "video/webm"})
+REMUX_HINT = "ffmpeg -i IN.mkv -map 0 -c copy -movflags +faststart OUT.mp4"
 
 
 @dataclass(frozen=True)
 class VideoMeta:
-    container: str  # mp4 | mov | webm
+    container: str  # mp4 | mov | webm | mkv
     content_type: str
     duration_s: float
     width: int
@@ -88,27 +97,31 @@ def _is_mpegts(head: bytes) -> bool:
 
 
 def sniff_container(head: bytes) -> str:
-    """Return ``mp4``, ``mov`` or ``webm`` from the first bytes, or raise InputRejectedError.
+    """Return ``mp4``, ``mov``, ``webm`` or ``mkv`` from the first bytes, or raise
+    InputRejectedError.
 
-    ISO BMFF files start with a box whose type is ``ftyp`` at offset 4; QuickTime files may
-    also start with ``wide``/``moov``/``mdat``/``free`` boxes. WebM is EBML (1A 45 DF A3)
-    whose DocType is ``webm``; other Matroska files are labelled as what they are
-    (``video/x-matroska``) and refused, as are MPEG-TS and playlists (HLS, DASH, ffconcat),
-    which name other files instead of holding the video.
+    ISO BMFF files start with a box whose type is ``ftyp`` at offset 4 (brand ``qt  ``:
+    QuickTime); QuickTime files may also start with ``wide``/``moov``/``mdat``/``free`` boxes.
+    EBML (1A 45 DF A3) is WebM when its DocType is ``webm`` and Matroska when it is
+    ``matroska`` (labelled ``video/x-matroska``, never WebM); any other DocType is refused, as
+    are MPEG-TS and playlists (HLS, DASH, ffconcat), which name other files instead of holding
+    the video. The container chosen here is also the only demuxer ffmpeg may use
+    (``reelflow.media.DEMUXERS``).
     """
     if not head:
         raise InputRejectedError("the file is empty (0 bytes)", reason="empty")
     if head[:4] == b"\x1a\x45\xdf\xa3":
         doctype = ebml_doctype(head)
-        if doctype == "webm":
-            return "webm"
-        if doctype == "matroska":
-            raise InputRejectedError(
-                "a Matroska file (video/x-matroska), not WebM: TikTok takes MP4, MOV or WebM "
-                "(remux it to MP4)",
-                reason="container",
-            )
-        raise InputRejectedError(f"an EBML file of type {doctype!r}, not WebM", reason="container")
+        if doctype in ("webm", "matroska"):
+            return "webm" if doctype == "webm" else "mkv"
+        raise InputRejectedError(
+            f"an EBML file of type {doctype!r}, neither WebM nor Matroska", reason="container"
+        )
+    box = head[4:8]
+    if box == b"ftyp":
+        # A file type box is unambiguous, whatever text follows it (a brand "<MPD" is still an
+        # MP4), and ``-f mov`` follows no manifest: judged before the playlist heuristics.
+        return "mov" if head[8:12] == b"qt  " else "mp4"
     text = head.lstrip(b"\xef\xbb\xbf \t\r\n")
     if text.startswith(b"#EXTM3U") or text.startswith(b"ffconcat") or b"<MPD" in text[:512]:
         raise InputRejectedError(
@@ -120,15 +133,28 @@ def sniff_container(head: bytes) -> str:
             "an MPEG transport stream (video/mp2t): TikTok takes MP4, MOV or WebM",
             reason="container",
         )
-    box = head[4:8]
-    if box == b"ftyp":
-        brand = head[8:12]
-        return "mov" if brand == b"qt  " else "mp4"
     if box in (b"moov", b"mdat", b"wide", b"free", b"skip"):
         return "mov"
     raise InputRejectedError(
-        "not a video container: expected MP4/MOV ('ftyp' box) or WebM (EBML) magic bytes",
+        "not a video container: expected MP4/MOV ('ftyp' box) or WebM/Matroska (EBML) magic bytes",
         reason="bad_magic",
+    )
+
+
+def check_postable(content_type: str, *, media_id: str | None = None) -> None:
+    """Refuse (``PublishRefusedError``, terminal) to post a container TikTok does not take.
+
+    ``flows.publish.publish_stored_media`` (every publish path goes through it) calls this
+    before any ledger row, init or byte. Matroska is the one stored container it refuses; the
+    message says how to make it postable without re-encoding.
+    """
+    if content_type in POSTABLE_CONTENT_TYPES:
+        return
+    what = f"media {media_id}" if media_id else "this video"
+    raise PublishRefusedError(
+        f"{what} is {content_type}: TikTok takes MP4, MOV or WebM, so nothing was sent; "
+        f"remux it without re-encoding ({REMUX_HINT}) and ingest the MP4",
+        reason="container_not_postable",
     )
 
 
@@ -152,6 +178,31 @@ def _fps(stream: dict[str, Any]) -> float:
         if value > 0:
             return float(value)
     return 0.0
+
+
+def rotation_deg(stream: dict[str, Any]) -> int:
+    """How far the player turns the picture (0, 90, 180, 270), from the stream's display
+    matrix (ffprobe's side data) or the older ``rotate`` tag; anything unreadable is 0."""
+    raw: Any = None
+    for side in stream.get("side_data_list") or ():
+        if isinstance(side, dict) and "rotation" in side:
+            raw = side["rotation"]
+            break
+    if raw is None:
+        raw = (stream.get("tags") or {}).get("rotate")
+    try:
+        turned = float(raw)
+    except (TypeError, ValueError):
+        return 0
+    if turned != turned or abs(turned) > 3600:  # NaN, or not an angle anyone writes
+        return 0
+    return int(round(turned / 90.0)) * 90 % 360
+
+
+def display_size(stream: dict[str, Any]) -> tuple[int, int]:
+    """(width, height) as shown: a phone's portrait clip is a landscape picture turned 90°."""
+    width, height = int(stream.get("width") or 0), int(stream.get("height") or 0)
+    return (height, width) if rotation_deg(stream) in (90, 270) else (width, height)
 
 
 def _duration(probe: dict[str, Any], stream: dict[str, Any]) -> float:
@@ -188,7 +239,7 @@ def interpret_probe(probe: dict[str, Any], *, container: str, max_duration_s: fl
             f"video codec {codec_name!r} is not accepted (H.264, H.265, VP8, VP9)",
             reason="codec",
         )
-    width, height = int(v.get("width") or 0), int(v.get("height") or 0)
+    width, height = display_size(v)
     for side, px in (("width", width), ("height", height)):
         if not MIN_SIDE_PX <= px <= MAX_SIDE_PX:
             raise InputRejectedError(

@@ -40,8 +40,19 @@ MIN_DURATION_S = 1.0
 PATTERNS = frozenset(
     {"testsrc", "testsrc2", "smptebars", "smptehdbars", "rgbtestsrc", "color", "noise"}
 )
-CONTAINERS = frozenset({"mp4", "mov", "webm"})
-VIDEO_CODECS = frozenset({"libx264", "libvpx-vp9"})
+CONTAINERS = frozenset({"mp4", "mov", "webm", "mkv"})
+VIDEO_CODECS = frozenset({"libx264", "libx265", "libvpx-vp9"})
+# What each container may carry here: WebM is VP8/VP9 only by its spec; MP4/MOV are what
+# cameras and phones write (H.264, HEVC); Matroska (OBS's default) carries any of them.
+CODECS_BY_CONTAINER = {
+    "mp4": frozenset({"libx264", "libx265"}),
+    "mov": frozenset({"libx264", "libx265"}),
+    "webm": frozenset({"libvpx-vp9"}),
+    "mkv": frozenset({"libx264", "libx265", "libvpx-vp9"}),
+}
+# ffmpeg's muxer name for each container (-f): Matroska's is "matroska".
+MUXERS = {"mp4": "mp4", "mov": "mov", "webm": "webm", "mkv": "matroska"}
+ROTATIONS_DEG = frozenset({0, 90, 180, 270})
 
 SINE_HZ = 440
 AUDIO_RATE_HZ = 48_000
@@ -76,14 +87,18 @@ def make_clip(
     video: bool = True,
     faststart: bool = True,
     preset: str = "veryfast",
+    rotate_deg: int = 0,
     ffmpeg: str = DEFAULT_FFMPEG,
 ) -> Path:
     """Encode a synthetic clip to ``path`` and return it.
 
-    H.264 (yuv420p) + AAC sine in MP4/MOV, or VP9 + Opus in WebM. ``extra_bytes`` pads an MP4
-    with a trailing ``free`` box (valid ISO-BMFF that players skip), so size-driven code can be
-    exercised without longer encodes. ``faststart=False`` leaves ``moov`` after ``mdat`` (what a
-    camera writes, and what a truncated upload loses). ``video=False`` gives an audio-only file.
+    H.264 or HEVC (yuv420p) + AAC sine in MP4/MOV/MKV, or VP9 + Opus in WebM (or MKV).
+    ``extra_bytes`` pads an MP4 with a trailing ``free`` box (valid ISO-BMFF that players skip),
+    so size-driven code can be exercised without longer encodes. ``faststart=False`` leaves
+    ``moov`` after ``mdat`` (what a camera writes, and what a truncated upload loses).
+    ``video=False`` gives an audio-only file. ``rotate_deg`` (MP4/MOV) stores the picture as
+    encoded with a display matrix turning it, as phones record portrait video: a 1280x720
+    picture with ``rotate_deg=90`` is shown 720x1280.
     """
     out = Path(path)
     if not (video or audio):
@@ -92,8 +107,13 @@ def make_clip(
         raise ValueError(f"container must be one of {sorted(CONTAINERS)}, not {container!r}")
     if vcodec not in VIDEO_CODECS:
         raise ValueError(f"vcodec must be one of {sorted(VIDEO_CODECS)}, not {vcodec!r}")
-    if (container == "webm") != (vcodec == "libvpx-vp9") and video:
-        raise ValueError("WebM carries VP9 (libvpx-vp9); MP4/MOV carry H.264 (libx264)")
+    if video and vcodec not in CODECS_BY_CONTAINER[container]:
+        raise ValueError(
+            f"{container} does not carry {vcodec} here; it takes "
+            f"{', '.join(sorted(CODECS_BY_CONTAINER[container]))}"
+        )
+    if rotate_deg not in ROTATIONS_DEG or (rotate_deg and container not in ("mp4", "mov")):
+        raise ValueError("rotate_deg is 0, 90, 180 or 270, and needs mp4 or mov")
     if pattern not in PATTERNS:
         raise ValueError(f"pattern must be one of {sorted(PATTERNS)}, not {pattern!r}")
     # yuv420p subsamples chroma 2x2, so libx264/libvpx refuse odd dimensions.
@@ -103,28 +123,42 @@ def make_clip(
         raise ValueError("fps and duration_s must be positive")
     if extra_bytes < 0 or 0 < extra_bytes < _FREE_BOX_HEADER:
         raise ValueError(f"extra_bytes must be 0 or at least {_FREE_BOX_HEADER}")
-    if extra_bytes and container == "webm":
+    if extra_bytes and container not in ("mp4", "mov"):
         raise ValueError("extra_bytes pads with an ISO-BMFF box; it needs mp4 or mov")
 
     inputs: list[str] = []
     output: list[str] = []
     if video:
         inputs += ["-f", "lavfi", "-i", _video_source(pattern, width, height, fps)]
-        output += ["-map", "0:v", *_video_codec_args(vcodec, fps, preset)]
+        output += ["-map", "0:v", *_video_codec_args(vcodec, fps, preset, container)]
     if audio:
         inputs += ["-f", "lavfi", "-i", _SINE_SOURCE]
         output += ["-map", f"{1 if video else 0}:a"]
         output += ["-c:a", "libopus", "-b:a", "96k"] if container == "webm" else ["-c:a", "aac"]
     # lavfi sources are endless; -t on the output is what ends the clip.
     output += ["-t", _seconds(duration_s)]
-    if faststart and container != "webm":
+    moov_first = faststart and container in ("mp4", "mov")
+    if moov_first:
         output += ["-movflags", "+faststart"]
-    if not extra_bytes:
-        return ffmpeg_write(out, inputs, output, fmt=container, ffmpeg=ffmpeg)
-    # Pad before the final rename, so nobody ever sees the unpadded clip under ``path``.
+    fmt = MUXERS[container]
+    if not (extra_bytes or rotate_deg):
+        return ffmpeg_write(out, inputs, output, fmt=fmt, ffmpeg=ffmpeg)
+    # Pad or turn before the final rename, so nobody ever sees the first pass under ``path``.
     with _replacing(out) as staged:
-        ffmpeg_write(staged, inputs, output, fmt=container, ffmpeg=ffmpeg)
-        _append_free_box(staged, extra_bytes)
+        ffmpeg_write(staged, inputs, output, fmt=fmt, ffmpeg=ffmpeg)
+        if rotate_deg:
+            # ffmpeg 5 drops a rotate tag given while encoding; a stream-copy pass keeps it as
+            # the track's display matrix (what a phone writes).
+            turned = staged.with_name(staged.name + ".turned")
+            turn = ["-map", "0", "-c", "copy", "-metadata:s:v:0", f"rotate={rotate_deg}"]
+            turn += ["-movflags", "+faststart"] if moov_first else []
+            try:
+                ffmpeg_write(turned, ["-i", str(staged)], turn, fmt=fmt, ffmpeg=ffmpeg)
+                os.replace(turned, staged)
+            finally:
+                turned.unlink(missing_ok=True)
+        if extra_bytes:
+            _append_free_box(staged, extra_bytes)
     return out
 
 
@@ -251,7 +285,7 @@ def _video_source(pattern: str, width: int, height: int, fps: float) -> str:
     return f"{source},format=yuv420p"
 
 
-def _video_codec_args(vcodec: str, fps: float, preset: str) -> list[str]:
+def _video_codec_args(vcodec: str, fps: float, preset: str, container: str) -> list[str]:
     # A 2 s GOP gives cut points for stream-copy concatenation and seeking.
     gop = ["-g", str(max(1, round(fps * 2)))]
     if vcodec == "libx264":
@@ -259,6 +293,13 @@ def _video_codec_args(vcodec: str, fps: float, preset: str) -> list[str]:
         # the machine was loaded (measured), and these clips must be byte-identical every time.
         one_thread = ["-threads", "1"]
         return ["-c:v", "libx264", "-preset", preset, "-pix_fmt", "yuv420p", *one_thread, *gop]
+    if vcodec == "libx265":
+        # One thread pool and one frame thread, for the same reason as x264; "hvc1" is the
+        # sample entry Apple writes and QuickTime requires (ffmpeg's default is "hev1"), and
+        # Matroska has no such tag to set.
+        x265 = ["-x265-params", "log-level=error:pools=1:frame-threads=1"]
+        tag = [] if container == "mkv" else ["-tag:v", "hvc1"]
+        return ["-c:v", "libx265", "-preset", preset, "-pix_fmt", "yuv420p", *x265, *tag, *gop]
     # libvpx-vp9's default "good" deadline runs ~20x slower than realtime at this size.
     speed = ["-deadline", "realtime", "-cpu-used", "8", "-row-mt", "1"]
     return ["-c:v", "libvpx-vp9", *speed, "-b:v", "1M", "-pix_fmt", "yuv420p", *gop]
@@ -325,7 +366,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m reelflow.samples", description="Write a synthetic sample video."
     )
-    parser.add_argument("out", type=Path, help="output file (.mp4, .mov or .webm)")
+    parser.add_argument("out", type=Path, help="output file (.mp4, .mov, .webm or .mkv)")
     parser.add_argument("--duration", type=float, default=20.0, help="seconds (default 20)")
     parser.add_argument("--width", type=int, default=720)
     parser.add_argument("--height", type=int, default=1280)

@@ -19,7 +19,8 @@ from urllib.parse import unquote_plus
 
 from reelflow.errors import ConfigurationError, InputRejectedError
 
-DEFAULT_SUFFIXES = (".mp4", ".mov", ".webm")
+# .mkv is stored as video/x-matroska; its publish is refused (docs/formats.md).
+DEFAULT_SUFFIXES = (".mp4", ".mov", ".webm", ".mkv")
 SIDECAR_SUFFIX = ".json"
 
 

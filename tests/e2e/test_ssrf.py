@@ -28,11 +28,13 @@ def _ffmpeg(out: Path, *args: str) -> Path:
 
 
 @pytest.fixture(scope="module")
-def hostile(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def hostile(tmp_path_factory: pytest.TempPathFactory, clips: Any) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("hostile")
     h264 = ["-t", "1", "-c:v", "libx264", "-pix_fmt", "yuv420p"]
     return {
-        "mkv_h264": _ffmpeg(d / "h264.mkv", *SRC, *h264),
+        # An honest .mkv is stored now (tests/e2e/test_formats.py); one that calls itself WebM
+        # while holding H.264 is refused, and named as the Matroska file it is.
+        "mkv_labelled_webm": clips.mkv_labelled_webm(),
         "mpegts": _ffmpeg(d / "clip.ts", *SRC, *h264, "-f", "mpegts"),
         "zero_duration": _ffmpeg(
             d / "zero.mp4",
@@ -142,7 +144,7 @@ def test_non_http_and_internal_urls_are_refused(home: Path, source: str, reason:
 @pytest.mark.parametrize(
     "kind,reason,says",
     [
-        ("mkv_h264", "container", "video/x-matroska"),
+        ("mkv_labelled_webm", "container", "video/x-matroska"),
         ("mpegts", "container", "video/mp2t"),
         ("playlist", "playlist", "playlist"),
         ("zero_duration", "duration", "duration"),
@@ -152,7 +154,7 @@ def test_non_http_and_internal_urls_are_refused(home: Path, source: str, reason:
 def test_hostile_files_are_refused(
     home: Path, hostile: dict[str, Path], tmp_path: Path, kind: str, reason: str, says: str
 ) -> None:
-    """MKV with H.264 (never called WebM), MPEG-TS, a playlist named .mp4, a zero-duration
+    """H.264 in Matroska claiming to be WebM (named video/x-matroska, never WebM), MPEG-TS, a playlist named .mp4, a zero-duration
     stream and a FIFO: each a one-line typed reason, exit 2, nothing stored."""
     if kind == "playlist":
         path = tmp_path / "renamed.mp4"

@@ -1,7 +1,8 @@
 """Session clip cache: valid and deliberately broken video inputs, made once by the real ffmpeg.
 
-Owns: the catalogue of test inputs (one valid vertical H.264+AAC clip, a valid VP9 WebM, a valid
-clip of 100 MiB and more, and bad inputs that each break one thing: empty, not a video, moov
+Owns: the catalogue of test inputs (one valid vertical H.264+AAC clip, a valid VP9 WebM, the
+formats creators record (iPhone-style MOV in H.264 and HEVC, OBS-style Matroska), a valid clip of
+100 MiB and more, and bad inputs that each break one thing: empty, not a video, moov
 missing, no video stream, a still image, 1 fps, 200x200, 5000x5000, too long) and where they live.
 Files are named by their generator and parameters (plus the ffmpeg version), so a later session
 finds them in the caller's cache directory (e.g. ``<repo>/.cache/clips``) instead of encoding
@@ -123,6 +124,27 @@ class ClipCache:
             "valid", "webm", **_VERTICAL, duration_s=duration_s, vcodec="libvpx-vp9",
             container="webm",
         )  # fmt: skip
+
+    def iphone_mov(self, codec: str = "h264", duration_s: float = VALID_DURATION_S) -> Path:
+        """What an iPhone writes, in miniature: QuickTime (``ftyp`` brand ``qt  ``), ``moov``
+        after ``mdat``, a 1280x720 H.264 or HEVC (``hvc1``) picture turned 90° by the track's
+        display matrix (shown 720x1280), AAC audio, 30 fps."""
+        vcodec = {"h264": "libx264", "hevc": "libx265"}[codec]
+        return self._clip(
+            f"iphone-{codec}", "mov", width=VALID_HEIGHT, height=VALID_WIDTH, fps=VALID_FPS,
+            duration_s=duration_s, vcodec=vcodec, container="mov", faststart=False,
+            rotate_deg=90, preset="ultrafast" if codec == "hevc" else "veryfast",
+        )  # fmt: skip
+
+    def mkv_h264(self, duration_s: float = VALID_DURATION_S) -> Path:
+        """What OBS records by default: Matroska (DocType ``matroska``) with H.264 + AAC,
+        720x1280, 30 fps."""
+        return self._clip("mkv-h264", "mkv", **_VERTICAL, duration_s=duration_s, container="mkv")
+
+    def mkv_labelled_webm(self) -> Path:
+        """:meth:`mkv_h264` with its EBML DocType rewritten to ``webm`` (an EBML Void element
+        keeps every size): H.264 in a file that claims to be WebM."""
+        return self._get("mkv-labelled-webm", "webm", self._make_labelled_webm)
 
     # The short names the e2e tests' ``clips`` fixture uses, so a ClipCache can serve as it.
     valid = valid_vertical
@@ -259,6 +281,15 @@ class ClipCache:
                 raise RuntimeError(f"expected moov after mdat, got boxes {kinds}")
             data = whole.read_bytes()
         _write_atomic(path, data[: len(data) // 2])
+
+    def _make_labelled_webm(self, path: Path) -> None:
+        data = self.mkv_h264().read_bytes()
+        doctype = b"\x42\x82\x88matroska"  # DocType element, size 8
+        webm = b"\x42\x82\x84webm" + b"\xec\x82\x00\x00"  # DocType "webm" + a 4-byte Void
+        at = data.find(doctype, 0, 64)
+        if at < 0:
+            raise RuntimeError("no Matroska DocType in the EBML header")
+        _write_atomic(path, data[:at] + webm + data[at + len(doctype) :])
 
     def _make_looped(self, path: Path) -> None:
         with tempfile.TemporaryDirectory(dir=self.root) as tmp:

@@ -109,11 +109,12 @@ def _ebml(doctype: bytes) -> bytes:
 
 
 def test_matroska_is_labelled_honestly_and_webm_accepted() -> None:
-    """EBML DocType decides: webm → webm; matroska → refused as video/x-matroska, not WebM."""
+    """EBML DocType decides: webm → webm; matroska → mkv (never WebM); anything else refused."""
     assert sniff_container(_ebml(b"webm")) == "webm"
+    assert sniff_container(_ebml(b"matroska")) == "mkv"
     with pytest.raises(InputRejectedError) as err:
-        sniff_container(_ebml(b"matroska"))
-    assert "video/x-matroska" in str(err.value) and err.value.reason == "container"
+        sniff_container(_ebml(b"mka"))
+    assert err.value.reason == "container"
 
 
 @given(st.binary(max_size=64))

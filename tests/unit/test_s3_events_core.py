@@ -186,6 +186,7 @@ def test_malformed_bodies_are_validation_errors(raw: bytes | str) -> None:
         ("in/clip.mp4", None),
         ("in/CLIP.MOV", None),
         ("in/a.WebM", None),
+        ("in/obs.MKV", None),
         ("in/clip.json", "sidecar"),
         ("in/clip.JSON", "sidecar"),
         ("in/notes.txt", "suffix"),
@@ -194,7 +195,7 @@ def test_malformed_bodies_are_validation_errors(raw: bytes | str) -> None:
     ],
 )
 def test_default_filter(key: str, reason: str | None) -> None:
-    """Default suffixes .mp4 .mov .webm, case-insensitive; .json sidecars never pass."""
+    """Default suffixes .mp4 .mov .webm .mkv, case-insensitive; .json sidecars never pass."""
     assert KeyFilter().rejects(key) == reason
 
 
@@ -230,7 +231,7 @@ def test_sidecar_key(video: str, sidecar: str) -> None:
 
 
 def test_default_suffixes() -> None:
-    assert DEFAULT_SUFFIXES == (".mp4", ".mov", ".webm")
+    assert DEFAULT_SUFFIXES == (".mp4", ".mov", ".webm", ".mkv")
 
 
 # --- options -------------------------------------------------------------------------------
