@@ -95,6 +95,7 @@ FORMATS = {
     ),
 }
 FORMAT_IDS = list(FORMATS)
+LONG = {"mov_h264", "mkv_h264"}  # their gateway runs are in `make chaos`
 
 
 # ----- the ffmpeg spy ---------------------------------------------------------------------------
@@ -428,6 +429,15 @@ def publish_rows(db: str, media_id: str) -> list[dict[str, Any]]:
         engine.dispose()
 
 
+# make test sends HEVC MOV and WebM through the gateway; H.264 MOV and Matroska (whose ingest
+# tests above run in make test) go in `make chaos`: ~1 min each.
+@pytest.mark.parametrize(
+    "fmt",
+    [
+        pytest.param(FORMATS[name], id=name, marks=[pytest.mark.long] if name in LONG else [])
+        for name in FORMAT_IDS
+    ],
+)
 def test_gateway_upload_then_publish(
     fmt: Format,
     clips: ClipCache,
