@@ -148,7 +148,7 @@ def document(results: Sequence[Result]) -> dict[str, Any]:
 
 
 def table_rows(results: Sequence[Result]) -> list[tuple[str, str, str, str, str]]:
-    """(source, media id, outcome, bytes sent, reason) per source, in the batch's order."""
+    """(source, media id, outcome, bytes sent this run, reason) per source, in order."""
     return [
         (r.source, r.media_id or "", r.outcome, str(r.bytes_sent), r.reason or "") for r in results
     ]

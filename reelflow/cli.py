@@ -28,7 +28,7 @@ from deployments.events_cli import events_app  # noqa: E402  (imports only typer
 from deployments.gateway.cli import gateway_app  # noqa: E402  (typer only; the rest is lazy)
 from reelflow import batch  # noqa: E402
 from reelflow.batch import DEFAULT_PARALLEL, MAX_PARALLEL  # noqa: E402
-from reelflow.cli_batch import expand, live_board, needs_batch, run_batch  # noqa: E402
+from reelflow.cli_batch import expand, live_board, local_size, needs_batch, run_batch  # noqa: E402
 from reelflow.cli_errors import (  # noqa: E402
     OneLineErrors,
     error_line,
@@ -140,7 +140,7 @@ def ingest(
         with sealed(sources[0]) as src, live_board(settings, live) as board:
             flow: Any = ingest_video
             if board is not None:
-                board.add(src.public, None)
+                board.add(src.public, local_size(sources[0]))
                 progress_listener.set(board.listener(src.public))
                 flow = ingest_video.with_options(on_running=[board.on_running(src.public)])
             summary = flow(source=src.public, source_secret=src.ref, **options)
@@ -161,14 +161,10 @@ def report_batch(results: list[batch.Result], *, as_json: bool) -> int:
         typer.echo(json.dumps(redact_value(batch.document(results)), default=str))
     else:
         counts = batch.counts(results)
-        table = Table(
-            "source",
-            "media_id",
-            "outcome",
-            "bytes sent",
-            "reason",
-            title=f"ingested {counts['succeeded']} of {counts['total']}",
-        )
+        table = Table(title=f"ingested {counts['succeeded']} of {counts['total']}")
+        for name in ("source", "media_id", "outcome", "sent", "reason"):
+            # Paths fold and ids stay on one line: both whole, never cut with an ellipsis.
+            table.add_column(name, overflow="fold", no_wrap=name == "media_id")
         for row in batch.table_rows(results):
             table.add_row(*(redact_text(cell) for cell in row))
         Console().print(table)

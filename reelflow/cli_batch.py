@@ -38,6 +38,7 @@ from rich.progress import (
     TextColumn,
     TimeRemainingColumn,
 )
+from rich.table import Column
 from rich.text import Text
 
 from reelflow.batch import (
@@ -61,6 +62,7 @@ from reelflow.settings import Settings
 
 STAGE_POLL_S = 0.5  # the board's catalog poll for stage rows (one query for every active run)
 STAGE_QUERY_ROWS = 500
+NAME_CHARS = 32  # of a file's name on the board (the table shows the whole source)
 
 
 # --- expansion ----------------------------------------------------------------------------------
@@ -118,6 +120,11 @@ def _expand_one(arg: str, settings: Settings) -> tuple[list[Found], Result | Non
 
 def _nothing(arg: str, reason: str, message: str) -> Result:
     return refused(public_url(arg), reason, message, terminal=True)
+
+
+def local_size(arg: str) -> int | None:
+    """A local file's size (the board's total), else None (URLs, S3 keys: known once validated)."""
+    return None if "://" in arg or arg.startswith("tus:") else _size(Path(arg).expanduser())
 
 
 def _size(path: Path) -> int | None:
@@ -266,13 +273,14 @@ class LiveBoard:
     """Per source: a bar with bytes, rate and ETA while its parts go out, then its stage."""
 
     def __init__(self, settings: Settings, *, console: Console | None = None) -> None:
-        self._settings = settings
+        self.settings = settings
+        self._engine: Any = None
         self.progress = Progress(
             TextColumn("{task.description}", style="bold"),
-            BarColumn(),
-            _BytesColumn(),
-            _RateColumn(),
-            TimeRemainingColumn(),
+            BarColumn(bar_width=20),
+            _BytesColumn(table_column=Column(no_wrap=True)),
+            _RateColumn(table_column=Column(no_wrap=True)),
+            TimeRemainingColumn(table_column=Column(no_wrap=True)),
             TextColumn("{task.fields[stage]}"),
             console=console or Console(stderr=True),
             transient=False,
@@ -284,6 +292,11 @@ class LiveBoard:
         self._poller = threading.Thread(target=self._poll, name="reelflow-board", daemon=True)
 
     def __enter__(self) -> LiveBoard:
+        from storage.catalog import make_engine
+
+        # Here, before any run: make_engine creates the schema, which a run would race on.
+        self.settings.home.mkdir(parents=True, exist_ok=True)
+        self._engine = make_engine(self.settings.resolved_database_url)
         self.progress.start()
         self._poller.start()
         return self
@@ -292,9 +305,10 @@ class LiveBoard:
         self._stop.set()
         self._poller.join(5 * STAGE_POLL_S)
         self.progress.stop()
+        self._engine.dispose()
 
     def add(self, source: str, size_bytes: int | None) -> None:
-        name = source.rsplit("/", 1)[-1][:40] or source
+        name = source.rsplit("/", 1)[-1][:NAME_CHARS] or source
         with self._lock:
             self._tasks[source] = self.progress.add_task(
                 name, total=size_bytes or 100, stage="validating", sized=bool(size_bytes)
@@ -338,7 +352,6 @@ class LiveBoard:
 
     def _poll(self) -> None:
         """The newest ``pipeline_stage`` row of each active run, every STAGE_POLL_S."""
-        engine = None
         last_id = 0
         while not self._stop.wait(STAGE_POLL_S):
             with self._lock:
@@ -346,11 +359,7 @@ class LiveBoard:
             if not runs:
                 continue
             with contextlib.suppress(Exception):  # the display never fails a batch
-                if engine is None:
-                    from storage.catalog import make_engine
-
-                    engine = make_engine(self._settings.resolved_database_url)
-                for row_id, flow_run_id, stage in _stage_rows(engine, list(runs), last_id):
+                for row_id, flow_run_id, stage in _stage_rows(self._engine, list(runs), last_id):
                     last_id = max(last_id, row_id)
                     if flow_run_id in runs and runs[flow_run_id]:
                         self.stage(runs[flow_run_id], stage)
