@@ -24,10 +24,11 @@ import glob
 import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
+import typer
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -60,6 +61,7 @@ from reelflow.logging import redact_text
 from reelflow.progress import progress_listener
 from reelflow.settings import Settings
 
+INTERRUPTED_EXIT = 130  # a second Ctrl-C: 128 + SIGINT, as a shell reports it
 STAGE_POLL_S = 0.5  # the board's catalog poll for stage rows (one query for every active run)
 STAGE_QUERY_ROWS = 500
 NAME_CHARS = 32  # of a file's name on the board (the table shows the whole source)
@@ -220,12 +222,34 @@ def run_batch(
                 board.finish(src.public, result)
             return result
 
-    with ThreadPoolExecutor(
-        max_workers=max(1, parallel), thread_name_prefix="reelflow-batch"
-    ) as ex:
-        # Each run in its own copy of this context: Prefect's settings (API URL) come along.
-        futures = [ex.submit(contextvars.copy_context().run, one, item) for item in found]
-        return [f.result() for f in futures]
+    ex = ThreadPoolExecutor(max_workers=max(1, parallel), thread_name_prefix="reelflow-batch")
+    # Each run in its own copy of this context: Prefect's settings (API URL) come along.
+    futures = [ex.submit(contextvars.copy_context().run, one, item) for item in found]
+    try:
+        wait(futures)
+    except KeyboardInterrupt:
+        # Ctrl-C: start nothing more, let the running ones end (their uploads stay resumable
+        # either way); a second Ctrl-C leaves them, for the next run of the batch to resume.
+        pending = sum(f.cancel() for f in futures)
+        running = sum(not f.done() for f in futures)
+        typer.echo(
+            f"interrupted: {pending} not started; waiting for {running} running "
+            "(Ctrl-C again to leave them; running the same batch again resumes them)",
+            err=True,
+        )
+        try:
+            wait(futures)
+        except KeyboardInterrupt:
+            os._exit(INTERRUPTED_EXIT)  # the worker threads would be joined at exit otherwise
+    finally:
+        ex.shutdown(wait=False, cancel_futures=True)
+    return [
+        refused(public_url(item.source), "interrupted", "not started: the batch was interrupted",
+                terminal=False)
+        if f.cancelled()
+        else f.result()
+        for item, f in zip(found, futures, strict=True)
+    ]  # fmt: skip
 
 
 def _prepare(settings: Settings) -> None:

@@ -6,7 +6,12 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -154,3 +159,52 @@ def test_live_board_shows_bytes_then_the_outcome(home: Path, clips: Any, tmp_pat
     last = screen.rsplit("a.mp4", 1)[-1].splitlines()[0]
     assert "stored" in last and "100%" not in last  # bytes shown (size known), not a percentage
     assert f"{a.stat().st_size / 1000:.1f}" in screen or "kB" in screen
+
+
+INTERRUPT_DEADLINE_S = 300
+
+
+@pytest.mark.slow
+def test_ctrl_c_starts_nothing_more_and_the_rerun_finishes_the_batch(
+    prefect_api: str, clips: Any, tmp_path: Path
+) -> None:
+    """SIGINT to a real ``reelflow ingest DIR --parallel 1`` once the first video is stored: the
+    running ingest ends, the rest are reported ``interrupted`` (exit 1) and were never started;
+    the same command again stores them and sends nothing already sent."""
+    folder = tmp_path / "four"
+    folder.mkdir()
+    for i, clip in enumerate(
+        [clips.valid(duration_s=3.0), clips.valid(duration_s=2.0), clips.webm(), clips.valid()]
+    ):
+        shutil.copy(clip, folder / f"{i}{clip.suffix}")
+    home = tmp_path / "home"
+    env = os.environ | {"REELFLOW_HOME": str(home), "PREFECT_API_URL": prefect_api}
+    cmd = [str(Path(sys.executable).parent / "reelflow"), "ingest", str(folder), "--parallel", "1"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    videos = home / "objects" / "videos"
+    deadline = time.monotonic() + INTERRUPT_DEADLINE_S
+    try:
+        while not (videos.exists() and any(videos.glob("*.mp4"))):
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "no video stored in time"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=INTERRUPT_DEADLINE_S)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+    assert proc.returncode == 1, err[-3000:]
+    assert "interrupted:" in err
+    doc = json.loads(out.strip().splitlines()[-1])
+    outcomes = [r["outcome"] for r in doc["results"]]
+    reasons = [r["reason"] for r in doc["results"]]
+    assert outcomes[0] == "stored" and "interrupted" in reasons, doc
+    assert all(o in ("stored", "failed") for o in outcomes), doc
+    sent_first = {r["source"]: r["bytes_sent"] for r in doc["results"] if r["outcome"] == "stored"}
+
+    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stderr[-3000:]
+    redo = json.loads(again.stdout.strip().splitlines()[-1])
+    assert [r["outcome"] for r in redo["results"]] == ["stored"] * 4
+    assert all(r["bytes_sent"] == 0 for r in redo["results"] if r["source"] in sent_first)
