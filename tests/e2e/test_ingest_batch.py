@@ -208,3 +208,19 @@ def test_ctrl_c_starts_nothing_more_and_the_rerun_finishes_the_batch(
     redo = json.loads(again.stdout.strip().splitlines()[-1])
     assert [r["outcome"] for r in redo["results"]] == ["stored"] * 4
     assert all(r["bytes_sent"] == 0 for r in redo["results"] if r["source"] in sent_first)
+
+
+def test_a_missing_bucket_and_an_empty_prefix_are_rejected(
+    s3_env: str, s3_server: Any, bucket: str
+) -> None:
+    """No such bucket: source_not_found; a prefix with no video under it (a sidecar only):
+    no_videos; exit 2, nothing started."""
+    s3_server.client().put_object(Bucket=bucket, Key="empty/clip.mp4.json", Body=b"{}")
+    missing = f"s3://rf-missing-{bucket[3:]}/in/"
+    result = cli(missing, f"s3://{bucket}/empty/", "--json")
+    assert result.exit_code == 2, result.output
+    doc = document(result)
+    assert [(r["source"], r["outcome"], r["reason"]) for r in doc["results"]] == [
+        (missing, "rejected", "source_not_found"),
+        (f"s3://{bucket}/empty/", "rejected", "no_videos"),
+    ]
