@@ -77,6 +77,7 @@ class Result:
     reason: str | None = None
     message: str | None = None
     bytes_sent: int = 0
+    flow_run_id: str | None = None  # its ingest-video run in Prefect (none: it never started)
     summary: dict[str, Any] | None = field(default=None, repr=False)
 
     @property

@@ -207,17 +207,20 @@ def run_batch(
 
     def one(item: Found) -> Result:
         with sealed(item.source) as src:
-            flow: Any = ingest_video
+            run_ids: list[str] = []
+            hooks: list[Any] = [lambda flow, flow_run, state: run_ids.append(str(flow_run.id))]
             if board is not None:
                 board.add(src.public, item.size_bytes)
                 progress_listener.set(board.listener(src.public))
-                flow = ingest_video.with_options(on_running=[board.on_running(src.public)])
+                hooks.append(board.on_running(src.public))
+            flow: Any = ingest_video.with_options(on_running=hooks)
             try:
                 summary = flow(source=src.public, source_secret=src.ref, **options)
             except Exception as exc:
                 result = result_for_error(src.public, exc)
             else:
                 result = succeeded(src.public, summary)
+            result.flow_run_id = run_ids[0] if run_ids else None
             if board is not None:
                 board.finish(src.public, result)
             return result

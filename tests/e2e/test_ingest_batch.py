@@ -72,6 +72,7 @@ def test_paths_directories_globs_one_bad_then_a_rerun_sends_nothing(
     assert doc["counts"] == {"total": 4, "succeeded": 3, "rejected": 1, "failed": 0}
     assert [rows[str(p)]["outcome"] for p in (a, b, c)] == ["stored"] * 3
     assert rows[str(bad)]["outcome"] == "rejected" and rows[str(bad)]["media_id"] is None
+    assert len({r["flow_run_id"] for r in doc["results"]}) == 4  # one ingest-video run each
     errors = [ln for ln in first.stderr.splitlines() if ln.startswith("error:")]
     assert len(errors) == 1 and str(bad) in errors[0], first.stderr
     sent = {p: rows[str(p)]["bytes_sent"] for p in (a, b, c)}
@@ -154,6 +155,7 @@ def test_live_board_shows_bytes_then_the_outcome(home: Path, clips: Any, tmp_pat
     with LiveBoard(settings, console=console) as board:
         results = run_batch(found, {"chunk_size_bytes": None}, parallel=2, board=board)
     assert [r.outcome for r in results] == ["stored", "stored"]
+    assert all(r.flow_run_id for r in results)  # the on_running hook saw each run start
     screen = buf.getvalue()
     assert "a.mp4" in screen and "b.WEBM" in screen
     last = screen.rsplit("a.mp4", 1)[-1].splitlines()[0]
