@@ -28,7 +28,14 @@ from deployments.events_cli import events_app  # noqa: E402  (imports only typer
 from deployments.gateway.cli import gateway_app  # noqa: E402  (typer only; the rest is lazy)
 from reelflow import batch  # noqa: E402
 from reelflow.batch import DEFAULT_PARALLEL, MAX_PARALLEL  # noqa: E402
-from reelflow.cli_batch import expand, live_board, local_size, needs_batch, run_batch  # noqa: E402
+from reelflow.cli_batch import (  # noqa: E402
+    expand,
+    live_board,
+    local_size,
+    needs_batch,
+    result_for_error,
+    run_batch,
+)
 from reelflow.cli_errors import (  # noqa: E402
     OneLineErrors,
     error_line,
@@ -143,7 +150,12 @@ def ingest(
                 board.add(src.public, local_size(sources[0]))
                 progress_listener.set(board.listener(src.public))
                 flow = ingest_video.with_options(on_running=[board.on_running(src.public)])
-            summary = flow(source=src.public, source_secret=src.ref, **options)
+            try:
+                summary = flow(source=src.public, source_secret=src.ref, **options)
+            except Exception as exc:
+                if board is not None:
+                    board.finish(src.public, result_for_error(src.public, exc))
+                raise
             if board is not None:
                 board.finish(src.public, batch.succeeded(src.public, summary))
     note_existing_publish(summary.get("publish"))
