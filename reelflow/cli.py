@@ -26,6 +26,16 @@ os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
 # prefect and SQLAlchemy (seconds), which `--help` and a refused option must not wait for.
 from deployments.events_cli import events_app  # noqa: E402  (imports only typer; the rest is lazy)
 from deployments.gateway.cli import gateway_app  # noqa: E402  (typer only; the rest is lazy)
+from reelflow import batch  # noqa: E402
+from reelflow.batch import DEFAULT_PARALLEL, MAX_PARALLEL  # noqa: E402
+from reelflow.cli_batch import (  # noqa: E402
+    expand,
+    live_board,
+    local_size,
+    needs_batch,
+    result_for_error,
+    run_batch,
+)
 from reelflow.cli_errors import (  # noqa: E402
     OneLineErrors,
     error_line,
@@ -48,7 +58,8 @@ from reelflow.cli_tiktok import register as _register_tiktok  # noqa: E402
 from reelflow.credentials import sealed  # noqa: E402
 from reelflow.errors import InputRejectedError  # noqa: E402
 from reelflow.ingest_options import check_ingest_request  # noqa: E402
-from reelflow.logging import install_log_redaction, redact_text  # noqa: E402
+from reelflow.logging import install_log_redaction, redact_text, redact_value  # noqa: E402
+from reelflow.progress import progress_listener  # noqa: E402
 from reelflow.samples import make_clip  # noqa: E402
 from reelflow.settings import Settings  # noqa: E402
 
@@ -66,8 +77,12 @@ _register_media(app)  # media list|show|delete
 
 @app.command()
 def ingest(
-    source: str | None = typer.Argument(
-        None, help="Local path, s3://bucket/key or http(s):// URL (or --upload)"
+    sources: list[str] | None = typer.Argument(
+        None,
+        help="Local paths, directories, globs, s3://bucket/key, s3://bucket/prefix/ or "
+        "http(s):// URLs (or --upload)",
+        metavar="SOURCE...",
+        show_default=False,
     ),
     chunk_size: int | None = typer.Option(None, "--chunk-size", help="Part size in bytes"),
     concurrency: int | None = typer.Option(
@@ -96,19 +111,48 @@ def ingest(
     upload: str | None = typer.Option(
         None, "--upload", help="A gateway upload's id: ingest it as its metadata asks"
     ),
+    parallel: int = typer.Option(
+        DEFAULT_PARALLEL,
+        "--parallel",
+        min=1,
+        max=MAX_PARALLEL,
+        help="Sources ingested at once when given many",
+    ),
 ) -> None:
-    """Run the ingest-video flow in this process (and publish when --account is given)."""
-    if upload is not None or source is None:
+    """Run the ingest-video flow in this process for each source (and publish when --account
+    is given). Many sources end with a table (or one JSON document when --json or not on a
+    terminal); exit 0 only if all succeeded, 2 if any input was rejected, else 1."""
+    if upload is not None or not sources:
+        source = ",".join(sources) if sources else None
         summary = _ingest_upload(upload, source, again=again, verbose=verbose)
         print_summary(summary, as_json, title=f"ingested {summary['media_id']}")
         return
+    options: dict[str, Any] = {
+        "chunk_size_bytes": chunk_size,
+        "concurrency": concurrency,
+        "account": account,
+        "caption": caption,
+        "privacy_level": privacy,  # validated by the flow (and checked below)
+        "mode": mode,
+        "publish_at": publish_at,
+        "again": again,
+    }
+    live = not as_json and not verbose and sys.stdout.isatty() and sys.stderr.isatty()
     with failing_in_one_line():
+        settings = Settings()
         post = post_flags(
             disable_comment, disable_duet, disable_stitch, brand_content, brand_organic
         )
+        options.update(
+            disable_comment=post.disable_comment,
+            disable_duet=post.disable_duet,
+            disable_stitch=post.disable_stitch,
+            brand_content_toggle=post.brand_content_toggle,
+            brand_organic_toggle=post.brand_organic_toggle,
+        )
         # The flow checks the same rules; checked here first, before anything (Prefect) starts.
         check_ingest_request(
-            Settings(),
+            settings,
             chunk_size,
             concurrency,
             account,
@@ -118,32 +162,55 @@ def ingest(
             publish_at,
             post=post,
         )
-        from flows.ingest import ingest_video  # lazy: loads prefect (see the imports above)
-
+        if needs_batch(sources):
+            found, empty = expand(sources, settings)
         install_log_redaction()
         if not verbose:
             quiet_prefect_console()
+        if needs_batch(sources):
+            with live_board(settings, live) as board:
+                results = run_batch(found, options, parallel=parallel, board=board)
+            raise typer.Exit(report_batch([*empty, *results], as_json=as_json or not live))
+        from flows.ingest import ingest_video  # lazy: loads prefect (see the imports above)
+
         # Credentials in the URL stay in this process: the run's parameter is the public form.
-        with sealed(source) as src:
-            summary = ingest_video(  # type: ignore[misc]  # mypy gives up on the Literal unions
-                source=src.public,
-                source_secret=src.ref,
-                chunk_size_bytes=chunk_size,
-                concurrency=concurrency,
-                account=account,
-                caption=caption,
-                privacy_level=privacy,  # type: ignore[arg-type]  # validated by the flow
-                mode=mode,  # type: ignore[arg-type]
-                publish_at=publish_at,
-                again=again,
-                disable_comment=post.disable_comment,
-                disable_duet=post.disable_duet,
-                disable_stitch=post.disable_stitch,
-                brand_content_toggle=post.brand_content_toggle,
-                brand_organic_toggle=post.brand_organic_toggle,
-            )
+        with sealed(sources[0]) as src, live_board(settings, live) as board:
+            flow: Any = ingest_video
+            if board is not None:
+                board.add(src.public, local_size(sources[0]))
+                progress_listener.set(board.listener(src.public))
+                flow = ingest_video.with_options(on_running=[board.on_running(src.public)])
+            try:
+                summary = flow(source=src.public, source_secret=src.ref, **options)
+            except Exception as exc:
+                if board is not None:
+                    board.finish(src.public, result_for_error(src.public, exc))
+                raise
+            if board is not None:
+                board.finish(src.public, batch.succeeded(src.public, summary))
     note_existing_publish(summary.get("publish"))
     print_summary(summary, as_json, title=f"ingested {summary['media_id']}")
+
+
+def report_batch(results: list[batch.Result], *, as_json: bool) -> int:
+    """The batch's table (or JSON document) on stdout, a line per failed source on stderr;
+    returns the exit code."""
+    for r in results:
+        note_existing_publish((r.summary or {}).get("publish"))
+        if not r.ok:
+            typer.echo(error_line(r.reason or r.outcome, f"{r.source}: {r.message}"), err=True)
+    if as_json:
+        typer.echo(json.dumps(redact_value(batch.document(results)), default=str))
+    else:
+        counts = batch.counts(results)
+        table = Table(title=f"ingested {counts['succeeded']} of {counts['total']}")
+        for name in ("source", "media_id", "outcome", "sent", "reason"):
+            # Paths fold and ids stay on one line: both whole, never cut with an ellipsis.
+            table.add_column(name, overflow="fold", no_wrap=name == "media_id")
+        for row in batch.table_rows(results):
+            table.add_row(*(redact_text(cell) for cell in row))
+        Console().print(table)
+    return batch.exit_code(results)
 
 
 def _ingest_upload(

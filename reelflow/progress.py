@@ -5,21 +5,31 @@ inline, every update held back the thread that feeds the chunks, and the last on
 paid inside the upload phase. :class:`ProgressReporter` keeps only the newest value, posts it at
 most once per interval, and :meth:`ProgressReporter.close` posts the final value before the flow
 moves on to its summary. Progress is best effort: a failed post is logged, never raised.
+
+:data:`progress_listener` is the in-process subscriber of whoever called the flow in this
+context (the CLI's live display): each report reaches it at once, unthrottled, from the thread
+that reported; a listener that raises is ignored.
 """
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 from uuid import UUID
-
-from prefect.artifacts import update_progress_artifact
 
 from reelflow.logging import get_logger
 
 CLOSE_TIMEOUT_S = 30.0
+
+# (done, total) of the run started in this context; set by the caller of the flow, read once
+# when a ProgressReporter is made.
+progress_listener: contextvars.ContextVar[Callable[[int, int], None] | None] = (
+    contextvars.ContextVar("reelflow_progress_listener", default=None)
+)
 
 
 class ProgressReporter:
@@ -32,6 +42,7 @@ class ProgressReporter:
         self._pending: float | None = None
         self._closed = False
         self.posted: list[float] = []  # what reached the API, in order (for tests and logs)
+        self._listener = progress_listener.get()
         # The Prefect settings and run context of the caller, for the client the update opens.
         context = contextvars.copy_context()
         self._thread = threading.Thread(
@@ -44,6 +55,9 @@ class ProgressReporter:
         with self._cond:
             self._pending = 100.0 * done / max(1, total)
             self._cond.notify()
+        if self._listener is not None:
+            with contextlib.suppress(Exception):  # a display never fails an upload
+                self._listener(done, total)
 
     def close(self) -> None:
         """Post what is still pending, then stop the thread."""
@@ -77,6 +91,9 @@ class ProgressReporter:
             last_post = time.monotonic()
 
     def _post(self, value: float) -> None:
+        # Lazy: prefect takes ~1.5 s to import, and the CLI imports this module for its listener.
+        from prefect.artifacts import update_progress_artifact
+
         try:
             update_progress_artifact(artifact_id=self._artifact_id, progress=value)
         except Exception as exc:  # progress is cosmetic: never fail an upload over it

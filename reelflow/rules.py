@@ -158,14 +158,22 @@ def check_postable(content_type: str, *, media_id: str | None = None) -> None:
     )
 
 
-def check_size(size_bytes: int) -> None:
+def check_size(size_bytes: int, max_bytes: int = MAX_SOURCE_BYTES) -> None:
+    """Not empty, and at most ``max_bytes`` (REELFLOW_MAX_SIZE_BYTES; never over TikTok's 4 GiB)."""
+    limit = min(max_bytes, MAX_SOURCE_BYTES)
     if size_bytes == 0:
         raise InputRejectedError("the file is empty (0 bytes)", reason="empty")
-    if size_bytes > MAX_SOURCE_BYTES:
+    if size_bytes > limit:
         raise InputRejectedError(
-            f"the file is {size_bytes} bytes; the limit is {MAX_SOURCE_BYTES} (4 GiB)",
+            f"the file is {size_bytes} bytes; the limit is {limit}{_readable(limit)}",
             reason="too_large",
         )
+
+
+def _readable(n: int) -> str:
+    if n >= 1024**3:
+        return f" ({n / 1024**3:.3g} GiB)"
+    return f" ({n / 1024**2:.3g} MiB)" if n >= 1024**2 else ""
 
 
 def _fps(stream: dict[str, Any]) -> float:

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MIB = 1024 * 1024
 DEFAULT_CHUNK_BYTES = 8 * MIB
 DEFAULT_MAX_DURATION_S = 600.0  # TikTok's init endpoint accepts at most 10 minutes
 GATEWAY_MAX_SIZE_BYTES = 4 * 1024 * MIB  # TikTok's limit: a larger upload could never be posted
+MAX_SIZE_BYTES = GATEWAY_MAX_SIZE_BYTES  # the same limit, for every path in (CLI, S3 event, URL)
 
 
 class Settings(BaseSettings):
@@ -58,6 +59,14 @@ class Settings(BaseSettings):
         default=1024 * MIB,
         ge=16 * MIB,
         description="Upper bound on chunk size x (concurrency + 1), the upload buffers of one run",
+    )
+    max_size_bytes: int = Field(
+        default=MAX_SIZE_BYTES,
+        ge=1,
+        le=MAX_SIZE_BYTES,
+        description="Largest video accepted on every path (CLI, S3 events, URLs, the gateway, "
+        "whose Tus-Max-Size is the lower of this and REELFLOW_GATEWAY_MAX_SIZE_BYTES); a gateway "
+        "token's max size may only lower it; at most TikTok's 4 GiB",
     )
     max_duration_s: float = Field(
         default=DEFAULT_MAX_DURATION_S,
@@ -177,6 +186,12 @@ class Settings(BaseSettings):
         description="A request's hold on an upload lapses this long after its last heartbeat, "
         "so another instance can resume an upload whose gateway was killed",
     )
+
+    @model_validator(mode="after")
+    def _gateway_within_max_size(self) -> Settings:
+        # One limit for every path: the gateway's own setting may only lower it.
+        self.gateway_max_size_bytes = min(self.gateway_max_size_bytes, self.max_size_bytes)
+        return self
 
     @field_validator("home")
     @classmethod

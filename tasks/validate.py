@@ -45,7 +45,7 @@ class Validated:
 
 def validate_source(source: str, rt: Runtime) -> Validated:
     ref = rt.sources.resolve(source)
-    rules.check_size(ref.size_bytes)
+    rules.check_size(ref.size_bytes, rt.settings.max_size_bytes)
     container = rules.sniff_container(rt.sources.read_head(ref))
     with rt.sources.open_media(ref, container) as inp:
         probed = media.probe(inp)

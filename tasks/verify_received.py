@@ -27,7 +27,7 @@ def probe_stored(key: str, rt: Runtime) -> VideoMeta:
     size = rt.store.size(key)
     if size is None:
         raise IntegrityCheckError(f"the assembled object {key} is gone")
-    rules.check_size(size)
+    rules.check_size(size, rt.settings.max_size_bytes)
     container = rules.sniff_container(rt.store.read_range(key, 0, rules.MAGIC_BYTES_NEEDED))
     with open_stored_media(rt.store, key, container) as inp:
         probed = media.probe(inp)
