@@ -24,6 +24,9 @@ a ``deleting`` media that the same delete finishes.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -147,14 +150,31 @@ def _create_schema(engine: Engine) -> None:
     """Every table of the catalog, whichever module defines it (see the imports), in one
     transaction. On PostgreSQL workers that start at once on an empty database would race on
     ``CREATE TABLE`` (``UniqueViolation`` on ``pg_class``): a transaction-scoped advisory lock
-    makes them take turns, and the later ones find the tables made."""
-    with engine.begin() as conn:
+    makes them take turns, and the later ones find the tables made (SQLite: a file lock)."""
+    with _sqlite_schema_lock(engine), engine.begin() as conn:
         if conn.dialect.name == "postgresql":
             conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK_KEY})
         SQLModel.metadata.create_all(conn)
         _add_columns(conn, "lease", _leases.ADDED_COLUMNS)
         _add_columns(conn, "scheduled_publish", _schedule.ADDED_COLUMNS)
         _add_columns(conn, "tiktok_account", _accounts.ADDED_COLUMNS)
+
+
+@contextlib.contextmanager
+def _sqlite_schema_lock(engine: Engine) -> Iterator[None]:
+    """SQLite's DDL runs outside a transaction (pysqlite), so processes opening a new catalog
+    file at once raced on ``CREATE TABLE`` ("table … already exists"): they take turns on an
+    exclusive lock of a file beside the database instead."""
+    path = engine.url.database if engine.dialect.name == "sqlite" else None
+    if not path or path == ":memory:":
+        yield
+        return
+    with open(f"{path}.schema-lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _add_columns(conn: Connection, table: str, columns: dict[str, str]) -> None:

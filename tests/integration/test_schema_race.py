@@ -1,4 +1,4 @@
-"""Workers that start at once on a new PostgreSQL catalog all get the schema (no DDL race).
+"""Workers that start at once on a new catalog (PostgreSQL or SQLite) all get the schema.
 
 Found on CI: two ``reelflow ingest`` runs started together against an empty database; both ran
 ``CREATE TABLE`` for the same table and one failed with ``UniqueViolation`` on
@@ -35,9 +35,20 @@ def empty_pg_url() -> Iterator[str]:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+@pytest.fixture
+def empty_sqlite_url(tmp_path: Path) -> str:
+    """A path where no SQLite catalog exists yet (the default catalog on a new machine)."""
+    return f"sqlite:///{tmp_path / 'new' / 'catalog.db'}"
+
+
 @pytest.mark.parametrize("round_", range(3))
-def test_simultaneous_first_starts_all_get_the_schema(empty_pg_url: str, round_: int) -> None:
-    """Eight engines made at the same instant on an empty database: none fails, all tables exist."""
+@pytest.mark.parametrize("db", ["postgres", "sqlite"])
+def test_simultaneous_first_starts_all_get_the_schema(
+    request: pytest.FixtureRequest, db: str, round_: int
+) -> None:
+    """Eight engines made at the same instant on an empty database: none fails, all tables exist
+    (on SQLite each engine is its own connection, as separate `reelflow ingest` processes are)."""
+    url = request.getfixturevalue("empty_pg_url" if db == "postgres" else "empty_sqlite_url")
     gate = threading.Barrier(WORKERS)
     errors: list[BaseException] = []
     tables: list[set[str]] = []
@@ -45,7 +56,7 @@ def test_simultaneous_first_starts_all_get_the_schema(empty_pg_url: str, round_:
     def start() -> None:
         gate.wait(timeout=30)
         try:
-            engine = make_engine(empty_pg_url)
+            engine = make_engine(url)
             tables.append(set(inspect(engine).get_table_names()))
             engine.dispose()
         except BaseException as exc:  # noqa: BLE001 - collected and asserted below
