@@ -170,6 +170,13 @@ class Settings(BaseSettings):
         description="Part size the gateway stages uploads in; also each active upload's "
         "largest in-memory buffer (S3 needs at least 5 MiB)",
     )
+    gateway_page_chunk_bytes: int = Field(
+        default=50 * MIB,
+        ge=64 * 1024,
+        le=GATEWAY_MAX_SIZE_BYTES,
+        description="Bytes per PATCH the upload page sends (tus-js-client chunkSize): under "
+        "any proxy's body limit; a lost connection resends at most one chunk",
+    )
     gateway_lock_ttl_s: float = Field(
         default=30.0,
         ge=1,

@@ -33,9 +33,11 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from deployments.gateway.accounts import account_routes
 from deployments.gateway.auth import gateway_secret
 from deployments.gateway.base import gateway_log
 from deployments.gateway.handoff import Handoff, default_handoff
+from deployments.gateway.page import page_routes
 from deployments.gateway.uploads import Gateway
 from reelflow import tus
 from reelflow.errors import (
@@ -185,6 +187,8 @@ def build_app(
             name="upload",
         ),
         Route("/healthz", gateway.healthz, methods=["GET"]),
+        *account_routes(gateway),
+        *page_routes(gateway),
     ]
     middleware: list[Middleware] = []
     origins = cors_origins(settings.gateway_cors_origins)
