@@ -300,6 +300,8 @@
       onSuccess() {
         state.received = true
         progress(file.size, file.size)
+        $('job').dataset.received = 'true'
+        if (!state.status) renderStages('validating') // every byte is in: the pipeline's turn
         text($('pause'), 'Pause')
         $('pause').disabled = true
         follow(state.uploadId)
@@ -397,6 +399,8 @@
     $('upload-form').hidden = true
     $('job').hidden = false
     delete document.body.dataset.stage
+    delete $('job').dataset.received
+    delete $('job').dataset.sent
     text($('job-name'), name)
     text($('job-error'), '')
     text($('post'), '')
