@@ -36,6 +36,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from deployments.gateway.auth import gateway_secret
 from deployments.gateway.base import gateway_log
 from deployments.gateway.handoff import Handoff, default_handoff
+from deployments.gateway.status import status_routes
 from deployments.gateway.uploads import Gateway
 from reelflow import tus
 from reelflow.errors import (
@@ -185,6 +186,7 @@ def build_app(
             name="upload",
         ),
         Route("/healthz", gateway.healthz, methods=["GET"]),
+        *status_routes(gateway),
     ]
     middleware: list[Middleware] = []
     origins = cors_origins(settings.gateway_cors_origins)
