@@ -184,6 +184,13 @@ class Settings(BaseSettings):
         description="A request's hold on an upload lapses this long after its last heartbeat, "
         "so another instance can resume an upload whose gateway was killed",
     )
+    gateway_events_max_s: int = Field(
+        default=3600,
+        ge=1,
+        le=86400,
+        description="An upload's event stream (GET /uploads/{id}/events) is closed after this "
+        "long with `event: timeout`; the client reconnects with Last-Event-ID",
+    )
 
     @field_validator("home")
     @classmethod

@@ -38,6 +38,7 @@ from deployments.gateway.auth import gateway_secret
 from deployments.gateway.base import gateway_log
 from deployments.gateway.handoff import Handoff, default_handoff
 from deployments.gateway.page import page_routes
+from deployments.gateway.status import status_routes
 from deployments.gateway.uploads import Gateway
 from reelflow import tus
 from reelflow.errors import (
@@ -187,6 +188,7 @@ def build_app(
             name="upload",
         ),
         Route("/healthz", gateway.healthz, methods=["GET"]),
+        *status_routes(gateway),
         *account_routes(gateway),
         *page_routes(gateway),
     ]

@@ -7,10 +7,11 @@ build copies it). Without it the page says so instead of failing silently.
 
 * ``GET /``: the page, with its settings (the chunk size of each PATCH, the caption limit,
   the modes) in a JSON data block; ``no-store`` and a strict Content-Security-Policy (scripts,
-  styles and requests only from this origin; images also from the store's presigned links).
+  styles, requests and images only from this origin; no inline script, no eval).
 * ``GET /?token=<bearer>``: exchanged at once for the session cookie and answered 303 to ``/``,
   so the token stays in neither the address bar nor the history (the exchange itself is
-  :mod:`deployments.gateway.auth`'s); a bad token gets the page with the reason, 401.
+  :func:`deployments.gateway.auth.session_redirect`); a bad token gets the page with the
+  reason, 401, and no cookie.
 * ``GET /static/...``: the files of web/static (Starlette's StaticFiles: no path outside it).
 
 The page then authenticates every request with the cookie (same origin, SameSite=Strict): the
@@ -23,18 +24,17 @@ from __future__ import annotations
 
 import html
 import json
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.responses import HTMLResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from deployments.gateway.auth import authenticate
+from deployments.gateway.auth import authenticate, session_redirect
 from deployments.gateway.base import GatewayBase, gateway_log
-from reelflow.gateway_tokens import Claims, TokenError, mint, verify
+from reelflow.gateway_tokens import Claims
 from reelflow.ingest_options import INGEST_MODES
 from reelflow.publish_rules import DEFAULT_PRIVACY, MAX_CAPTION_UTF16_UNITS, PRIVACY_LEVELS
 from reelflow.tus import TusError
@@ -43,10 +43,11 @@ WEB_DIR = Path(__file__).resolve().parent / "web"
 STATIC_DIR = WEB_DIR / "static"
 TUS_BUNDLE = STATIC_DIR / "vendor" / "tus.min.js"
 CONFIG_MARKER = "<!--config-->"
-# Images: the thumbnail link may be a presigned URL of the store (another origin).
+# Everything from this origin: the thumbnail too (/uploads/{id}/thumbnail); blob: for the
+# <video> that reads the picked file's duration.
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
-    "img-src 'self' data: blob: http: https:; media-src 'self' blob:; "
+    "img-src 'self' data: blob:; media-src 'self' blob:; "
     "base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 )
 PAGE_HEADERS = {
@@ -58,52 +59,10 @@ PAGE_HEADERS = {
 }
 
 
-# --- the session cookie (a stand-in until deployments.gateway.auth has it) -------------------
-SESSION_COOKIE = "reelflow_session"
-SESSION_MAX_S = 12 * 3600
-
-
-def session_claims(request: Request, secret: bytes, *, now: datetime) -> Claims:
-    try:
-        return verify(secret, request.cookies.get(SESSION_COOKIE), now=now)
-    except TokenError as exc:
-        raise TusError(
-            401,
-            f"no session: {exc}",
-            headers={"WWW-Authenticate": 'Bearer realm="reelflow-gateway"'},
-            reason="unauthorized",
-        ) from None
-
-
-def start_session(
-    response: Response, claims: Claims, secret: bytes, *, now: datetime, secure: bool
-) -> None:
-    ttl = int(min((claims.expires_at - now).total_seconds(), SESSION_MAX_S))
-    cookie = mint(
-        secret,
-        claims.subject,
-        accounts=claims.accounts,
-        ttl_s=max(ttl, 1),
-        max_size=claims.max_size,
-        now=now,
-    )
-    response.set_cookie(
-        SESSION_COOKIE,
-        cookie,
-        max_age=max(ttl, 1),
-        path="/",
-        secure=secure,
-        httponly=True,
-        samesite="strict",
-    )
-
-
 def request_claims(gateway: GatewayBase, request: Request) -> Claims:
     """The claims of a request to a page route: the bearer header, else the session cookie;
-    401 when neither is there or valid."""
-    if request.headers.get("authorization"):
-        return authenticate(request.headers, gateway.secret, now=gateway.now())
-    return session_claims(request, gateway.secret, now=gateway.now())
+    401 when neither is there or valid (:func:`deployments.gateway.auth.authenticate`)."""
+    return authenticate(request.headers, gateway.secret, now=gateway.now())
 
 
 def page_config(gateway: GatewayBase) -> dict[str, Any]:
@@ -143,27 +102,16 @@ class UploadPage:
         return HTMLResponse(body, status_code=status, headers=PAGE_HEADERS)
 
     async def index(self, request: Request) -> Response:
-        token = request.query_params.get("token")
-        if token is None:
+        if "token" not in request.query_params:
             return self._page()
         try:
-            claims = authenticate(
-                {"authorization": f"Bearer {token}"}, self.gateway.secret, now=self.gateway.now()
-            )
+            response = session_redirect(request, self.gateway.secret, now=self.gateway.now())
         except TusError as exc:
             if exc.status != 401:
                 raise
             gateway_log().info("page_token_refused", reason=exc.reason)
             return self._page(status=401, notice=f"The token of that link was refused: {exc}")
-        response = RedirectResponse("/", status_code=303, headers={"Cache-Control": "no-store"})
-        start_session(
-            response,
-            claims,
-            self.gateway.secret,
-            now=self.gateway.now(),
-            secure=request.url.scheme == "https",
-        )
-        gateway_log().info("page_session_started", owner=claims.subject)
+        gateway_log().info("page_session_started")
         return response
 
 

@@ -277,9 +277,7 @@ def test_page_upload_survives_a_reload_and_follows_the_pipeline_to_the_post(
     )
     stage = page.get_attribute("body", "data-stage")
     shot = save_screenshot(page, tmp_path_factory.getbasetemp())
-    assert stage == "published", (
-        f"{stage}: {page.inner_text('#job')}\n{console}\n{logs(setup)}"
-    )
+    assert stage == "published", f"{stage}: {page.inner_text('#job')}\n{console}\n{logs(setup)}"
     assert page.get_attribute("#post", "data-status") == "PUBLISH_COMPLETE"
     assert page.locator("#thumb").is_visible()
     assert page.evaluate("document.getElementById('thumb').naturalWidth") > 0
