@@ -6,7 +6,8 @@ the row's own ``offset`` at its ``updated_at`` (a part commit mid-request moves 
 give the rate over the last :data:`WINDOW_S`: what the status API answers as
 ``rate_bytes_s``, from any gateway instance (the samples are in the catalog, not a
 process's memory). An upload keeps samples of the last :data:`KEEP_S` only: each insert
-deletes the older ones, so the table stays small.
+deletes its older ones, and an upload's last byte (or its cancellation) deletes its own and
+every upload's older ones, so the table stays small.
 
 :func:`rate_from` is pure (a property test checks it); the rest is the table.
 
@@ -36,7 +37,7 @@ class GatewayProgress(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     upload_id: str = Field(index=True)
     offset: int
-    at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
+    at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True), index=True)  # type: ignore[call-overload]
 
 
 def sample(engine: Engine, upload_id: str, offset: int, *, at: datetime | None = None) -> None:
@@ -67,10 +68,13 @@ def samples(engine: Engine, upload_id: str, *, since: datetime) -> list[tuple[da
         return [(aware(at), int(offset)) for at, offset in s.exec(stmt).all()]
 
 
-def forget(engine: Engine, upload_id: str) -> None:
-    """Drop every sample of the upload (its bytes are all in)."""
+def forget(engine: Engine, upload_id: str, *, now: datetime | None = None) -> None:
+    """Drop every sample of the upload (its bytes are all in, or it was cancelled), and any
+    upload's older than KEEP_S (those of uploads abandoned mid-way: nothing else removes them)."""
+    cutoff = (now or utcnow()) - timedelta(seconds=KEEP_S)
     with Session(engine) as s:
         s.execute(delete(GatewayProgress).where(col(GatewayProgress.upload_id) == upload_id))
+        s.execute(delete(GatewayProgress).where(col(GatewayProgress.at) < cutoff))
         s.commit()
 
 

@@ -13,7 +13,8 @@ wins: either the run stores the media (the DELETE then answers 409), or the row 
 and no run can store it any more (its CAS fails, it purges and stops). Either stored media
 or nothing: never a half.
 
-After the row is cancelled: the run is asked to stop (the hand-off's ``cancel``: Prefect's
+After the row is cancelled (a ``received`` one: no run has it, none can take it; purged at
+once): the run is asked to stop (the hand-off's ``cancel``: Prefect's
 ``Cancelling`` state for a deployment run, SIGTERM for the embedded child), the run's lease
 is awaited a bounded while (so its last store call is over), and every staged byte is
 removed (:meth:`storage.tus_writer.TusWriter.purge`: multipart upload, assembled object,
@@ -25,12 +26,14 @@ Must not: delete anything of a stored media; log a token.
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from typing import Any
 
 from deployments.gateway.base import gateway_log
 from reelflow import tus
+from storage import gateway_progress as progress
 from storage import gateway_uploads as uploads
 from storage.gateway_sweep import upload_lease_name
 from storage.gateway_uploads import GatewayUpload
@@ -77,6 +80,12 @@ def cancel_run(gw: Any, row: GatewayUpload, fence: Fence) -> GatewayUpload | Non
     )
     if cancelled is None:
         return None
+    with contextlib.suppress(Exception):
+        progress.forget(gw.engine, row.id)
+    if row.state == uploads.RECEIVED:
+        # No run has taken it (a take moves it to processing first) and none can now.
+        gw.writer.purge(cancelled, fence=fence)
+        return cancelled
     stop = getattr(gw.handoff, "cancel", None)
     if callable(stop):
         try:
