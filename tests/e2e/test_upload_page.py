@@ -271,12 +271,15 @@ def test_page_upload_survives_a_reload_and_follows_the_pipeline_to_the_post(
     assert len(wire.of("POST")) == 1, wire.of("POST")
 
     # The stages, live, up to the post.
-    page.wait_for_selector(
-        "body[data-stage=published], body[data-stage=failed], body[data-stage=cancelled]",
-        timeout=PUBLISHED_TIMEOUT_MS,
-    )
+    try:
+        page.wait_for_selector(
+            "body[data-stage=published], body[data-stage=failed], body[data-stage=cancelled]",
+            state="attached",
+            timeout=PUBLISHED_TIMEOUT_MS,
+        )
+    finally:
+        shot = save_screenshot(page, tmp_path_factory.getbasetemp())
     stage = page.get_attribute("body", "data-stage")
-    shot = save_screenshot(page, tmp_path_factory.getbasetemp())
     assert stage == "published", f"{stage}: {page.inner_text('#job')}\n{console}\n{logs(setup)}"
     assert page.get_attribute("#post", "data-status") == "PUBLISH_COMPLETE"
     assert page.locator("#thumb").is_visible()

@@ -518,10 +518,12 @@
     } else if (status.stage === 'stored' && !status.account) {
       text($('post'), 'Stored (not posted: no account was chosen).')
     }
+    const scheduled = publish && publish.status === 'SCHEDULED'
+    if (scheduled) text($('post'), `TikTok: scheduled${publish.publish_at ? ` for ${new Date(publish.publish_at).toLocaleString()}` : ''}`)
     if (status.stage === 'failed') {
       text($('job-error'), `${status.message || 'The pipeline failed.'}${status.reason ? ` (${status.reason})` : ''}`)
     }
-    const over = FINAL.has(status.stage) || (status.stage === 'stored' && !status.account)
+    const over = FINAL.has(status.stage) || (status.stage === 'stored' && (!status.account || scheduled))
     $('cancel').disabled = over
     if (over) { stopEvents(); done(null); loadUploads(null) }
   }
