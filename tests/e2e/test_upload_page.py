@@ -295,3 +295,75 @@ def test_page_upload_survives_a_reload_and_follows_the_pipeline_to_the_post(
     pageerrors = [c for c in console if c.startswith("pageerror")]
     assert pageerrors == [], pageerrors
     context.close()
+
+
+def test_page_form_rules_pause_resume_and_cancel(
+    setup: GatewaySetup,
+    gateway: GatewayProcess,
+    sandbox: RunningSandbox,
+    browser: Any,
+    clips: Any,
+) -> None:
+    """The form refuses before any byte (a caption over 2200 UTF-16 units, branded content
+    that is private); Pause stops the PATCHes and Resume continues at the server's offset;
+    Cancel while receiving terminates the upload on the server (404 afterwards)."""
+    add_account_with_cli(setup, sandbox, ACCOUNT)
+    clip: Path = clips.medium()
+    size = clip.stat().st_size
+    token = setup.token(OWNER, accounts=(ACCOUNT,))
+    context = browser.new_context()
+    page = context.new_page()
+    page.set_default_timeout(UI_TIMEOUT_MS)
+    wire = Wire()
+    page.on("request", wire.on_request)
+    page.route("**/uploads/**", slow_patches)
+    page.goto(f"{gateway.base_url}/?token={token}")
+    fill_form(page, clip)
+
+    # 2200 units is the limit: 1100 emoji are 2200 units (allowed), one more letter is not.
+    page.fill("#caption", "🌅" * 1100)
+    assert page.get_attribute("#caption-count", "data-units") == "2200"
+    assert page.is_enabled("#start")
+    page.fill("#caption", "🌅" * 1100 + "x")
+    assert page.get_attribute("#caption-count", "data-units") == "2201"
+    assert page.is_disabled("#start") and "2200" in page.inner_text("#form-error")
+    page.fill("#caption", CAPTION)
+    page.check("#brand_content_toggle")
+    assert page.is_disabled("#start") and "private" in page.inner_text("#form-error")
+    page.uncheck("#brand_content_toggle")
+    assert page.is_enabled("#start")
+    assert wire.of("POST") == wire.of("PATCH") == []  # nothing was sent for a refused form
+
+    page.click("#start")
+    sent_at_least(page, int(size * 0.2), UPLOAD_TIMEOUT_MS / 1000)
+    upload_id = page.get_attribute("#job", "data-upload-id")
+    page.click("#pause")
+    page.wait_for_selector("#pause:text('Resume')")
+    url = f"{gateway.uploads_url}{upload_id}"
+
+    def server_offset() -> int:
+        head = httpx.head(url, headers=auth(token), timeout=REQUEST_TIMEOUT_S)
+        assert head.status_code == 200, head.text
+        return int(head.headers["Upload-Offset"])
+
+    # Paused: the PATCH in flight (if any) ends; then nothing more is sent.
+    page.wait_for_timeout(int(PATCH_DELAY_S * 4 * 1000))
+    paused_at, patches = server_offset(), len(wire.of("PATCH"))
+    page.wait_for_timeout(int(PATCH_DELAY_S * 4 * 1000))
+    assert (server_offset(), len(wire.of("PATCH"))) == (paused_at, patches)
+    assert 0 < paused_at < size
+
+    page.click("#pause")  # Resume
+    sent_at_least(page, paused_at + PAGE_CHUNK_BYTES, UPLOAD_TIMEOUT_MS / 1000)
+    resumed = wire.of("PATCH")[patches:]
+    assert resumed and resumed[0][2] == paused_at, (resumed[:2], paused_at)
+    assert len(wire.of("POST")) == 1
+
+    page.click("#cancel")
+    page.wait_for_selector("body[data-stage=cancelled]", state="attached")
+    assert ("DELETE", f"/uploads/{upload_id}") in [(m, p) for m, p, *_ in wire.requests]
+    gone = httpx.head(url, headers=auth(token), timeout=REQUEST_TIMEOUT_S)
+    assert gone.status_code == 404, (gone.status_code, gone.headers)
+    status = httpx.get(f"{url}/status", headers=auth(token), timeout=REQUEST_TIMEOUT_S)
+    assert status.status_code == 200 and status.json()["stage"] == "cancelled", status.text
+    context.close()

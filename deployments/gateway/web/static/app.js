@@ -278,6 +278,7 @@
     state.samples = []
     state.status = null
     showJob(file.name)
+    text($('job-meta'), summary())
     const upload = new window.tus.Upload(file, {
       endpoint: config.endpoint,
       chunkSize: config.chunk_size_bytes,
@@ -322,6 +323,18 @@
     }
     upload.start()
   })
+
+  function summary() {
+    const account = $('account').value
+    if (!account) return 'store only'
+    const privacy = $('privacy').selectedOptions[0]
+    const parts = [`to ${account}`, $('mode').value === 'direct' ? (privacy ? privacy.textContent : '') : 'as a draft in the inbox']
+    const when = $('publish-at').value
+    if (when) parts.push(`at ${new Date(when).toLocaleString()}`)
+    const caption = $('caption').value.trim()
+    if (caption) parts.push(`“${caption.length > 80 ? `${caption.slice(0, 80)}…` : caption}”`)
+    return parts.filter(Boolean).join(' · ')
+  }
 
   function progress(sent, total) {
     const now = performance.now()
@@ -402,6 +415,7 @@
     delete $('job').dataset.received
     delete $('job').dataset.sent
     text($('job-name'), name)
+    text($('job-meta'), '')
     text($('job-error'), '')
     text($('post'), '')
     text($('media'), '')
