@@ -51,11 +51,12 @@ $(TUS_BUNDLE): $(WEB)/package.json $(WEB)/package-lock.json
 	cd $(WEB) && npm ci --no-audit --no-fund
 	mkdir -p $(@D) && cp $(WEB)/node_modules/tus-js-client/dist/tus.min.js $@
 
-# The upload page's browser test drives Debian's Chromium (tests/e2e/test_upload_page.py).
+# The upload page's browser test drives Debian's Chromium (tests/e2e/test_upload_page.py);
+# the emoji font draws the captions' emoji in its screenshot.
 chromium:
-	@if ! command -v chromium >/dev/null; then \
+	@if ! command -v chromium >/dev/null || ! test -f /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf; then \
 		echo "installing Debian chromium"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-noto-color-emoji >/dev/null; \
 	fi
 
 demo: setup
