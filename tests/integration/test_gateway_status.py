@@ -310,3 +310,41 @@ def test_delete_once_stored_or_storing_is_409(gw: Gw, client: httpx.Client, clip
     r = client.delete(f"{gw.uploads_url}{upload_id}", headers=auth(token))
     assert r.status_code == 409 and "reelflow media delete med_z" in r.text
     assert uploads.get(engine, upload_id).state == uploads.STORED  # type: ignore[union-attr]
+
+
+def test_get_with_a_token_sets_the_cookie_and_leaves_the_url() -> None:
+    """The upload page's ``GET /?token=``: 303 to ``/`` (no token in Location), the session
+    cookie set; a bad token is 401 with no cookie."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import PlainTextResponse, Response
+    from starlette.routing import Route
+
+    from deployments.gateway.app import _on_error
+    from deployments.gateway.auth import session_redirect
+    from reelflow.errors import ReelflowError
+
+    secret = gwhttp.SECRET.encode()
+
+    async def page(request: Request) -> Response:
+        if "token" in request.query_params:
+            return session_redirect(request, secret, now=datetime.now(UTC))
+        return PlainTextResponse("page")
+
+    app = Starlette(
+        routes=[Route("/", page)],
+        exception_handlers={ReelflowError: _on_error, Exception: _on_error},
+    )
+    server, thread, base = gwhttp._start(app)
+    try:
+        token = mint(gwhttp.SECRET, "alice", ttl_s=600, now=datetime.now(UTC))
+        with httpx.Client(timeout=10) as http:
+            r = http.get(f"{base}/", params={"token": token}, follow_redirects=False)
+            assert r.status_code == 303 and r.headers["location"] == "/"
+            assert "HttpOnly" in r.headers["set-cookie"] and token not in r.headers["location"]
+            assert r.cookies["reelflow_session"] != token  # a session JWT of its own
+            bad = http.get(f"{base}/", params={"token": "nope"}, follow_redirects=False)
+            assert bad.status_code == 401 and "set-cookie" not in bad.headers
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
