@@ -4,12 +4,15 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The upload page's tus client, from npm at build time (the gateway serves it at /static/vendor/).
+WEB := deployments/gateway/web
+TUS_BUNDLE := $(WEB)/static/vendor/tus.min.js
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export REELFLOW_HOME ?= $(CURDIR)/.reelflow
 
-.PHONY: setup ffmpeg clamav js demo test test-e2e lint typecheck bench clean lock chaos
+.PHONY: setup ffmpeg clamav chromium js demo test test-e2e lint typecheck bench clean lock chaos
 
-setup: $(STAMP) ffmpeg clamav
+setup: $(STAMP) ffmpeg clamav $(TUS_BUNDLE)
 
 # Installs are reproducible: every package, direct or not, at the version in requirements.lock.
 $(STAMP): pyproject.toml requirements.lock
@@ -40,8 +43,21 @@ clamav:
 	fi
 
 # tus-js-client for the gateway tests (an independent tus client under Node), from the lock.
-js:
+js: $(TUS_BUNDLE)
 	@test -d tests/js/node_modules || (cd tests/js && npm ci --no-audit --no-fund)
+
+# tus-js-client's browser bundle (UMD, global `tus`) at the version of the page's npm lock.
+$(TUS_BUNDLE): $(WEB)/package.json $(WEB)/package-lock.json
+	cd $(WEB) && npm ci --no-audit --no-fund
+	mkdir -p $(@D) && cp $(WEB)/node_modules/tus-js-client/dist/tus.min.js $@
+
+# The upload page's browser test drives Debian's Chromium (tests/e2e/test_upload_page.py);
+# the emoji font draws the captions' emoji in its screenshot.
+chromium:
+	@if ! command -v chromium >/dev/null || ! test -f /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf; then \
+		echo "installing Debian chromium"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-noto-color-emoji >/dev/null; \
+	fi
 
 demo: setup
 	@mkdir -p $(REELFLOW_HOME)
@@ -57,7 +73,7 @@ typecheck: setup
 	$(BIN)/mypy
 
 # Tests marked `long` (minutes-long repeats of what other tests cover) run in `make chaos`.
-test: setup js lint typecheck
+test: setup js chromium lint typecheck
 	$(BIN)/pytest -q -p no:cacheprovider --durations=25 -m "not long"
 
 # The end-to-end tests (real `prefect server start`, workers, served deployments) alone;

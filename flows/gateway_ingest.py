@@ -17,6 +17,17 @@ an upload). Exactly once per upload:
   aborts the multipart upload and deletes everything staged (nothing is left); a retryable one
   keeps it all and puts the row back to ``received`` for the hand-off sweeper; an unexpected
   error keeps it all too, left ``processing`` with the error for a person to look at.
+* **cancel** (a DELETE after the last byte, :mod:`deployments.gateway.cancel`): the run checks
+  the row between steps and stops with :class:`UploadCancelledError` once it is ``cancelled``
+  (purging what is staged again; the gateway purged it too). Its commit point is one CAS that
+  records ``sha256`` on its ``processing`` row just before the thumbnail and the store
+  (:func:`_commit_to_store`): a cancellation that came first makes it fail, one that comes
+  later is refused (409). So a cancel racing the run leaves either stored media or nothing.
+
+Stages (flows/stage_log.py, ``run_key`` = the upload id): ``validating`` before assemble +
+verify, ``scanning``, ``storing`` at the commit point, ``stored``; ``failed`` with the typed
+reason for a terminal or unexpected error (a retryable one writes none: the upload goes back
+to the hand-off and another run takes it).
 
 Options (account, caption, privacy, mode, publish_at) are the upload's validated metadata, checked
 again with the CLI's rules; never event fields. The run is renamed after the metadata's filename
@@ -49,6 +60,7 @@ from flows.ingest_report import (
 )
 from flows.publish import check_duration_for_creator
 from flows.run_context import run_owner
+from flows.stage_log import StageLog
 from reelflow.errors import (
     ConfigurationError,
     InputRejectedError,
@@ -63,6 +75,7 @@ from reelflow.logging import get_logger, remember_settings_secrets
 from reelflow.planning import CONTAINER_EXT, S3_MIN_PART_BYTES, upload_buffer_bytes, video_key
 from reelflow.sources import SourceRef
 from storage import gateway_uploads as uploads
+from storage import stages
 from storage.catalog import Media
 from storage.gateway_sweep import upload_lease_name
 from storage.gateway_uploads import GatewayUpload
@@ -79,6 +92,26 @@ CAS_ATTEMPTS = 5  # a row changes a handful of times in its life; more lost race
 MAX_RUN_NAME_CHARS = 120
 # States a run may take an upload in, and those that end it (the run is refused).
 TAKEABLE = (uploads.RECEIVED, uploads.PROCESSING)
+
+
+class UploadCancelledError(InputRejectedError):
+    """The upload was cancelled by its creator (DELETE) while its run was working on it."""
+
+    def __init__(self, upload: str) -> None:
+        super().__init__(f"upload {upload} was cancelled by its creator", reason="upload_cancelled")
+
+
+def stage_log(rt: Runtime, row: GatewayUpload) -> StageLog:
+    """The upload's stage rows (``run_key`` = its id, as the gateway's)."""
+    return StageLog(
+        rt.catalog.engine,
+        row.id,
+        upload_id=row.id,
+        origin="gateway",
+        owner=row.owner,
+        account=row.account,
+        size_bytes=row.length,
+    )
 
 
 def source_for(upload: str) -> str:
@@ -222,6 +255,16 @@ def _writer(rt: Runtime, row: GatewayUpload) -> TusWriter:
 def _give_up(rt: Runtime, upload: str, fence: Fence, exc: Exception) -> None:
     """Every failure after the take decides here: keep the staged upload, or delete it all."""
     log = get_logger(upload=upload)
+    current = _row(rt, upload)
+    if current.state == uploads.CANCELLED:
+        # The creator's DELETE: the gateway purged; purge again what this run may have made
+        # since (an assembled object), then stop. Its `cancelled` row is the gateway's.
+        try:
+            _writer(rt, current).purge(current)
+        except ReelflowError as purge_exc:  # the gateway purged already; its sweep may again
+            log.warning("upload_cancelled_purge_failed", error=str(purge_exc)[:300])
+        log.info("upload_cancelled_in_run", error=str(exc)[:300])
+        return
     if isinstance(exc, LeaseLostError) or fence.lost:
         log.warning("upload_left_to_lease_holder", error=str(exc))
         return
@@ -234,6 +277,7 @@ def _give_up(rt: Runtime, upload: str, fence: Fence, exc: Exception) -> None:
         # A bug, not the upload: keep every byte, and leave it to a person (`reelflow ingest
         # --upload ID` takes it again); the sweeper does not retry rows carrying an error.
         _cas(rt, upload, fence, error=f"{type(exc).__name__}: {exc}"[:500])
+        stage_log(rt, current).failed(exc, reason="internal_error")
         log.error(
             "upload_kept_after_unexpected_error", error=str(exc), error_type=type(exc).__name__
         )
@@ -244,10 +288,35 @@ def _give_up(rt: Runtime, upload: str, fence: Fence, exc: Exception) -> None:
     # The multipart upload (or the assembled object), every tail, the ledger's parts: nothing stays.
     _writer(rt, row).purge(row, fence=fence)
     _cas(rt, upload, fence, state=uploads.FAILED, error=f"{reason}: {exc}"[:500])
+    stage_log(rt, row).failed(exc)
     log.error("upload_failed", reason=reason, error=str(exc))
 
 
 # --- the steps ---------------------------------------------------------------------------------
+
+
+def _check_not_cancelled(rt: Runtime, upload: str) -> None:
+    if _row(rt, upload).state == uploads.CANCELLED:
+        raise UploadCancelledError(upload)
+
+
+def _commit_to_store(rt: Runtime, upload: str, fence: Fence, sha256_hex: str) -> GatewayUpload:
+    """The run's commit point (see the module docstring): record ``sha256`` on the row while
+    it is still ``processing`` by this run, in one CAS; UploadCancelledError when it is not."""
+    for _ in range(CAS_ATTEMPTS):
+        row = _row(rt, upload)
+        if row.state == uploads.CANCELLED:
+            raise UploadCancelledError(upload)
+        if row.state != uploads.PROCESSING or row.flow_run_id != fence.owner:
+            raise LeaseLostError(f"upload {upload} is {row.state} by {row.flow_run_id}")
+        if row.sha256 == sha256_hex:
+            return row  # committed by this run's earlier attempt
+        done = uploads.cas_update(
+            rt.catalog.engine, upload, row.version, fence=fence, sha256=sha256_hex
+        )
+        if done is not None:
+            return done
+    raise TransientStorageError(f"upload {upload}: {CAS_ATTEMPTS} lost races committing it")
 
 
 def _readable_key(rt: Runtime, staging_key: str, sha256_hex: str) -> str:
@@ -277,6 +346,7 @@ def _process(
     ``request`` None: its metadata was refused; refused again here, so the row fails."""
     fence = rt.catalog.fence
     assert fence is not None  # always run under the upload's lease
+    log = stage_log(rt, row)
     request = request or upload_request(row, rt)
     media = _stored_media(rt, row)  # a run killed after the store step, before the row
     scan: ScanReport | None = None
@@ -284,6 +354,8 @@ def _process(
     if media is None:
         publish = request.options.publish
         creator = check_publish_request(rt, publish) if publish is not None else None
+        _check_not_cancelled(rt, row.id)
+        log(stages.VALIDATING)
         t0 = time.perf_counter()
         assembled = assemble_received(row.id, rt)
         timings["assemble"] = time.perf_counter() - t0
@@ -295,8 +367,16 @@ def _process(
         if creator is not None and publish is not None:
             check_duration_for_creator(creator, publish.account, meta.duration_s)
         t0 = time.perf_counter()
-        scan = scan_video(key, sha, meta, rt) if rt.settings.clamd_url else SCAN_OFF
+        if rt.settings.clamd_url:
+            _check_not_cancelled(rt, row.id)
+            log(stages.SCANNING)
+            scan = scan_video(key, sha, meta, rt)
+        else:
+            scan = SCAN_OFF
         timings["scan"] = time.perf_counter() - t0
+        # From here on the upload is the creator's media: a DELETE answers 409.
+        _commit_to_store(rt, row.id, fence, sha)
+        log(stages.STORING)
         t0 = time.perf_counter()
         final_key = video_key(sha, meta.container)
         thumb = make_thumbnail(key, final_key, sha, meta, rt)
@@ -323,6 +403,7 @@ def _process(
         sha256=media.sha256,
         error=None,
     )
+    log(stages.STORED, media_id=media.media_id, size_bytes=media.size_bytes)
     get_logger(upload=row.id, media_id=media.media_id).info("upload_stored")
     return Ingested(media, parts, scan=scan, timings=timings)
 
@@ -439,6 +520,7 @@ def ingest_received(
             done.media,
             dataclasses.replace(request.options.publish, again=again),
             _still_ahead(request.publish_at),
+            log=stage_log(rt, _row(rt, upload)),
         )
     create_markdown_artifact(
         markdown=summary_markdown(summary),

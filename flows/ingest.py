@@ -1,5 +1,11 @@
 """The ``ingest-video`` flow: validate → chunk-upload → assemble → thumbnail → store.
 
+Stages (flows/stage_log.py; ``run_key`` = the upload session's id, or ``run:<run>`` when the
+run stops before it has one): ``receiving`` when the chunk upload starts, ``received`` once
+assembled, ``validating`` (the assembled bytes checked), ``scanning``, ``storing``, ``stored``;
+``failed`` with the typed reason when the run fails (``retryable`` in the detail when a later
+run could still succeed); one ``stored`` (``deduplicated``) for a source stored already.
+
 Orchestration only: ordering, parameters, artifacts. The I/O lives in tasks/ and storage/: the
 abort-or-keep decision when a run gives up is ``tasks.chunk_upload.give_up_upload``, the
 "stored already?" lookup ``tasks.s3_store.find_stored``, the run's tags and lease owner
@@ -34,6 +40,7 @@ from flows.ingest_report import (
     summary_markdown,
 )
 from flows.run_context import run_owner, tag_run
+from flows.stage_log import StageLog, origin_of
 from reelflow.credentials import reveal
 from reelflow.errors import InputRejectedError, LeaseLostError
 from reelflow.event_policy import check_event_run
@@ -45,6 +52,7 @@ from reelflow.publish_rules import Mode, Privacy
 from reelflow.rules import VideoMeta
 from reelflow.settings import Settings
 from reelflow.sources import SourceRef
+from storage import stages
 from storage.leases import Fence, Leases, lease_name
 from storage.runtime import Runtime
 from tasks.assemble import assemble_upload
@@ -58,6 +66,13 @@ MAX_TASK_THREADS = 64
 PROGRESS_EVERY_S = 1.0
 
 
+class RunStages:
+    """The run's stage log; its key becomes the upload session's id once there is one."""
+
+    def __init__(self, log: StageLog) -> None:
+        self.log = log
+
+
 def _stage_and_store(
     rt: Runtime,
     *,
@@ -68,6 +83,7 @@ def _stage_and_store(
     timings: dict[str, float],
     leases: Leases,
     fence: Fence,
+    report: RunStages,
 ) -> Ingested:
     """Steps 2-5 under the source lease; terminal errors abort, the rest stay resumable.
 
@@ -76,6 +92,8 @@ def _stage_and_store(
     rt = dataclasses.replace(rt, catalog=rt.catalog.fenced(fence))
     state = open_upload_session(ref, meta, chunk_size, rt, concurrency=concurrency)
     leases.attach_session(fence, state.session_id)
+    report.log = report.log.with_(run_key=state.session_id, size_bytes=ref.size_bytes)
+    log = report.log
     sent: SendResult | None = None
     try:
         if state.status in ("assembled", "completed") and state.sha256:
@@ -87,6 +105,7 @@ def _stage_and_store(
                 description=f"chunk upload of {ref.name} ({state.plan.count} parts)",
             )
 
+            log(stages.RECEIVING)
             # Posted from a thread of its own (an API round trip each, ~35 ms measured), at
             # most once a second; the final 100 % goes out while the upload is assembled.
             with ProgressReporter(progress_id, every_s=PROGRESS_EVERY_S) as progress:
@@ -99,16 +118,23 @@ def _stage_and_store(
                 staged = assemble_upload(state, sent.sha256_hex, sent.part_digests_b64, rt)
                 timings["assemble"] = time.perf_counter() - t0
             sha256_hex = sent.sha256_hex
+            log(stages.RECEIVED)
 
         final_key = video_key(sha256_hex, meta.container)  # the thumbnail's and the store's
+        log(stages.VALIDATING)
         t0 = time.perf_counter()
         # The bytes stored are the bytes validated: magic + ffprobe of the assembled object.
         verify_assembled(staged, sha256_hex, meta, rt)
         timings["verify"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         # Off (no task run) when REELFLOW_CLAMD_URL is unset; a hit is terminal: aborted below.
-        scan = scan_video(staged, sha256_hex, meta, rt) if rt.settings.clamd_url else SCAN_OFF
+        if rt.settings.clamd_url:
+            log(stages.SCANNING)
+            scan = scan_video(staged, sha256_hex, meta, rt)
+        else:
+            scan = SCAN_OFF
         timings["scan"] = time.perf_counter() - t0
+        log(stages.STORING)
         t0 = time.perf_counter()
         thumb = make_thumbnail(staged, final_key, sha256_hex, meta, rt)
         timings["thumbnail"] = time.perf_counter() - t0
@@ -122,6 +148,7 @@ def _stage_and_store(
         if fence.lost and not isinstance(exc, LeaseLostError):
             raise fence.error() from exc  # whatever broke, this run had lost its lease first
         raise
+    log(stages.STORED, media_id=media.media_id, size_bytes=media.size_bytes)
     get_logger(media_id=media.media_id, upload_id=state.upload_id).info(
         "ingest_completed", chunks_uploaded=sent.chunks_uploaded if sent else 0
     )
@@ -271,18 +298,40 @@ def ingest_video(
     publish_mode = opts.mode
     tag_run(account, publish_mode)
     rt = Runtime.from_settings(settings)
-    on_validated: Callable[[VideoMeta], None] | None = None
-    if opts.publish is not None and account:
-        creator = check_publish_request(rt, opts.publish)
-        on_validated = duration_check(creator, account)
-    done = _ingest(
-        real_source, rt, opts.chunk_size_bytes, opts.concurrency, on_validated=on_validated
+    report = RunStages(
+        StageLog(
+            rt.catalog.engine,
+            f"run:{run_owner()}",
+            origin=origin_of(origin),
+            account=account if opts.publish is not None else None,
+        )
     )
+    try:
+        on_validated: Callable[[VideoMeta], None] | None = None
+        if opts.publish is not None and account:
+            creator = check_publish_request(rt, opts.publish)
+            on_validated = duration_check(creator, account)
+        done = _ingest(
+            real_source,
+            rt,
+            opts.chunk_size_bytes,
+            opts.concurrency,
+            on_validated=on_validated,
+            report=report,
+        )
+    except LeaseLostError:
+        raise  # the run that holds the source now reports it
+    except Exception as exc:
+        report.log.failed(exc, retryable=bool(getattr(exc, "retryable", False)))
+        raise
+    log = report.log.with_(media_id=done.media.media_id)
+    if done.scan is None:  # stored already (by an earlier or a concurrent run)
+        log(stages.STORED, deduplicated=True, size_bytes=None)
     summary = summarize(done, rt)
     summary["publish"] = None
     if opts.publish is not None:
         summary["publish"] = publish_or_queue(
-            rt, done.media, dataclasses.replace(opts.publish, again=again), publish_at
+            rt, done.media, dataclasses.replace(opts.publish, again=again), publish_at, log=log
         )
     create_markdown_artifact(
         markdown=summary_markdown(summary),
@@ -299,12 +348,14 @@ def _ingest(
     concurrency: int,
     *,
     on_validated: Callable[[VideoMeta], None] | None = None,
+    report: RunStages | None = None,
 ) -> Ingested:
     """Steps 1-5 (deduplicated when the source is stored here already).
 
     ``on_validated`` may refuse the video once its metadata is known, before anything is sent.
     """
     settings = rt.settings
+    report = report or RunStages(StageLog(rt.catalog.engine, f"run:{run_owner()}"))
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     checked = validate_video(source, rt)
@@ -337,6 +388,7 @@ def _ingest(
             timings=timings,
             leases=leases,
             fence=held.fence,
+            report=report,
         )
 
 

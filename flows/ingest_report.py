@@ -1,6 +1,7 @@
 """What both ingest flows (a source: flows/ingest.py; a gateway upload: flows/gateway_ingest.py)
 build once their video is stored: the run's summary, its artifact, and the publish (now, or
-queued for publish-due). Also the publish checks made before anything is sent.
+queued for publish-due; a publish made now reports its stages to the ingest run's stage
+log). Also the publish checks made before anything is sent.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from flows.publish import (
     check_duration_for_creator,
     publish_stored_media,
 )
+from flows.stage_log import StageLog, reporting_to
 from reelflow.errors import InputRejectedError
 from reelflow.logging import get_logger
 from reelflow.publish_rules import PublishRequest
@@ -151,8 +153,15 @@ def duration_check(creator: dict[str, Any], account: str) -> Callable[[VideoMeta
 
 
 def publish_or_queue(
-    rt: Runtime, media: Media, request: PublishRequest, publish_at: datetime | None
+    rt: Runtime,
+    media: Media,
+    request: PublishRequest,
+    publish_at: datetime | None,
+    *,
+    log: StageLog | None = None,
 ) -> dict[str, Any]:
+    """Publish now, or queue it for ``publish_at``. A publish made now reports its stages to
+    ``log`` (the ingest run's stage log: flows/stage_log.py)."""
     if publish_at is not None and publish_at > datetime.now(UTC):
         row = queue_publish(
             rt.catalog.engine,
@@ -176,4 +185,5 @@ def publish_or_queue(
             "chunks_total": None,
             "chunks_sent_this_run": 0,
         }
-    return publish_stored_media(rt, media.media_id, request)
+    with reporting_to(log):
+        return publish_stored_media(rt, media.media_id, request)

@@ -290,6 +290,7 @@ def _publish_row(
                 run.close_progress()
                 final = get_publish(engine, row.id)
                 assert final is not None
+                run.report(final, error)
                 summary = run_summary(run, final)
                 summary["options_differ"] = final.post_options != wanted
                 create_markdown_artifact(

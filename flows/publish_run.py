@@ -1,5 +1,7 @@
-"""One publish run's bookkeeping and report: timings, counters, the progress artifact, and the
-summary the ``publish-media`` flow returns and shows as a markdown artifact.
+"""One publish run's bookkeeping and report: timings, counters, the progress artifact, the
+summary the ``publish-media`` flow returns and shows as a markdown artifact, and its stage
+rows (``publishing`` when it starts; ``published`` or ``failed`` when it ends there:
+flows/stage_log.py says where they go).
 
 Must not: call TikTok or write the ledger (the run's tasks and :mod:`storage.publishing` do).
 """
@@ -13,8 +15,11 @@ from typing import Any
 
 from prefect.artifacts import create_progress_artifact
 
+from flows.stage_log import StageLog, failure_fields, publish_logs
 from reelflow.errors import ReelflowError
 from reelflow.progress import ProgressReporter
+from reelflow.publish_rules import DONE_STATES, FAILED
+from storage import stages
 from storage.catalog import Media
 from storage.publishing import Publish
 from tasks.publish_context import PublishContext
@@ -38,12 +43,44 @@ class PublishRun:
         self.progress: ProgressReporter | None = None
         self.chunks_total = row.chunks_total
         self.session: UploadSession | None = None  # the session this run sends to
+        self.stage_logs: list[StageLog] = publish_logs(
+            ctx.rt.catalog.engine, media.media_id, row.id, row.account
+        )
+        self._stage(stages.PUBLISHING, row)
         size = max(1, media.size_bytes)
         self.progress_id = create_progress_artifact(
             progress=100.0 * row.bytes_acknowledged / size,
             key=artifact_key("tiktok-upload", row.id),
             description=f"TikTok upload of {media.media_id} to {row.account}",
         )
+
+    def _stage(self, stage: str, row: Publish, **fields: Any) -> None:
+        detail = {"publish_row": row.id, "publish_id": row.publish_id, "mode": row.mode}
+        for log in self.stage_logs:
+            log(stage, **(detail | fields))
+
+    def report(self, final: Publish, error: ReelflowError | None) -> None:
+        """The run's outcome as a stage: ``published`` once TikTok completed the post (or put
+        it in the inbox), ``failed`` when TikTok failed it or a terminal error stopped it;
+        nothing while it is still in flight (a poll deadline, a retryable error)."""
+        if final.status in DONE_STATES:
+            self._stage(
+                stages.PUBLISHED,
+                final,
+                status=final.tiktok_status,
+                post_id=final.post_id,
+                size_bytes=final.video_size,
+            )
+        elif final.status == FAILED:
+            self._stage(
+                stages.FAILED,
+                final,
+                reason=final.fail_reason or final.error_code or "publish_failed",
+                message=failure_fields(error)["message"] if error else final.fail_reason or "",
+                step="publish",
+            )
+        elif error is not None and not error.retryable:
+            self._stage(stages.FAILED, final, step="publish", **failure_fields(error))
 
     def on_progress(self, done: int, total: int) -> None:
         # Each update is an API call (~20 ms measured): posted from a thread of its own, at most

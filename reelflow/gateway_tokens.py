@@ -3,8 +3,10 @@
 Owns: minting a token for a creator (``reelflow gateway token``), verifying one on every
 gateway request, the claims (:class:`Claims`) and the rule that the signing key is at least
 :data:`MIN_SECRET_BYTES`. Claims: ``sub`` (the creator), ``acc`` (accounts it may publish to),
-``msz`` (its own upload limit, or null), ``scope`` (``upload``; ``events`` for a read-only token
-later), ``iat``, ``exp``, ``aud`` = :data:`AUDIENCE`, ``iss`` = :data:`ISSUER`.
+``msz`` (its own upload limit, or null), ``scope`` (``upload``; ``events``: read-only, for one
+upload's status and events), ``upl`` (an ``events`` token's upload id), ``iat``, ``exp``, ``aud``
+= :data:`AUDIENCE`, ``iss`` = :data:`ISSUER`. An ``events`` token without ``upl``, or an
+``upload`` token with one, is refused.
 
 Only HS256 is accepted (``alg: none``, HS512, RS256... are refused: the algorithm is the
 verifier's choice, never the token's). Times are checked against the ``now`` argument with
@@ -33,6 +35,7 @@ MIN_SECRET_BYTES = 32  # RFC 7518 §3.2: an HS256 key at least as long as the ha
 LEEWAY_S = 5  # clock skew tolerated between the instance that minted and the one verifying
 SCOPES = ("upload", "events")
 DEFAULT_SCOPE = "upload"
+EVENTS_SCOPE = "events"
 MAX_TTL_S = 366 * 86400
 MAX_SUBJECT_CHARS = 256
 # A token is a few hundred bytes; a bound stops a client from making us parse megabytes.
@@ -62,6 +65,7 @@ class Claims:
     expires_at: datetime
     issued_at: datetime
     scope: str = DEFAULT_SCOPE
+    upload: str | None = None  # an events token: the one upload it may read
 
     def limit(self, max_size: int) -> int:
         """The upload limit for this token: the server's, lowered by the token's own."""
@@ -112,11 +116,14 @@ def mint(
     max_size: int | None = None,
     now: datetime,
     scope: str = DEFAULT_SCOPE,
+    upload: str | None = None,
 ) -> str:
     """A signed token for ``subject``, valid ``ttl_s`` seconds from ``now``.
 
     ``accounts`` are the accounts its uploads may publish to (none: store only); ``max_size``
-    lowers the gateway's upload limit for it. Bad arguments are a InputRejectedError."""
+    lowers the gateway's upload limit for it; ``upload`` is the one upload an ``events`` token
+    may read (required for that scope, refused for ``upload``). Bad arguments are a
+    InputRejectedError."""
     key = check_secret(secret)
     _check_subject(subject)
     for account in accounts:
@@ -136,6 +143,11 @@ def mint(
         raise InputRejectedError(
             f"token scope {scope!r} is not one of {', '.join(SCOPES)}", reason="invalid_scope"
         )
+    if (scope == EVENTS_SCOPE) != bool(upload):
+        raise InputRejectedError(
+            "an events token names exactly one upload, and only an events token does",
+            reason="invalid_scope",
+        )
     issued = _timestamp(now)
     payload = {
         "iss": ISSUER,
@@ -147,6 +159,8 @@ def mint(
         "iat": issued,
         "exp": issued + ttl_s,
     }
+    if upload:
+        payload["upl"] = upload
     return jwt.encode(payload, key, algorithm=ALGORITHM)
 
 
@@ -232,6 +246,12 @@ def _claims(payload: dict[str, object], *, now: datetime, scope: str, leeway_s: 
     token_scope = payload.get("scope", DEFAULT_SCOPE)
     if token_scope != scope:
         raise _invalid(f"not an {scope} token")
+    upload = payload.get("upl")
+    if scope == EVENTS_SCOPE:
+        if not isinstance(upload, str) or not upload:
+            raise _invalid("bad upl claim")
+    elif upload is not None:
+        raise _invalid("an upload token names no upload")
     return Claims(
         subject=subject,
         accounts=tuple(accounts),
@@ -239,4 +259,5 @@ def _claims(payload: dict[str, object], *, now: datetime, scope: str, leeway_s: 
         expires_at=datetime.fromtimestamp(expires, UTC),
         issued_at=datetime.fromtimestamp(issued, UTC),
         scope=scope,
+        upload=upload if scope == EVENTS_SCOPE else None,
     )

@@ -179,12 +179,26 @@ class Settings(BaseSettings):
         description="Part size the gateway stages uploads in; also each active upload's "
         "largest in-memory buffer (S3 needs at least 5 MiB)",
     )
+    gateway_page_chunk_bytes: int = Field(
+        default=50 * MIB,
+        ge=64 * 1024,
+        le=GATEWAY_MAX_SIZE_BYTES,
+        description="Bytes per PATCH the upload page sends (tus-js-client chunkSize): under "
+        "any proxy's body limit; a lost connection resends at most one chunk",
+    )
     gateway_lock_ttl_s: float = Field(
         default=30.0,
         ge=1,
         le=3600,
         description="A request's hold on an upload lapses this long after its last heartbeat, "
         "so another instance can resume an upload whose gateway was killed",
+    )
+    gateway_events_max_s: int = Field(
+        default=3600,
+        ge=1,
+        le=86400,
+        description="An upload's event stream (GET /uploads/{id}/events) is closed after this "
+        "long with `event: timeout`; the client reconnects with Last-Event-ID",
     )
 
     @model_validator(mode="after")

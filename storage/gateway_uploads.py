@@ -25,10 +25,11 @@ import secrets
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import and_, or_, update
 from sqlalchemy.engine import Engine
 from sqlmodel import DateTime, Field, Session, SQLModel, col, select
 
+from storage import gateway_progress as _progress  # noqa: F401  (its table is the catalog's too)
 from storage import leases as _leases
 from storage.clock import utcnow
 from storage.rows import commit_row, timestamp_field
@@ -121,12 +122,30 @@ def get_for_owner(engine: Engine, upload_id: str, owner: str) -> GatewayUpload |
 
 
 def list_for_owner(
-    engine: Engine, owner: str, *, limit: int = 50, before: datetime | None = None
+    engine: Engine,
+    owner: str,
+    *,
+    limit: int = 50,
+    before: datetime | tuple[datetime, str] | None = None,
+    with_partials: bool = True,
 ) -> list[GatewayUpload]:
-    """``owner``'s uploads, newest first; ``before`` (a ``created_at``) pages further back."""
+    """``owner``'s uploads, newest first. ``before`` pages further back: a ``created_at``, or
+    the (``created_at``, ``id``) of the last row of the previous page (rows created in the same
+    instant are then neither skipped nor repeated). ``with_partials=False`` leaves out a
+    concatenation's partial uploads (pieces of its final one, not uploads of their own)."""
     with Session(engine, expire_on_commit=False) as s:
         stmt = select(GatewayUpload).where(GatewayUpload.owner == owner)
-        if before is not None:
+        if not with_partials:
+            stmt = stmt.where(GatewayUpload.kind != "partial")
+        if isinstance(before, tuple):
+            at, last_id = before
+            stmt = stmt.where(
+                or_(
+                    col(GatewayUpload.created_at) < at,
+                    and_(col(GatewayUpload.created_at) == at, col(GatewayUpload.id) < last_id),
+                )
+            )
+        elif before is not None:
             stmt = stmt.where(col(GatewayUpload.created_at) < before)
         stmt = stmt.order_by(col(GatewayUpload.created_at).desc(), col(GatewayUpload.id).desc())
         return list(s.exec(stmt.limit(limit)).all())

@@ -34,10 +34,13 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from deployments.gateway.accounts import account_routes
 from deployments.gateway.auth import gateway_secret
 from deployments.gateway.base import gateway_log
 from deployments.gateway.handoff import Handoff, default_handoff
 from deployments.gateway.metrics import GatewayMetrics
+from deployments.gateway.page import page_routes
+from deployments.gateway.status import status_routes
 from deployments.gateway.uploads import Gateway
 from reelflow import tus
 from reelflow.errors import (
@@ -189,6 +192,9 @@ def build_app(
         ),
         Route("/healthz", gateway.healthz, methods=["GET"]),
         *metrics.routes(),
+        *status_routes(gateway),
+        *account_routes(gateway),
+        *page_routes(gateway),
     ]
     middleware: list[Middleware] = []
     origins = cors_origins(settings.gateway_cors_origins)

@@ -10,6 +10,13 @@ The writer's row updates carry the hold's fencing token, so a holder that lost i
 paused past the TTL) cannot commit late. The row is read again under the hold and the
 preconditions checked again: a PATCH that waited behind another sees its new offset (409).
 
+What the creator sees is written here too: the stage rows the gateway owns
+(:mod:`storage.stages`: ``receiving`` at creation, ``received`` once the last byte is durable,
+``cancelled``; a concatenation's partials get none, they are pieces of their final upload)
+and a progress sample (:mod:`storage.gateway_progress`) where each write starts and ends, for
+the status API's rate. Both are best effort: a failed insert is logged and never fails the
+request that stored the bytes (the row's own state still answers the status).
+
 Must not: log a token or the Authorization header; buffer a body (it streams into the writer,
 :mod:`deployments.gateway.body`). The routes are :mod:`deployments.gateway.uploads`'.
 """
@@ -39,7 +46,9 @@ from reelflow.gateway_tokens import Claims
 from reelflow.logging import get_logger
 from reelflow.rules import sniff_container
 from reelflow.settings import Settings
+from storage import gateway_progress as progress
 from storage import gateway_uploads as uploads
+from storage import stages
 from storage.base import ObjectStore
 from storage.catalog import Catalog
 from storage.gateway_uploads import GatewayUpload
@@ -188,10 +197,41 @@ class GatewayBase:
                 raise _locked(upload_id)
             yield held.fence
 
+    def _stage(self, row: GatewayUpload, stage: str, **fields: Any) -> None:
+        """Record the upload's ``stage`` (not for a partial), best effort."""
+        if row.kind == "partial":
+            return
+        try:
+            stages.record(
+                self.engine,
+                row.id,
+                stage,
+                upload_id=row.id,
+                origin="gateway",
+                owner=row.owner,
+                account=row.account,
+                size_bytes=row.length,
+                **fields,
+            )
+        # The bytes are stored whatever happens here; the status falls back on the row's state.
+        except Exception as exc:
+            gateway_log().warning(
+                "stage_not_recorded", upload=row.id, stage=stage, error=type(exc).__name__
+            )
+
+    def _sample(self, upload_id: str, offset: int) -> None:
+        try:
+            progress.sample(self.engine, upload_id, offset, at=self.now())
+        except Exception as exc:  # only the rate shown to the creator depends on it
+            gateway_log().debug("progress_not_sampled", upload=upload_id, error=type(exc).__name__)
+
     def _hand_off(self, row: GatewayUpload) -> None:
         if row.kind == "partial":
             return  # its bytes go to the pipeline as part of the final upload that names it
         gateway_log().info("upload_received", upload=row.id, owner=row.owner, size_bytes=row.length)
+        self._stage(row, stages.RECEIVED)
+        with contextlib.suppress(Exception):
+            progress.forget(self.engine, row.id)
         try:
             self.handoff.received(row)
         # The row stays `received`; the pipeline's sweeper hands it off again, so a failed
@@ -275,6 +315,7 @@ class GatewayBase:
             # Only a concatenation's first partial starts the file; the final is checked
             # when it is assembled.
             check = MagicCheck() if row.kind == "single" else None
+            self._sample(upload_id, row.offset)  # where this write starts (after any pause)
             try:
                 result = self.writer.append(
                     row, chunks, checksum=checksum, first_bytes_check=check, fence=fence
@@ -282,6 +323,7 @@ class GatewayBase:
             except InputRejectedError as exc:
                 if check is not None and check.refusal is exc:
                     self.writer.terminate(row, fence=fence)
+                    self._stage(row, stages.FAILED, reason=exc.reason, message=str(exc)[:300])
                     gateway_log().info(
                         "upload_refused_not_video", upload=upload_id, reason=exc.reason
                     )
@@ -296,4 +338,6 @@ class GatewayBase:
                 raise
         if result.completed:
             self._hand_off(result.row)
+        else:
+            self._sample(upload_id, result.row.offset)
         return Written(result.row, result.completed)

@@ -29,6 +29,7 @@ from reelflow import tus
 from reelflow.errors import InputRejectedError
 from reelflow.rules import sniff_container
 from storage import gateway_uploads as uploads
+from storage import stages
 from storage.gateway_uploads import GatewayUpload
 
 UPLOAD_ID_BYTES = 18  # secrets.token_urlsafe(18): 24 characters, 144 random bits
@@ -137,6 +138,7 @@ class Creation(GatewayBase):
 
     def _create(self, row: GatewayUpload) -> GatewayUpload:
         row = self.writer.create(row)
+        self._stage(row, stages.RECEIVING, at=row.created_at)
         if row.length == 0:  # only a partial gets here: complete at once (one empty part)
             row = self.writer.finish_zero_length(row)
         return row
@@ -163,12 +165,14 @@ class Creation(GatewayBase):
             concat.check_partials(partials)
             row.length = total
             row = self.writer.create(row)
+            self._stage(row, stages.RECEIVING, at=row.created_at)
             check = MagicCheck()
             try:
                 result = concat.assemble_final(self.writer, row, partials, first_bytes_check=check)
             except InputRejectedError as exc:
                 self.writer.terminate(row)
                 if check.refusal is exc:  # not a video: nothing of it is kept
+                    self._stage(row, stages.FAILED, reason=exc.reason, message=str(exc)[:300])
                     for p, fence in zip(partials, fences, strict=True):
                         self.writer.terminate(p, fence=fence)
                     raise not_a_video(exc) from exc

@@ -14,6 +14,10 @@
   the gateway's process would share its lifetime (a gateway restart would kill the runs and lose
   their records), its memory (ffmpeg, ffprobe, the relay) and its failures; runs started from
   threads at once also race that server's start. The child survives the request and the gateway.
+* ``cancel(row)`` (a DELETE after the last byte, :mod:`deployments.gateway.cancel`): the event
+  hand-off sets the row's flow run to ``Cancelling`` through the Prefect API (its runner stops
+  it); the embedded one sends SIGTERM to the child's process group, when this process started
+  it (another instance's child finds the row cancelled at its next step).
 * :func:`resume_stalled` / :class:`HandoffSweeper`: :class:`PipelineHandoff` (what
   ``default_handoff`` returns) runs it from the app's lifespan (``start()``/``close()``), at start
   and every ``every_s``: uploads ``received`` with no run for ``older_than_s`` (a crash between the last
@@ -27,8 +31,10 @@ secret or a URL credential in an event (the event names the upload and its file,
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -110,6 +116,22 @@ class EventHandoff:
     def resume(self, row: GatewayUpload, after_run: str | None) -> None:
         self._emit(row, after_run)
 
+    def cancel(self, row: GatewayUpload) -> None:
+        """Ask Prefect to cancel the row's run (``Cancelling``: its runner kills it)."""
+        run_id = _flow_run_uuid(row.flow_run_id)
+        if run_id is None:
+            return  # no run took it yet, or not a Prefect run
+        from prefect.client.orchestration import get_client
+        from prefect.states import Cancelling
+
+        with get_client(sync_client=True) as client:
+            client.set_flow_run_state(
+                run_id, Cancelling(message="the upload was cancelled by its creator"), force=True
+            )
+        get_logger("reelflow.gateway", upload=row.id).info(
+            "upload_run_cancelled", flow_run_id=str(run_id)
+        )
+
     def _emit(self, row: GatewayUpload, after_run: str | None) -> None:
         log = get_logger("reelflow.gateway", upload=row.id)
         event = build_event(row, occurred=datetime.now(UTC), after_run=after_run)
@@ -120,6 +142,13 @@ class EventHandoff:
             log.warning("upload_handoff_failed", via="event", error=str(exc)[:300])
             return
         log.info("upload_handed_off", via="event", event_id=event["id"], after_run=after_run)
+
+
+def _flow_run_uuid(value: str | None) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(value) if value else None
+    except ValueError:
+        return None
 
 
 def ingest_command(upload: str) -> list[str]:
@@ -152,6 +181,17 @@ class SubprocessHandoff:
 
     def resume(self, row: GatewayUpload, after_run: str | None) -> None:
         self._start(row.id)
+
+    def cancel(self, row: GatewayUpload) -> None:
+        """SIGTERM the upload's child run (its whole process group), if this process runs it."""
+        with self._lock:
+            self._reap_locked()
+            child = self._children.get(row.id)
+        if child is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.pid, signal.SIGTERM)  # start_new_session: its pid is its group's
+        get_logger("reelflow.gateway", upload=row.id).info("upload_run_cancelled", pid=child.pid)
 
     def running(self) -> list[str]:
         with self._lock:
@@ -235,6 +275,9 @@ class PipelineHandoff:
 
     def resume(self, row: GatewayUpload, after_run: str | None) -> None:
         self.delivery.resume(row, after_run)
+
+    def cancel(self, row: GatewayUpload) -> None:
+        self.delivery.cancel(row)
 
     def start(self) -> None:
         """The sweeper: a first sweep at once (what a killed gateway left), then periodically."""

@@ -26,10 +26,14 @@ from starlette.responses import JSONResponse, Response
 from deployments.gateway.auth import not_found
 from deployments.gateway.base import gateway_log
 from deployments.gateway.body import declared_length
+from deployments.gateway.cancel import cancel_run, check_cancellable
 from deployments.gateway.creation import Creation
 from reelflow import tus
 from reelflow.gateway_tokens import Claims
 from storage import gateway_uploads as uploads
+from storage import stages
+
+CANCEL_ATTEMPTS = 5  # lost races with the run's own row updates before the DELETE gives up
 
 
 class Gateway(Creation):
@@ -117,17 +121,26 @@ class Gateway(Creation):
     # --- DELETE ---------------------------------------------------------------------------------
     async def delete(self, upload_id: str, claims: Claims) -> Response:
         await self._load(upload_id, claims)
-        await anyio.to_thread.run_sync(self._terminate, upload_id, claims.subject)
-        gateway_log().info("upload_terminated", upload=upload_id)
+        how = await anyio.to_thread.run_sync(self._cancel, upload_id, claims.subject)
+        gateway_log().info("upload_terminated", upload=upload_id, how=how)
         return Response(status_code=204)
 
-    def _terminate(self, upload_id: str, subject: str) -> None:
+    def _cancel(self, upload_id: str, subject: str) -> str:
+        """DELETE: while receiving, the termination extension; after the last byte and before
+        the run commits to storing it, a cancellation (:mod:`deployments.gateway.cancel`);
+        after that, 409: the media stays."""
         with self._hold(upload_id) as fence:
-            row = self._usable(uploads.get(self.engine, upload_id), subject, upload_id)
-            if row.state not in (uploads.RECEIVING, uploads.RECEIVED):
-                raise tus.TusError(
-                    403,
-                    f"upload {upload_id} is complete and {row.state}: it belongs to the pipeline",
-                    reason="terminate_complete",
-                )
-            self.writer.terminate(row, fence=fence)
+            for _ in range(CANCEL_ATTEMPTS):
+                row = self._usable(uploads.get(self.engine, upload_id), subject, upload_id)
+                if row.state == uploads.RECEIVING:
+                    self.writer.terminate(row, fence=fence)
+                    self._stage(row, stages.CANCELLED, reason="terminated")
+                    return "terminated"
+                check_cancellable(row)
+                cancelled = cancel_run(self, row, fence)
+                if cancelled is not None:
+                    self._stage(cancelled, stages.CANCELLED, reason="cancelled")
+                    return "cancelled"
+            raise tus.TusError(
+                423, f"upload {upload_id} kept changing; retry the DELETE", reason="locked"
+            )

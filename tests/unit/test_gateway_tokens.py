@@ -174,10 +174,25 @@ def test_malformed_claims_are_refused(claims: dict[str, Any]) -> None:
 
 def test_scope_is_checked() -> None:
     """An events token does not authorize uploads, nor an upload token events."""
-    events = token(scope="events")
+    events = token(scope="events", upload="up-1")
     assert verify(SECRET, events, now=NOW, scope="events").scope == "events"
     refused("invalid", events)
     refused("invalid", token(), scope="events")
+
+
+def test_an_events_token_names_its_one_upload() -> None:
+    """An events token carries ``upl`` and verifies to it; one without it, or an upload token
+    with one, is refused (signed correctly or not), and none is minted."""
+    claims = verify(SECRET, token(scope="events", upload="up-1"), now=NOW, scope="events")
+    assert claims.upload == "up-1"
+    assert verify(SECRET, token(), now=NOW).upload is None
+    unbound = jwt.encode(payload(scope="events"), SECRET, algorithm="HS256")
+    refused("invalid", unbound, scope="events")
+    bound = jwt.encode(payload(upl="up-1"), SECRET, algorithm="HS256")
+    refused("invalid", bound)
+    for kw in ({"scope": "events"}, {"upload": "up-1"}):
+        with pytest.raises(InputRejectedError):
+            token(**kw)
 
 
 @pytest.mark.parametrize("tok", [None, ""])
