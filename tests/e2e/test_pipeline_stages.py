@@ -48,7 +48,8 @@ def test_a_gateway_run_writes_its_stages_and_the_publish(
     prefect_api: str, home: Path, sandbox: Any, clips: Any
 ) -> None:
     """validating → storing → stored (media id, size) → publishing → published (publish row,
-    post status), all under the upload's id, each with the run's flow run id."""
+    post status), all under the upload's id, each with the run's flow run id; a re-run of the
+    stored upload adds none."""
     from tests.support.tiktok import add_account
 
     rt = _runtime()
@@ -68,6 +69,8 @@ def test_a_gateway_run_writes_its_stages_and_the_publish(
     assert published.detail["publish_row"] and published.detail["status"] == "PUBLISH_COMPLETE"
     assert published.detail["publish_id"] == summary["publish"]["publish_id"]
     assert published.account == "studio"
+    ingest(row.id)  # stored and published already: the re-run reports no stage again
+    assert kinds(rt, row.id) == [r.stage for r in rows]
 
 
 def test_a_failed_gateway_run_records_the_typed_reason(
