@@ -53,6 +53,7 @@ from reelflow.rules import VideoMeta
 from reelflow.settings import Settings
 from reelflow.sources import SourceRef
 from storage import stages
+from storage.gateway_uploads import session_id_for
 from storage.leases import Fence, Leases, lease_name
 from storage.runtime import Runtime
 from tasks.assemble import assemble_upload
@@ -169,8 +170,18 @@ def record_interruption(flow: Any, flow_run: Any, state: Any) -> None:
     for lease in leases.held_by(owner):
         if lease.session_id:
             rt.catalog.update_session(lease.session_id, error=f"run {what}: {owner}")
+            if what == "cancelled":  # a person stopped it (UI/API); a crash is resumed instead
+                StageLog(rt.catalog.engine, run_key_of_session(lease.session_id))(
+                    stages.CANCELLED, reason="run_cancelled", flow_run_id=owner
+                )
         leases.release(lease.name, owner, note=what)
         get_logger(session_id=lease.session_id).warning("ingest_interrupted", state=what)
+
+
+def run_key_of_session(session_id: str) -> str:
+    """The stage log's key of a ledger session: a gateway upload's id for its ``gw_`` session."""
+    prefix = session_id_for("")
+    return session_id[len(prefix) :] if session_id.startswith(prefix) else session_id
 
 
 def _basename(source: str) -> str:

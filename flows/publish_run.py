@@ -46,7 +46,10 @@ class PublishRun:
         self.stage_logs: list[StageLog] = publish_logs(
             ctx.rt.catalog.engine, media.media_id, row.id, row.account
         )
-        self._stage(stages.PUBLISHING, row)
+        # A publish that had ended before this run (a re-run finding it) is not reported again.
+        self.settled_before = row.status in DONE_STATES or row.status == FAILED
+        if not self.settled_before:
+            self._stage(stages.PUBLISHING, row)
         size = max(1, media.size_bytes)
         self.progress_id = create_progress_artifact(
             progress=100.0 * row.bytes_acknowledged / size,
@@ -62,7 +65,10 @@ class PublishRun:
     def report(self, final: Publish, error: ReelflowError | None) -> None:
         """The run's outcome as a stage: ``published`` once TikTok completed the post (or put
         it in the inbox), ``failed`` when TikTok failed it or a terminal error stopped it;
-        nothing while it is still in flight (a poll deadline, a retryable error)."""
+        nothing while it is still in flight (a poll deadline, a retryable error), nor for a
+        publish that had ended before this run."""
+        if self.settled_before:
+            return
         if final.status in DONE_STATES:
             self._stage(
                 stages.PUBLISHED,

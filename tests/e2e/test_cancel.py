@@ -20,6 +20,7 @@ import pytest
 from sqlmodel import Session, select
 
 from reelflow.planning import MIB
+from storage import stages
 from storage.catalog import UploadSession, make_engine
 from storage.leases import Lease
 from tests.support.prefect_server import (
@@ -219,6 +220,10 @@ def test_cancel_stops_uploads_records_it_and_a_rerun_resumes(
     assert "cancel" in (session.error or "").lower(), (session.error, leases, hook_log)
     assert [(lease.owner, lease.session_id) for lease in leases] == [(None, session.id)]
     assert "cancel" in (leases[0].note or ""), leases
+    # The stage log shows it too: receiving (a deployment's run), then cancelled.
+    rows = stages.for_run(engine, session.id)
+    assert [row.stage for row in rows] == ["receiving", "cancelled"], rows
+    assert rows[0].origin == "deployment" and rows[1].reason == "run_cancelled"
 
     # A second run of the same source resumes: only the missing parts (+ one in flight) go.
     slow.delay_s = 0.0
@@ -232,3 +237,5 @@ def test_cancel_stops_uploads_records_it_and_a_rerun_resumes(
     with Session(engine) as db:
         [session] = db.exec(select(UploadSession)).all()
     assert session.status == "completed"
+    logged = [row.stage for row in stages.for_run(engine, session.id)]
+    assert logged[-2:] == ["storing", "stored"], logged

@@ -9,6 +9,7 @@ ffmpeg, the TikTok sandbox over HTTP. Uploads are received by the gateway's own 
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +49,8 @@ def test_a_gateway_run_writes_its_stages_and_the_publish(
     prefect_api: str, home: Path, sandbox: Any, clips: Any
 ) -> None:
     """validating → storing → stored (media id, size) → publishing → published (publish row,
-    post status), all under the upload's id, each with the run's flow run id."""
+    post status), all under the upload's id, each with the run's flow run id; a re-run of the
+    stored upload adds none."""
     from tests.support.tiktok import add_account
 
     rt = _runtime()
@@ -68,6 +70,8 @@ def test_a_gateway_run_writes_its_stages_and_the_publish(
     assert published.detail["publish_row"] and published.detail["status"] == "PUBLISH_COMPLETE"
     assert published.detail["publish_id"] == summary["publish"]["publish_id"]
     assert published.account == "studio"
+    ingest(row.id)  # stored and published already: the re-run reports no stage again
+    assert kinds(rt, row.id) == [r.stage for r in rows]
 
 
 def test_a_failed_gateway_run_records_the_typed_reason(
@@ -255,3 +259,79 @@ def test_delete_of_a_processing_upload_stops_an_embedded_child(tmp_path: Path) -
     handoff.cancel(row)
     wait_for(lambda: handoff.running() == [], "the child to end", timeout_s=10, poll_s=0.05)
     handoff.close()
+
+
+RACE_ROUNDS = 12
+
+
+def _race_once(rt: Runtime, gw: Any, upload_id: str, commit_delay_s: float) -> dict[str, Any]:
+    """One row a run holds; its commit and a DELETE released at the same instant (the commit
+    ``commit_delay_s`` later: the DELETE has more to do first, a hold, so a spread of delays
+    lets either side come first)."""
+    engine = rt.catalog.engine
+    uploads.create(
+        engine,
+        GatewayUpload(
+            id=upload_id,
+            owner=OWNER,
+            length=10,
+            state=uploads.PROCESSING,
+            flow_run_id="run-a",
+            store_url=rt.store.url,
+            expires_at=time_later(),
+        ),
+    )
+    fence = Leases(engine).acquire(f"lease-{upload_id}", "run-a")
+    assert fence is not None
+    start = threading.Barrier(2)
+    results: dict[str, Any] = {}
+
+    def commit() -> None:
+        start.wait(timeout=10)
+        time.sleep(commit_delay_s)
+        try:
+            results["commit"] = _commit_to_store(rt, upload_id, fence, "ab" * 32)
+        except UploadCancelledError as exc:
+            results["commit"] = exc
+
+    def cancel() -> None:
+        start.wait(timeout=10)
+        try:
+            results["cancel"] = gw._cancel(upload_id, OWNER)
+        except TusError as exc:
+            results["cancel"] = exc
+
+    threads = [threading.Thread(target=commit), threading.Thread(target=cancel)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not any(t.is_alive() for t in threads)
+    return results
+
+
+@pytest.mark.parametrize("backend", ["home", "s3_pg"])
+def test_commit_and_cancel_race_exactly_one_wins(
+    request: pytest.FixtureRequest, backend: str
+) -> None:
+    """The run's commit CAS and a DELETE started at the same moment, many times, on SQLite and
+    PostgreSQL: every round exactly one wins. Cancel won: the row is cancelled with no hash and
+    the commit raised UploadCancelledError. Commit won: the hash is recorded, the row still the
+    run's, and the DELETE was 409."""
+    request.getfixturevalue(backend)
+    rt = _runtime()
+    gw = _gateway(rt)
+    wins: list[str] = []
+    for i in range(RACE_ROUNDS):
+        results = _race_once(rt, gw, f"race-{i}", commit_delay_s=i * 0.001)
+        final = row_of(rt, f"race-{i}")
+        if results["cancel"] == "cancelled":
+            assert isinstance(results["commit"], UploadCancelledError), results
+            assert final.state == uploads.CANCELLED and final.sha256 is None
+            wins.append("cancel")
+        else:
+            assert isinstance(results["cancel"], TusError) and results["cancel"].status == 409
+            assert isinstance(results["commit"], GatewayUpload), results
+            assert final.state == uploads.PROCESSING and final.sha256 == "ab" * 32
+            wins.append("commit")
+    assert len(wins) == RACE_ROUNDS

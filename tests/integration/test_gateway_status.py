@@ -162,8 +162,8 @@ def test_sse_replays_after_last_event_id_and_ends(gw: Gw, client: httpx.Client, 
 
 
 def test_sse_progress_while_receiving(gw: Gw, client: httpx.Client, clips: Any) -> None:
-    """While bytes arrive, `progress` events (no id) carry bytes_received; the last byte
-    brings a `status` (validating) event."""
+    """While bytes arrive, `progress` events (no id) carry bytes_received, a rate and an ETA;
+    the last byte brings a `status` (validating) event."""
     token = gw.token(creator())
     data = clips.valid().read_bytes()
     upload_id = upload_id_of(create(client, gw, token, len(data)))
@@ -188,6 +188,8 @@ def test_sse_progress_while_receiving(gw: Gw, client: httpx.Client, clips: Any) 
     assert progress and all("id" not in m for m in progress)
     received = [m["data"]["bytes_received"] for m in progress]
     assert received == sorted(received) and received[0] >= third
+    # Two PATCHes apart: a rate from the catalog's samples, and an ETA from it.
+    assert any(m["data"]["rate_bytes_s"] and m["data"]["eta_s"] is not None for m in progress)
     stage_names = [m["data"]["stage"] for m in got if m["event"] == "status"]
     assert stage_names[0] == "receiving" and "validating" in stage_names
 
