@@ -26,6 +26,7 @@ from sqlmodel import Session, col, select
 
 from reelflow.logging import get_logger
 from storage import gateway_uploads as uploads
+from storage import stages
 from storage.clock import aware, utcnow
 from storage.gateway_uploads import GatewayUpload
 from storage.leases import Lease, lease_name
@@ -107,6 +108,20 @@ def expire_uploads(
             except UploadConflictError:
                 continue  # a request changed it meanwhile: the next cleanup looks again
             log.info("gateway_upload_expired", upload=row.id, offset=row.offset)
+            # The status API already answers failed/upload_expired; the stage log (metrics, the
+            # daily report's failure reasons) learns it too.
+            stages.record(
+                rt.catalog.engine,
+                row.id,
+                stages.FAILED,
+                upload_id=row.id,
+                origin="gateway",
+                owner=row.owner,
+                account=row.account,
+                size_bytes=row.length,
+                reason="upload_expired",
+                message=f"the upload expired at {row.offset} bytes",
+            )
         rows.append(
             {
                 "kind": "gateway_upload",

@@ -53,6 +53,7 @@ CORS_ALLOW_HEADERS = (
     "Upload-Complete",
     "Upload-Draft-Interop-Version",
     "Upload-Checksum",
+    "Last-Event-ID",  # the status stream's resume point, from a cross-origin client
 )
 CORS_EXPOSE_HEADERS = (
     "Upload-Offset",

@@ -36,6 +36,7 @@ from reelflow.planning import MIB
 from reelflow.rules import sniff_container
 from reelflow.settings import Settings
 from storage import gateway_uploads as uploads
+from storage import stages
 from storage.clock import utcnow
 from storage.gateway_sweep import upload_lease_name
 from storage.gateway_uploads import GatewayUpload
@@ -302,6 +303,10 @@ def test_expired_receiving_upload_is_removed_by_the_cleanup_flow(
     assert row.upload_id and rt.catalog.ledger_parts(row.upload_id) == {}
     assert row_of(rt, live.id).state == uploads.RECEIVING
     assert leftovers(rt, live)[1], "the live upload's multipart upload must stay"
+    last = stages.latest(rt.catalog.engine, row.id)  # the stage log (metrics, daily report)
+    assert last is not None and (last.stage, last.reason) == (stages.FAILED, "upload_expired")
+    live_last = stages.latest(rt.catalog.engine, live.id)
+    assert live_last is None or live_last.stage != stages.FAILED
 
 
 # --- the sweeper -------------------------------------------------------------------------------

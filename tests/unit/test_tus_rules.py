@@ -124,10 +124,12 @@ def test_options_headers_announce_everything() -> None:
 
 
 def test_cors_lists_carry_what_browsers_need() -> None:
-    """Browsers may send the checksum and read Location, offsets, metadata and expiry."""
+    """Browsers may send the checksum (and a status stream's Last-Event-ID) and read
+    Location, offsets, metadata and expiry."""
     assert {"Authorization", "Upload-Checksum", "Upload-Concat", "Tus-Resumable"} <= set(
         CORS_ALLOW_HEADERS
     )
+    assert "Last-Event-ID" in CORS_ALLOW_HEADERS
     expose = set(CORS_EXPOSE_HEADERS)
     assert {"Location", "Upload-Offset", "Upload-Length", "Upload-Metadata"} <= expose
     assert {"Upload-Expires", "Tus-Version", "Tus-Max-Size", "Tus-Extension"} <= expose
