@@ -137,24 +137,21 @@ def events_token(
 ) -> tuple[str, int]:
     """A read-only token for ``upload_id``'s status and events: (token, lifetime in s), never
     outliving the token that asked for it."""
-    ttl = _remaining_s(claims, now, EVENTS_TOKEN_TTL_S)
-    token = mint(
-        secret,
-        claims.subject,
-        accounts=claims.accounts,
-        max_size=claims.max_size,
-        ttl_s=ttl,
-        now=now,
-        scope=EVENTS_SCOPE,
-        upload=upload_id,
-    )
-    return token, ttl
+    return _derived(secret, claims, now, EVENTS_TOKEN_TTL_S, scope=EVENTS_SCOPE, upload=upload_id)
 
 
 def session_token(secret: bytes, claims: Claims, *, now: datetime) -> tuple[str, int]:
     """The session cookie's JWT for ``claims`` (same subject, accounts, limit; scope upload):
     (token, lifetime in s = min(the token's remaining life, 12 h))."""
-    ttl = _remaining_s(claims, now, SESSION_MAX_S)
+    return _derived(secret, claims, now, SESSION_MAX_S)
+
+
+def _derived(
+    secret: bytes, claims: Claims, now: datetime, most_s: int, **kind: Any
+) -> tuple[str, int]:
+    """A token of ``claims``' subject, accounts and limit living at most ``most_s`` and never
+    past ``claims``' own expiry: (token, lifetime in s)."""
+    ttl = _remaining_s(claims, now, most_s)
     token = mint(
         secret,
         claims.subject,
@@ -162,6 +159,7 @@ def session_token(secret: bytes, claims: Claims, *, now: datetime) -> tuple[str,
         max_size=claims.max_size,
         ttl_s=ttl,
         now=now,
+        **kind,
     )
     return token, ttl
 
