@@ -402,12 +402,8 @@ def setup(
 
 @pytest.fixture
 def gateway(setup: GatewaySetup) -> Iterator[GatewayProcess]:
-    gw = setup.process("gw")
-    try:
-        yield gw.start()
-    finally:
-        gw.stop()
-        setup.end_runs()
+    with setup.running("gw") as gw:
+        yield gw
 
 
 def logs(setup: GatewaySetup) -> str:

@@ -75,12 +75,8 @@ def setup(tmp_path: Path, s3_server: Any, bucket: str, sandbox: RunningSandbox) 
 @pytest.fixture
 def gateway(setup: GatewaySetup) -> Iterator[GatewayProcess]:
     """One gateway, stopped after the test with every pipeline run it started."""
-    gw = setup.process("gw")
-    try:
-        yield gw.start()
-    finally:
-        gw.stop()
-        setup.end_runs()
+    with setup.running("gw") as gw:
+        yield gw
 
 
 # ----- helpers ----------------------------------------------------------------------------------

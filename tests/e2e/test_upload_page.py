@@ -74,12 +74,8 @@ def setup(tmp_path: Path, s3_server: Any, bucket: str, sandbox: RunningSandbox) 
 
 @pytest.fixture
 def gateway(setup: GatewaySetup) -> Iterator[GatewayProcess]:
-    gw = setup.process("gw")
-    try:
-        yield gw.start()
-    finally:
-        gw.stop()
-        setup.end_runs()
+    with setup.running("gw") as gw:
+        yield gw
 
 
 @pytest.fixture

@@ -21,6 +21,7 @@ import secrets
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -155,6 +156,16 @@ class GatewaySetup:
     def process(self, name: str = "gw", **extra_env: str) -> GatewayProcess:
         """A gateway process of this setup (not started); logs go to ``home/<name>.log``."""
         return GatewayProcess(self, name=name, extra_env=extra_env)
+
+    @contextlib.contextmanager
+    def running(self, name: str = "gw") -> Iterator[GatewayProcess]:
+        """One started gateway, stopped afterwards with every pipeline run it started."""
+        gw = self.process(name)
+        try:
+            yield gw.start()
+        finally:
+            gw.stop()
+            self.end_runs()
 
 
 class GatewayProcess:
