@@ -451,7 +451,20 @@ def status_command(as_json: bool = typer.Option(False, "--json")) -> None:
 def stop_command() -> None:
     """Stop this environment's runner and its local Prefect API (runs still going are ended)."""
     answer = _ask("stop")
-    typer.echo("stopping" if answer else "no runner")
+    if answer is None:
+        typer.echo("no runner")
+        return
+    pid = int(answer["stopping"])
+    deadline = time.monotonic() + CHILD_STOP_GRACE_S * 2 + API_STOP_GRACE_S * 2
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            typer.echo(f"stopped runner {pid}")
+            return
+        time.sleep(0.05)
+    typer.echo(f"runner {pid} is still stopping", err=True)
+    raise typer.Exit(1)
 
 
 if __name__ == "__main__":  # pragma: no cover
