@@ -139,7 +139,9 @@ def main() -> int:
                     cmd = [sys.executable, "-m", "reelflow.launch", "ingest", str(clip), "--json"]
                     walls[name].append(timed(cmd, envs[name]))
                 clip.unlink()
-            print(f"round {round_no + 1}: " + " ".join(f"{k}={v[-1]:.2f}" for k, v in walls.items()))
+            print(
+                f"round {round_no + 1}: " + " ".join(f"{k}={v[-1]:.2f}" for k, v in walls.items())
+            )
         base_med = statistics.median(walls["boto3"][1:])
         print(f"\nreelflow ingest of a {base.stat().st_size / 1e6:.1f} MB clip, wall per CLI call")
         print(f"{'contender':<14} {'1st s':>7} {'median 2..N s':>14} {'x boto3':>8}")
@@ -151,7 +153,7 @@ def main() -> int:
         print(f"import reelflow.cli:    {import_ms('reelflow.cli'):.0f} ms")
         print(json.dumps({"walls_s": walls}))
     finally:
-        for name, env in envs.items():
+        for env in envs.values():
             if env["REELFLOW_RUNNER"] != "off":
                 subprocess.run(
                     [sys.executable, "-m", "reelflow.launch", "runner", "stop"],

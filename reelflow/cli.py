@@ -43,6 +43,7 @@ from reelflow.cli_errors import (  # noqa: E402
     quiet_prefect_console,
 )
 from reelflow.cli_media import register as _register_media  # noqa: E402
+from reelflow.cli_runner import runner_app  # noqa: E402  (stdlib + typer)
 from reelflow.cli_tiktok import (  # noqa: E402
     again_option,
     brand_content_option,
@@ -60,7 +61,6 @@ from reelflow.errors import InputRejectedError  # noqa: E402
 from reelflow.ingest_options import check_ingest_request  # noqa: E402
 from reelflow.logging import install_log_redaction, redact_text, redact_value  # noqa: E402
 from reelflow.progress import progress_listener  # noqa: E402
-from reelflow.runner import runner_app  # noqa: E402  (typer only; the server is `-m reelflow.runner`)
 from reelflow.samples import make_clip  # noqa: E402
 from reelflow.settings import Settings  # noqa: E402
 
@@ -74,7 +74,7 @@ app.add_typer(events_app, name="s3-events", help="Bridge S3 bucket events into P
 app.add_typer(gateway_app, name="gateway")  # tus upload gateway + its tokens
 _register_tiktok(app)  # accounts, publish, sandbox
 _register_media(app)  # media list|show|delete
-app.add_typer(runner_app, name="runner")  # the warm runner's status|stop (reelflow/launch.py)
+app.add_typer(runner_app, name="runner")  # the warm runner's status|stop (docs/runner.md)
 
 
 @app.command()

@@ -20,6 +20,7 @@ import contextlib
 import fcntl
 import importlib
 import importlib.util
+import io
 import json
 import os
 import selectors
@@ -34,15 +35,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import typer
-
 from reelflow import launch
+from reelflow import runner_rules as rules
 
 IDLE_S = 600.0  # REELFLOW_RUNNER_IDLE_S: no request and no live child for this long → stop
 API_START_S = 120.0  # the API's migrations on a fresh SQLite file, on two shared cores
 API_STOP_GRACE_S = 5.0  # SIGTERM, then SIGKILL (what Prefect's own ephemeral server allows)
 CHILD_STOP_GRACE_S = 10.0  # runs still going when the runner is told to stop
-REQUEST_TIMEOUT_S = 5.0  # the accept loop is single-threaded: a silent peer must not hold it
 TICK_S = 0.2  # reaping, idle and stop checks between requests
 BACKLOG = 64
 # Modules a command imports lazily (reelflow.cli keeps them out of `--help`); imported here,
@@ -202,7 +201,7 @@ def _reap(runner: Runner) -> None:
         else:
             message = {"exit": os.waitstatus_to_exitcode(status)}
         with contextlib.suppress(OSError):
-            launch.send_message(conn, message)
+            rules.send_message(conn, message)
         conn.close()
 
 
@@ -224,17 +223,18 @@ def _serve_child(
         if fd > 2:
             os.close(fd)
     # The same stream objects (Prefect's log handlers hold them), on the caller's fds now.
-    sys.stdout.reconfigure(line_buffering=os.isatty(1))
-    sys.stderr.reconfigure(line_buffering=True)
+    for stream, tty in ((sys.stdout, os.isatty(1)), (sys.stderr, True)):
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(line_buffering=tty)
     os.chdir(request["cwd"])
     env = request["env"]
-    for name in [n for n in os.environ if not launch.is_key_var(n) and n not in env]:
+    for name in [n for n in os.environ if not rules.is_key_var(n) and n not in env]:
         del os.environ[name]
-    os.environ.update({k: v for k, v in env.items() if not launch.is_key_var(k)})
+    os.environ.update({k: v for k, v in env.items() if not rules.is_key_var(k)})
     argv = [str(a) for a in request["argv"]]
     sys.argv = ["reelflow", *argv]
     runner_pid = os.getppid()
-    launch.send_message(conn, {"pid": os.getpid()})
+    rules.send_message(conn, {"pid": os.getpid()})
 
     def watch() -> None:
         # Nothing more comes from the caller: EOF means it is gone, and so must the run be.
@@ -254,49 +254,51 @@ def _serve_child(
         if os.getppid() != runner_pid:
             # The runner is gone and cannot report our end: say it ourselves.
             with contextlib.suppress(OSError):
-                launch.send_message(conn, {"exit": code})
+                rules.send_message(conn, {"exit": code})
     return code
 
 
-def _handle(runner: Runner, conn: socket.socket) -> int | None:
+def _handle(runner: Runner, accepted: socket.socket) -> int | None:
     """One request; returns a code only in a forked child (which must then exit with it)."""
     fds: list[int] = []
+    conn = accepted
+    to_close: socket.socket | None = accepted
     try:
-        conn.settimeout(REQUEST_TIMEOUT_S)
-        if launch.peer_uid(conn) != os.getuid():
+        conn.settimeout(rules.REQUEST_TIMEOUT_S)
+        if rules.peer_uid(conn) != os.getuid():
             return None
         first, fds, _flags, _addr = socket.recv_fds(conn, 65536, 3)
-        request = launch.LineReader(conn, first).next()
+        request = rules.LineReader(conn, first).next()
         if request is None:
             return None
         op = request.get("op")
         runner.last_activity = time.monotonic()
         if op == "status":
-            launch.send_message(conn, runner.status())
+            rules.send_message(conn, runner.status())
         elif op == "stop":
-            launch.send_message(conn, {"stopping": os.getpid()})
+            rules.send_message(conn, {"stopping": os.getpid()})
             runner.stopping = True
         elif op == "run" and len(fds) == 3:
             if threading.active_count() != 1:
                 # A thread would not survive the fork (and its locks might be held): decline,
                 # and the caller runs the command in its own process.
-                launch.send_message(conn, {"error": "runner has threads"})
+                rules.send_message(conn, {"error": "runner has threads"})
                 return None
             conn.settimeout(None)
             pid = os.fork()
             if pid == 0:
                 # Ours now, and kept until the interpreter's exit (atexit drains still run).
-                child_conn, child_fds, conn, fds = conn, fds, None, []  # type: ignore[assignment]
-                return _serve_child(runner, child_conn, request, child_fds)
-            runner.children[pid] = conn
-            conn = None  # type: ignore[assignment]  (kept for the exit report)
+                child_fds, fds, to_close = fds, [], None
+                return _serve_child(runner, conn, request, child_fds)
+            runner.children[pid] = conn  # kept for the exit report
+            to_close = None
         else:
-            launch.send_message(conn, {"error": f"bad request {op!r}"})
+            rules.send_message(conn, {"error": f"bad request {op!r}"})
     except (OSError, ValueError):
         pass
     finally:
-        if conn is not None:
-            conn.close()
+        if to_close is not None:
+            to_close.close()
         for fd in fds:
             with contextlib.suppress(OSError):
                 os.close(fd)
@@ -346,8 +348,8 @@ def serve(runner: Runner) -> int | None:
 
 def main() -> int:
     environ = dict(os.environ)
-    sock_path = launch.socket_path(environ, sys.prefix)
-    if not launch.secure_dir(sock_path.parent):
+    sock_path = rules.socket_path(environ, sys.prefix)
+    if not rules.secure_dir(sock_path.parent):
         return 1
     base = sock_path.with_suffix("")
     lock_fd = os.open(f"{base}.lock", os.O_RDWR | os.O_CREAT, 0o600)
@@ -372,13 +374,13 @@ def main() -> int:
 
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGHUP, on_term)
-    for name, value in launch.CLI_DEFAULTS.items():  # as reelflow.cli would, for the API too
+    for name, value in rules.CLI_DEFAULTS.items():  # as reelflow.cli would, for the API too
         os.environ.setdefault(name, value)
     api: subprocess.Popen[bytes] | None = None
     runner: Runner | None = None
     runner_pid = os.getpid()
     try:
-        api_url = environ.get("PREFECT_API_URL") or launch.configured_api_url(environ, Path.cwd())
+        api_url = environ.get("PREFECT_API_URL") or rules.configured_api_url(environ, Path.cwd())
         if api_url is None:
             api, api_url = start_api(log_path)
             os.environ["PREFECT_API_URL"] = api_url  # before prefect is imported: read at import
@@ -416,55 +418,6 @@ def main() -> int:
             with contextlib.suppress(FileNotFoundError):
                 state_path.unlink()
     return 0
-
-
-# `reelflow runner status|stop`: the CLI's view of this environment's runner.
-runner_app = typer.Typer(help="The warm runner that serves ingest/publish/status/media")
-
-
-def _ask(op: str) -> dict[str, Any] | None:
-    sock = launch.connect(launch.socket_path(os.environ, sys.prefix))
-    if sock is None:
-        return None
-    with sock:
-        sock.settimeout(REQUEST_TIMEOUT_S)
-        launch.send_message(sock, {"op": op})
-        return launch.LineReader(sock).next()
-
-
-@runner_app.command("status")
-def status_command(as_json: bool = typer.Option(False, "--json")) -> None:
-    """Show this environment's runner (exit 1 if none is running)."""
-    answer = _ask("status")
-    if as_json:
-        typer.echo(json.dumps(answer))
-    elif answer is None:
-        typer.echo(f"no runner ({launch.socket_path(os.environ, sys.prefix)})")
-    else:
-        for name in ("pid", "socket", "api_url", "api_pid", "children", "idle_in_s"):
-            typer.echo(f"{name}: {answer.get(name)}")
-    if answer is None:
-        raise typer.Exit(1)
-
-
-@runner_app.command("stop")
-def stop_command() -> None:
-    """Stop this environment's runner and its local Prefect API (runs still going are ended)."""
-    answer = _ask("stop")
-    if answer is None:
-        typer.echo("no runner")
-        return
-    pid = int(answer["stopping"])
-    deadline = time.monotonic() + CHILD_STOP_GRACE_S * 2 + API_STOP_GRACE_S * 2
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            typer.echo(f"stopped runner {pid}")
-            return
-        time.sleep(0.05)
-    typer.echo(f"runner {pid} is still stopping", err=True)
-    raise typer.Exit(1)
 
 
 if __name__ == "__main__":  # pragma: no cover
