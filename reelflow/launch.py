@@ -25,6 +25,7 @@ from collections.abc import Mapping, Sequence
 from reelflow.runner_rules import (
     LineReader,
     connect,
+    lock_free,
     runner_command,
     secure_dir,
     socket_path,
@@ -51,28 +52,29 @@ def spawn_runner(environ: Mapping[str, str]) -> subprocess.Popen[bytes]:
 
 def reach_runner(environ: Mapping[str, str]) -> socket.socket | None:
     """Connect to this environment's runner, starting it when absent; None after the bounded
-    wait (or if its directory is not ours alone)."""
+    wait, if it failed to start, or if its directory is not ours alone."""
     path = socket_path(environ, sys.prefix)
     if not secure_dir(path.parent):
         return None
-    sock = connect(path)
-    if sock is not None:
-        return sock
-    proc = spawn_runner(environ)
     try:
         wait_s = float(environ.get("REELFLOW_RUNNER_START_S", START_WAIT_S))
     except ValueError:
         wait_s = START_WAIT_S
     deadline = time.monotonic() + wait_s
-    while time.monotonic() < deadline:
+    proc: subprocess.Popen[bytes] | None = None
+    while True:
         sock = connect(path)
         if sock is not None:
             return sock
-        # Exit 0 is a runner that found another one starting (the lock): keep waiting for it.
-        if proc.poll() not in (None, 0):
+        if proc is not None and proc.poll() not in (None, 0):
+            return None  # it could not start (its log says why): run in process
+        # Exit 0 is a runner that found the lock held; while it is held, another runner is
+        # starting (wait for its socket) or stopping (start ours once it has let go).
+        if (proc is None or proc.poll() == 0) and lock_free(path):
+            proc = spawn_runner(environ)
+        if time.monotonic() >= deadline:
             return None
         time.sleep(CONNECT_POLL_S)
-    return None
 
 
 def _std_fds() -> list[int]:

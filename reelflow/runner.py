@@ -352,7 +352,7 @@ def main() -> int:
     if not rules.secure_dir(sock_path.parent):
         return 1
     base = sock_path.with_suffix("")
-    lock_fd = os.open(f"{base}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    lock_fd = os.open(rules.lock_path(sock_path), os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

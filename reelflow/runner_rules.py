@@ -129,6 +129,24 @@ def socket_path(environ: Mapping[str, str], prefix: str) -> Path:
     return socket_dir(environ) / f"runner-{env_key(environ, prefix)[:16]}.sock"
 
 
+def lock_path(sock_path: Path) -> Path:
+    return sock_path.with_suffix(".lock")
+
+
+def lock_free(sock_path: Path) -> bool:
+    """Whether no runner holds this socket's lock (none is starting, serving or stopping)."""
+    import fcntl
+
+    fd = os.open(lock_path(sock_path), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)  # releases it, if we got it
+    return True
+
+
 def secure_dir(path: Path) -> bool:
     """Create ``path`` 0700, and say whether it is ours alone (owner us, no group/other bits)."""
     try:
