@@ -365,12 +365,8 @@ def main() -> int:
     state_path = Path(f"{base}.json")
     _stop_stale_api(state_path)
 
-    stop_signalled = False
-
     def on_term(_signum: int, _frame: object) -> None:
-        nonlocal stop_signalled
-        stop_signalled = True
-        raise SystemExit(0)
+        raise SystemExit(0)  # unwinds to the clean stop below, from wherever the loop was
 
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGHUP, on_term)

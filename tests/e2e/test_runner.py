@@ -337,3 +337,28 @@ def test_the_child_sees_the_callers_terminal(runners: Runners, prefect_api: str)
     assert on == off
     status = runner_status(env)
     assert status is not None
+
+
+def test_sigterm_or_runner_stop_stops_the_runner_cleanly(
+    runners: Runners, prefect_api: str, tmp_path: Path
+) -> None:
+    """SIGTERM to the runner, or `reelflow runner stop`: it exits, its socket and state file
+    are gone, and the next call starts a new one."""
+    for how in ("sigterm", "stop"):
+        env = runners.env(PREFECT_API_URL=prefect_api, REELFLOW_HOME=str(tmp_path / how))
+        assert run(env, "status", "--json").returncode == 0
+        status = runner_status(env)
+        assert status is not None
+        if how == "sigterm":
+            os.kill(status["pid"], signal.SIGTERM)
+        else:
+            stopped = run(env, "runner", "stop")
+            assert stopped.stdout.strip() == f"stopped runner {status['pid']}", stopped
+        wait_for(lambda s=status: not alive(s["pid"]), "the runner to stop", timeout_s=30)
+        socket_dir = Path(status["socket"]).parent
+        assert not Path(status["socket"]).exists()
+        assert list(socket_dir.glob("runner-*.json")) == []
+        assert runner_status(env) is None
+        assert run(env, "status", "--json").returncode == 0
+        again = runner_status(env)
+        assert again is not None and again["pid"] != status["pid"]
