@@ -90,10 +90,10 @@ def _healthy(url: str) -> bool:
         return False
 
 
-def start_api(log_path: Path) -> tuple[subprocess.Popen[bytes], str]:
+def spawn_api(log_path: Path) -> tuple[subprocess.Popen[bytes], str]:
     """One Prefect API on a free 127.0.0.1 port, the way Prefect's own ephemeral mode starts it
     (uvicorn on ``create_app``, no UI, no services; the same database as the CLI used), but kept
-    for the runner's life. Bounded wait on /api/health."""
+    for the runner's life. Not waited for: the runner imports prefect while it boots."""
     spec = importlib.util.find_spec("prefect")  # located, not imported: settings come later
     assert spec is not None and spec.origin is not None
     app_dir = str(Path(spec.origin).parent.parent)
@@ -102,37 +102,38 @@ def start_api(log_path: Path) -> tuple[subprocess.Popen[bytes], str]:
         "PREFECT__SERVER_EPHEMERAL": "1",
         "PREFECT__SERVER_FINAL": "1",
     }
-    deadline = time.monotonic() + API_START_S
+    port = _free_port()
     with log_path.open("ab") as log:
-        while True:
-            port = _free_port()
-            url = f"http://127.0.0.1:{port}/api"
-            proc = subprocess.Popen(
-                [
-                    *(sys.executable, "-m", "uvicorn", "--app-dir", app_dir, "--factory"),
-                    "prefect.server.api.server:create_app",
-                    *("--host", "127.0.0.1", "--port", str(port)),
-                    *("--log-level", "error", "--lifespan", "on"),
-                ],
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                preexec_fn=_die_with_parent,  # noqa: PLW1509 (single-threaded here)
-            )
-            while time.monotonic() < deadline:
-                code = proc.poll()
-                if code == 3:  # uvicorn: the port was taken between our probe and its bind
-                    break
-                if code is not None:
-                    raise RuntimeError(f"Prefect API exited with {code}; see {log_path}")
-                if _healthy(url):
-                    return proc, url
-                time.sleep(0.1)
-            else:
-                stop_api(proc)
-                raise RuntimeError(f"Prefect API not healthy in {API_START_S:.0f} s")
+        proc = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "uvicorn", "--app-dir", app_dir, "--factory"),
+                "prefect.server.api.server:create_app",
+                *("--host", "127.0.0.1", "--port", str(port)),
+                *("--log-level", "error", "--lifespan", "on"),
+            ],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,  # noqa: PLW1509 (single-threaded here)
+        )
+    return proc, f"http://127.0.0.1:{port}/api"
+
+
+def wait_api(proc: subprocess.Popen[bytes], url: str, log_path: Path) -> None:
+    """Bounded wait on /api/health. A port taken between our probe and uvicorn's bind (exit 3)
+    is not retried on another: prefect, imported by now, has this URL (the caller then runs
+    the command in its own process, and the next call starts a new runner)."""
+    deadline = time.monotonic() + API_START_S
+    while time.monotonic() < deadline:
+        code = proc.poll()
+        if code is not None:
+            raise RuntimeError(f"Prefect API exited with {code}; see {log_path}")
+        if _healthy(url):
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"Prefect API not healthy in {API_START_S:.0f} s")
 
 
 def stop_api(proc: subprocess.Popen[bytes] | None) -> None:
@@ -378,10 +379,12 @@ def main() -> int:
     try:
         api_url = environ.get("PREFECT_API_URL") or rules.configured_api_url(environ, Path.cwd())
         if api_url is None:
-            api, api_url = start_api(log_path)
+            api, api_url = spawn_api(log_path)
             os.environ["PREFECT_API_URL"] = api_url  # before prefect is imported: read at import
         for name in PRELOAD:
             importlib.import_module(name)
+        if api is not None:
+            wait_api(api, api_url, log_path)
         if threading.active_count() != 1:
             print(f"runner: the preload left threads: {threading.enumerate()}", flush=True)
             return 1
