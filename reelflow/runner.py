@@ -16,6 +16,7 @@ every kill test of the CLI relies on. The runner stops itself when idle, on SIGT
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import fcntl
 import importlib
@@ -33,7 +34,7 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from reelflow import launch
 from reelflow import runner_rules as rules
@@ -259,6 +260,25 @@ def _serve_child(
     return code
 
 
+def _exit_child(code: int) -> NoReturn:
+    """End a child as the interpreter's own exit would, minus the module teardown.
+
+    What a run needs at exit happens here in the interpreter's order: threading's exit hooks
+    (Prefect's log and event workers drain to the API there) and the join of non-daemon
+    threads, then the atexit functions, then the flush of stdout/stderr. What is skipped is the
+    teardown of the ~3000 modules the runner preloaded: measured at ~2.4 s of a warm
+    ``reelflow status`` (0.2 s of work) on the shared two cores, and nothing a caller can see.
+    """
+    try:
+        threading._shutdown()  # type: ignore[attr-defined]  # what Py_FinalizeEx calls first
+        atexit._run_exitfuncs()
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(code)
+
+
 def _handle(runner: Runner, accepted: socket.socket) -> int | None:
     """One request; returns a code only in a forked child (which must then exit with it)."""
     fds: list[int] = []
@@ -400,7 +420,7 @@ def main() -> int:
         os.chmod(state_path, 0o600)
         code = serve(runner)
         if code is not None:
-            return code  # a forked child: a normal exit follows (threads joined, atexit run)
+            _exit_child(code)  # a forked child: never returns
     except SystemExit:
         if os.getpid() != runner_pid:
             raise
