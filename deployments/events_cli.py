@@ -33,7 +33,6 @@ from reelflow.errors import ConfigurationError
 from reelflow.event_policy import BUCKETS_ENV, EventPolicy
 from reelflow.logging import configure_logging
 from reelflow.settings import Settings
-from storage.s3 import make_s3_client
 
 # Prefect reads these at import time, so they are set before anything imports prefect.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -75,6 +74,7 @@ def _key_filter(prefix: str, suffixes: list[str] | None) -> Any:
 def _bridge(settings: Settings, sink: Any, *, policy: Any, key_filter: Any) -> Any:
     """The bridge from notifications to ``sink``; reelflow's own store never triggers it."""
     from deployments.s3_events import Bridge, own_store_of  # slow, see the note at the top
+    from storage.s3 import make_s3_client  # lazy: loads boto3 (~0.2 s)
 
     s3 = make_s3_client(
         endpoint_url=settings.s3_endpoint_url, max_attempts=settings.s3_max_attempts

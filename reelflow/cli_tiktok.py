@@ -43,7 +43,6 @@ from reelflow.ingest_options import (  # noqa: E402
 )
 from reelflow.logging import configure_logging, redact_value  # noqa: E402
 from reelflow.settings import Settings  # noqa: E402
-from reelflow.tiktok.client import TikTokClient  # noqa: E402
 
 SANDBOX_REDIRECT_URI = "https://localhost/callback"  # what the sandbox registers by default
 
@@ -202,6 +201,8 @@ def accounts_add(
         settings = _settings()
         engine = _engine(settings)
         if code is not None:
+            from reelflow.tiktok.client import TikTokClient  # lazy: loads requests (~0.35 s)
+
             with TikTokClient(
                 settings.tiktok_api_base,
                 client_key=settings.tiktok_client_key,

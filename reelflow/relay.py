@@ -29,6 +29,7 @@ from reelflow.errors import ReelflowError
 
 RangeReader = Callable[[int, int], Iterator[bytes]]
 _RANGE = re.compile(r"^bytes=(\d+)-(\d*)$")
+RELAY_POLL_S = 0.02  # how soon serve_forever notices shutdown(); an idle wakeup costs ~nothing
 
 
 class ByteRelay:
@@ -106,8 +107,13 @@ class ByteRelay:
         server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         server.daemon_threads = True
         self._server = server
+        # shutdown() waits for serve_forever's next poll: the default 0.5 s was up to half a
+        # second at the end of every probe and thumbnail (0.87 s of a warm 8 MB ingest, measured).
         self._thread = threading.Thread(
-            target=server.serve_forever, name="reelflow-relay", daemon=True
+            target=server.serve_forever,
+            kwargs={"poll_interval": RELAY_POLL_S},
+            name="reelflow-relay",
+            daemon=True,
         )
         self._thread.start()
         self.url = f"http://127.0.0.1:{server.server_address[1]}{self._path}"
