@@ -180,7 +180,9 @@ def test_run_that_lost_its_lease_stops_and_fails_retryably_while_another_takes_o
     sha = hashlib.sha256(clip.read_bytes()).hexdigest()
     assert summary["sha256"] == sha  # B resumed A's upload: only the parts A had not sent
     assert summary["chunks_uploaded_this_run"] == summary["chunks_total"] - 2
-    stored = Path(base.store.read_url(f"videos/{sha}.mp4"))
+    media = base.catalog.get_media(summary["media_id"])
+    assert media is not None
+    stored = Path(base.store.read_url(media.video_key))
     assert hashlib.sha256(stored.read_bytes()).hexdigest() == sha
     assert base.store.list_uploads() == []
     done = base.catalog.completed_session_for(
