@@ -168,7 +168,8 @@ def test_janitor_sweeps_a_completed_video_nobody_recorded(
     kept = ingest_video(source=str(clips.medium(6 * MIB)), chunk_size_bytes=CHUNK)
     _kill_before_store(clips.medium(12 * MIB), prefect_api)
     s3 = s3_server.client()
-    stored = {k for k in _keys(s3, bucket) if k.startswith(kept["video_uri"].rsplit(".", 1)[0])}
+    stem = kept["video_uri"].removeprefix(f"s3://{bucket}/").rsplit(".", 1)[0]
+    stored = {k for k in _keys(s3, bucket) if k.startswith(stem)}
     [orphan] = [k for k in _keys(s3, bucket) - stored if k.endswith(".mp4")]
     rt = Runtime.from_settings(Settings())
     ttl = timedelta(hours=1)
