@@ -135,13 +135,18 @@ def sweep(
 
 
 def _referenced_keys(rt: Runtime, sessions: list[UploadSession], owned: set[str]) -> set[str]:
-    """Every key of this store's media rows, and every key a session in ``owned`` may still
-    store (its upload's, and the content key a gateway upload is moved to), with sidecars."""
+    """Every key of this store's media rows; every key a session in ``owned`` may still store
+    (its upload's, and the content key a gateway upload is moved to); and the key of every
+    completed session of this store, with sidecars. A completed session's media row can name
+    another store (media ids are content-derived, one row per content in a shared catalog):
+    its video here is still the one that session stored."""
     keys = {
         k for m in rt.catalog.list_media() if m.store_url == rt.store.url for k in media_keys(m)
     }
     for row in sessions:
-        if row.id not in owned:
+        if row.id not in owned and not (
+            row.status == "completed" and row.store_url == rt.store.url
+        ):
             continue
         videos = [row.staging_key] + ([video_key(row.sha256, row.ext)] if row.sha256 else [])
         keys |= {k for v in videos for k in (v, sidecar_key(v, "jpg"), sidecar_key(v, "json"))}
