@@ -97,5 +97,11 @@ def assemble_upload(
         rt.store.delete(state.staging_key)  # nothing half-verified may stay around
         raise
     rt.catalog.update_session(state.session_id, status="assembled", sha256=sha256_hex)
-    log.info("upload_assembled", sha256=sha256_hex, parts=len(parts), composite=expected)
+    log.info(
+        "upload_assembled",
+        sha256=sha256_hex,
+        parts=len(parts),
+        composite=expected if reported else None,  # None: the store checked a full-object CRC
+        crc64nvme=crc64nvme_b64,
+    )
     return state.staging_key
