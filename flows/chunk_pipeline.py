@@ -15,7 +15,6 @@ ledger row is the task's (``tasks/chunk_upload.py``); reading is the sources edg
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
@@ -23,6 +22,7 @@ from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass
 from typing import Any
 
+from reelflow.digests import WholeDigest
 from reelflow.logging import get_logger
 from reelflow.sources import BufferPool, SourceRef
 from storage.runtime import Runtime
@@ -40,6 +40,8 @@ class SendResult:
     chunks_uploaded: int
     bytes_uploaded: int
     chunks_already_stored: int
+    # The whole file's CRC64NVME, from the same read as the SHA-256: S3 checks it at completion.
+    crc64nvme_b64: str | None = None
 
 
 def send_source(
@@ -62,7 +64,7 @@ def send_source(
     log = get_logger(session_id=state.session_id, upload_id=state.upload_id)
     # This call's UploadPart slots: every part task of this upload waits on the same semaphore.
     put_slots = threading.BoundedSemaphore(concurrency)
-    whole = hashlib.sha256()
+    whole = WholeDigest()
     digests: dict[int, str] = {}
     # (task future, its chunk buffer, the whole-file hash's future for that buffer)
     inflight: list[tuple[Any, bytes | bytearray, Future[None]]] = []
@@ -135,7 +137,7 @@ def send_source(
         raise
     finally:
         hasher.shutdown(wait=True)
-    sha = whole.hexdigest()
+    sha = whole.sha256_hex
     log.info(
         "source_sent",
         sha256=sha,
@@ -144,4 +146,4 @@ def send_source(
         parts_already_stored=already,
         bytes_uploaded=bytes_uploaded,
     )
-    return SendResult(sha, digests, uploaded, bytes_uploaded, already)
+    return SendResult(sha, digests, uploaded, bytes_uploaded, already, whole.crc64nvme_b64)

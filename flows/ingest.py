@@ -46,7 +46,7 @@ from reelflow.errors import InputRejectedError, LeaseLostError
 from reelflow.event_policy import check_event_run
 from reelflow.ingest_options import check_ingest_request, post_options_from
 from reelflow.logging import configure_logging, get_logger, remember_settings_secrets
-from reelflow.planning import video_key
+from reelflow.planning import final_video_key
 from reelflow.progress import ProgressReporter
 from reelflow.publish_rules import Mode, Privacy
 from reelflow.rules import VideoMeta
@@ -116,12 +116,16 @@ def _stage_and_store(
                 )
                 timings["upload"] = time.perf_counter() - t0
                 t0 = time.perf_counter()
-                staged = assemble_upload(state, sent.sha256_hex, sent.part_digests_b64, rt)
+                staged = assemble_upload(
+                    state, sent.sha256_hex, sent.part_digests_b64, rt, sent.crc64nvme_b64
+                )
                 timings["assemble"] = time.perf_counter() - t0
             sha256_hex = sent.sha256_hex
             log(stages.RECEIVED)
 
-        final_key = video_key(sha256_hex, meta.container)  # the thumbnail's and the store's
+        # The thumbnail's and the store's: where it was uploaded (no rename), or for a session
+        # staged under staging/ by an older version, its content key.
+        final_key = final_video_key(staged, sha256_hex, meta.container)
         log(stages.VALIDATING)
         t0 = time.perf_counter()
         # The bytes stored are the bytes validated: magic + ffprobe of the assembled object.

@@ -106,20 +106,47 @@ def media_id_for(sha256_hex: str) -> str:
     return f"m_{sha256_hex[:20]}"
 
 
+VIDEOS_PREFIX = "videos/"
+
+
 def video_key(sha256_hex: str, ext: str) -> str:
-    return f"videos/{sha256_hex}.{ext}"
+    """The content-addressed key: where a moved object goes (the gateway's uploads, and
+    sessions staged before uploads were created at their final key)."""
+    return f"{VIDEOS_PREFIX}{sha256_hex}.{ext}"
 
 
-def thumbnail_key(sha256_hex: str) -> str:
-    return f"videos/{sha256_hex}.jpg"
+def upload_key(session_id: str, ext: str) -> str:
+    """The video's final key, named by an id known before the first byte is sent.
 
-
-def metadata_key(sha256_hex: str) -> str:
-    return f"videos/{sha256_hex}.json"
+    The multipart upload is created here, so completing it is the last write of the video's
+    bytes (no rename, no server-side copy). ``session_id`` is deterministic per source, store
+    and chunk size (:func:`session_id_for`), so a resumed run finds the same key.
+    """
+    return f"{VIDEOS_PREFIX}{session_id}.{ext}"
 
 
 def staging_key(session_id: str, ext: str) -> str:
+    """The layout of sessions opened before :func:`upload_key`: still resumed and swept."""
     return f"staging/{session_id}/source.{ext}"
+
+
+def sidecar_key(video: str, ext: str) -> str:
+    """The thumbnail (``jpg``) or metadata (``json``) beside ``video``: same stem."""
+    head, _, name = video.rpartition("/")
+    stem = name.rsplit(".", 1)[0] if "." in name else name
+    return f"{head}/{stem}.{ext}" if head else f"{stem}.{ext}"
+
+
+def is_final_video_key(key: str) -> bool:
+    """An upload at its final key: the store checks it with a full-object checksum
+    (CRC64NVME) instead of the per-part SHA-256 composite of staged and gateway uploads."""
+    return key.startswith(VIDEOS_PREFIX)
+
+
+def final_video_key(staged_key: str, sha256_hex: str, ext: str) -> str:
+    """Where the video is stored: where it was uploaded, or (an older session still staged
+    under ``staging/``) its content key, to be moved to."""
+    return staged_key if is_final_video_key(staged_key) else video_key(sha256_hex, ext)
 
 
 def session_id_for(source_fingerprint: str, store_url: str, chunk_size: int) -> str:
@@ -140,6 +167,8 @@ class PartLike(Protocol):
     def etag(self) -> str: ...
     @property
     def sha256_b64(self) -> str | None: ...
+    @property
+    def crc64nvme_b64(self) -> str | None: ...
 
 
 @dataclass(frozen=True)
@@ -172,7 +201,8 @@ def check_parts_against_plan(
 
     ``acknowledged`` is the ledger: the ETag the store gave back when each part was sent. A
     different ETag now means someone replaced the part, even on servers that report no
-    per-part checksum.
+    per-part checksum. A full-object upload's parts carry a CRC64NVME instead of a SHA-256 on
+    the wire: the store's CRC must be the one it acknowledged when it took the part.
     """
     problems = []
     expected = {c.part_number: c for c in plan.chunks}
@@ -189,6 +219,13 @@ def check_parts_against_plan(
         if part.sha256_b64 and part.sha256_b64 != digests_b64.get(n):
             problems.append(f"part {n}: checksum differs from the source's")
         acked = (acknowledged or {}).get(n)
+        if (
+            acked is not None
+            and acked.crc64nvme_b64
+            and part.crc64nvme_b64
+            and acked.crc64nvme_b64 != part.crc64nvme_b64
+        ):
+            problems.append(f"part {n}: CRC64NVME differs from the one acknowledged")
         if acked is not None and acked.etag != part.etag:
             problems.append(f"part {n}: ETag differs from the one acknowledged to this upload")
         elif acknowledged is not None and acked is None:

@@ -25,6 +25,8 @@ class PartReceipt:
     size: int
     etag: str
     sha256_b64: str | None
+    # The part's CRC64NVME as the store reported it (S3 full-object uploads), else None.
+    crc64nvme_b64: str | None = None
 
 
 @dataclass(frozen=True)
@@ -55,8 +57,20 @@ class ObjectStore(Protocol):
 
     def list_parts(self, key: str, upload_id: str) -> dict[int, PartReceipt]: ...
 
-    def complete_upload(self, key: str, upload_id: str, parts: Sequence[PartReceipt]) -> str | None:
-        """Assemble; returns the store's composite checksum when it computes one."""
+    def complete_upload(
+        self,
+        key: str,
+        upload_id: str,
+        parts: Sequence[PartReceipt],
+        *,
+        crc64nvme_b64: str | None = None,
+    ) -> str | None:
+        """Assemble; returns the store's composite checksum when it computes one.
+
+        ``crc64nvme_b64``: the whole file's CRC64NVME as the client read it. A store that keeps
+        full-object checksums (S3, for uploads at a final video key) completes against it and
+        checks what it then holds: a mismatch deletes the object and raises
+        IntegrityCheckError. Others ignore it (the caller verifies by reading back)."""
         ...
 
     def abort_upload(self, key: str, upload_id: str) -> None: ...
@@ -74,6 +88,11 @@ class ObjectStore(Protocol):
     def put_file(self, key: str, path: Path, content_type: str) -> None: ...
 
     def put_bytes(self, key: str, data: bytes, content_type: str) -> None: ...
+
+    def mark_stored(self, key: str, sha256_hex: str) -> None:
+        """Say on the object that it is verified and recorded (S3: object tags, a metadata
+        call): until then an object at a final key is ``pending`` and no public read serves it."""
+        ...
 
     def move(self, src_key: str, dst_key: str) -> str | None:
         """Move within the store; returns the stored object's full SHA-256 (base64) if known."""

@@ -89,10 +89,14 @@ class UploadPartRow(SQLModel, table=True):
     sha256_b64: str | None
     etag: str
     uploaded_at: datetime = _ts()
+    # What the store acknowledged for a full-object CRC64NVME upload's part (ListParts reports
+    # it, and it is compared on assembly); None for SHA-256 uploads.
+    crc64nvme_b64: str | None = None
 
 
 _UPSERTS: dict[str, Any] = {"postgresql": pg_insert, "sqlite": sqlite_insert}
-_PART_UPDATE_COLUMNS = ("offset", "size", "sha256_b64", "etag", "uploaded_at")
+_PART_UPDATE_COLUMNS = ("offset", "size", "sha256_b64", "etag", "uploaded_at", "crc64nvme_b64")
+_PART_ADDED_COLUMNS = {"crc64nvme_b64": "VARCHAR"}
 _Row = TypeVar("_Row", bound=SQLModel)
 
 
@@ -158,6 +162,7 @@ def _create_schema(engine: Engine) -> None:
         _add_columns(conn, "lease", _leases.ADDED_COLUMNS)
         _add_columns(conn, "scheduled_publish", _schedule.ADDED_COLUMNS)
         _add_columns(conn, "tiktok_account", _accounts.ADDED_COLUMNS)
+        _add_columns(conn, "upload_part", _PART_ADDED_COLUMNS)
 
 
 @contextlib.contextmanager
@@ -272,6 +277,7 @@ class Catalog:
             "size": receipt.size,
             "sha256_b64": receipt.sha256_b64,
             "etag": receipt.etag,
+            "crc64nvme_b64": receipt.crc64nvme_b64,
             "uploaded_at": utcnow(),
         }
         insert = _UPSERTS[self.engine.dialect.name]  # SQLite or PostgreSQL, as documented
@@ -288,7 +294,9 @@ class Catalog:
         with Session(self.engine) as s:
             rows = s.exec(select(UploadPartRow).where(UploadPartRow.upload_id == upload_id)).all()
             return {
-                r.part_number: PartReceipt(r.part_number, r.size, r.etag, r.sha256_b64)
+                r.part_number: PartReceipt(
+                    r.part_number, r.size, r.etag, r.sha256_b64, r.crc64nvme_b64
+                )
                 for r in rows
             }
 

@@ -1,9 +1,12 @@
 """Housekeeping for the `cleanup` flow: what a killed or abandoned run leaves behind.
 
 Finds, and unless ``dry_run`` removes: incomplete multipart uploads older than a TTL (as the
-store lists them, and as the ledger remembers them), stale staging objects, stale upload
-sessions, and Prefect's cached chunk results of sessions that finished or were abandoned.
-Anything a live run holds (an unexpired lease) is left alone. Returns one row per finding.
+store lists them, and as the ledger remembers them), stale staging objects, completed objects
+under ``videos/`` that no media row references (an upload completes at its final key before it
+is verified and recorded: a run that failed or was killed in between, and never came back,
+leaves it there), stale upload sessions, and Prefect's cached chunk results of sessions that
+finished or were abandoned. Anything a live run holds (an unexpired lease), or a gateway upload
+still owns, is left alone. Returns one row per finding.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from reelflow.planning import VIDEOS_PREFIX, sidecar_key, video_key
+from storage.catalog import UploadSession, media_keys
 from storage.clock import aware
 from storage.gateway_sweep import gateway_session_ids
 from storage.runtime import Runtime
@@ -22,7 +27,7 @@ ABANDONED = "abandoned"
 
 @dataclass(frozen=True)
 class Finding:
-    kind: str  # multipart_upload | staging_object | session | cached_results
+    kind: str  # multipart_upload | staging_object | unreferenced_object | session | cached_results
     what: str
     age_h: float
     action: str  # removed | would remove | kept (live run)
@@ -52,8 +57,10 @@ def sweep(
     by_upload = {row.upload_id: row for row in sessions if row.upload_id}
     by_staging = {row.staging_key: row for row in sessions}
 
-    # 1. Incomplete multipart uploads the store still holds.
-    for pending in rt.store.list_uploads("staging/"):
+    # 1. Incomplete multipart uploads the store still holds (at final keys, and staged by
+    # sessions opened before uploads went to their final key).
+    pending_uploads = rt.store.list_uploads(VIDEOS_PREFIX) + rt.store.list_uploads("staging/")
+    for pending in pending_uploads:
         row = by_upload.get(pending.upload_id) or by_staging.get(pending.key)
         if aware(pending.initiated) > cutoff:
             continue
@@ -89,9 +96,18 @@ def sweep(
             rt.store.delete(key)
         found.append(Finding("staging_object", key, _age_h(modified, now), verb))
 
+    # 2b. Completed videos (and thumbnails) no media row references and no run still owns.
+    gateway_owned = gateway_session_ids(rt.catalog.engine)
+    kept = _referenced_keys(rt, sessions, live | gateway_owned)
+    for key, modified in rt.store.list_objects(VIDEOS_PREFIX):
+        if key in kept or aware(modified) > cutoff:
+            continue
+        if not dry_run:
+            rt.store.delete(key)
+        found.append(Finding("unreferenced_object", key, _age_h(modified, now), verb))
+
     # 3. Sessions nobody came back for: forget their ledger, mark them abandoned. A gateway
     # upload's session is its gateway's (expire_uploads): its bytes may take days to arrive.
-    gateway_owned = gateway_session_ids(rt.catalog.engine)
     for row in sessions:
         if row.status not in ("open", "assembled") or row.id in live or row.id in gateway_owned:
             continue
@@ -116,3 +132,22 @@ def sweep(
                     shutil.rmtree(session_dir, ignore_errors=True)
                 found.append(Finding("cached_results", session_dir.name, _age_h(mtime, now), verb))
     return found
+
+
+def _referenced_keys(rt: Runtime, sessions: list[UploadSession], owned: set[str]) -> set[str]:
+    """Every key of this store's media rows; every key a session in ``owned`` may still store
+    (its upload's, and the content key a gateway upload is moved to); and the key of every
+    completed session of this store, with sidecars. A completed session's media row can name
+    another store (media ids are content-derived, one row per content in a shared catalog):
+    its video here is still the one that session stored."""
+    keys = {
+        k for m in rt.catalog.list_media() if m.store_url == rt.store.url for k in media_keys(m)
+    }
+    for row in sessions:
+        if row.id not in owned and not (
+            row.status == "completed" and row.store_url == rt.store.url
+        ):
+            continue
+        videos = [row.staging_key] + ([video_key(row.sha256, row.ext)] if row.sha256 else [])
+        keys |= {k for v in videos for k in (v, sidecar_key(v, "jpg"), sidecar_key(v, "json"))}
+    return keys

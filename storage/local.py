@@ -178,10 +178,20 @@ class LocalStore:
             out[n] = PartReceipt(n, int(m["size"]), m["etag"], m["sha256"])
         return out
 
-    def complete_upload(self, key: str, upload_id: str, parts: Sequence[PartReceipt]) -> str | None:
+    def complete_upload(
+        self,
+        key: str,
+        upload_id: str,
+        parts: Sequence[PartReceipt],
+        *,
+        crc64nvme_b64: str | None = None,
+    ) -> str | None:
         """fsync, rename to ``key``, drop the upload's directory. Idempotent: when a previous
         call was killed after the rename, the file already at ``key`` (of the parts' total
-        size) is the completed upload, and only the bookkeeping is left to finish."""
+        size) is the completed upload, and only the bookkeeping is left to finish.
+
+        ``crc64nvme_b64`` is not checked here: the filesystem keeps no checksum, and the
+        caller reads the file back (REELFLOW_VERIFY_READBACK, on by default for this store)."""
         d = self._require(upload_id, key)
         data, dest = d / "data", self._path(key)
         expected = sum(p.size for p in parts)
@@ -263,6 +273,10 @@ class LocalStore:
             except OSError:
                 return
             parent = parent.parent
+
+    def mark_stored(self, key: str, sha256_hex: str) -> None:
+        """Nothing to do: a file has no tags, and this store is never read publicly (the
+        catalog holds the SHA-256)."""
 
     def move(self, src_key: str, dst_key: str) -> str | None:
         """Atomic rename; returns None (no checksum without reading the file again)."""

@@ -1,7 +1,12 @@
 """S3 object store (``s3://bucket/prefix``), for AWS and S3-compatible servers (MinIO, moto).
 
-Large objects go in through CreateMultipartUpload / UploadPart with a per-part SHA-256 checksum
-that the server verifies on receipt, so a corrupted part is refused at the wire. botocore's
+Large objects go in through CreateMultipartUpload / UploadPart with a per-part checksum that the
+server verifies on receipt, so a corrupted part is refused at the wire. An upload at a video's
+final key (``videos/``) is a full-object CRC64NVME upload: completion carries the whole file's
+CRC as the client read it, S3 refuses a mismatch, and HeadObject must then report that CRC over
+what it holds, so the bytes are checked end to end without a second pass over them on the store.
+Such an object is tagged ``reelflow-state=pending`` until it is recorded (:meth:`mark_stored`).
+Other uploads (staged by older sessions, the gateway's) keep per-part SHA-256. botocore's
 own retry handler covers 5xx, throttling and dropped connections; whatever still fails is
 mapped here, once, to reelflow's typed errors.
 """
@@ -18,6 +23,7 @@ from urllib.parse import urlparse
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from reelflow.digests import part_crc64nvme_b64
 from reelflow.errors import (
     ConfigurationError,
     IntegrityCheckError,
@@ -26,7 +32,7 @@ from reelflow.errors import (
     TransientStorageError,
     UploadNotFoundError,
 )
-from reelflow.planning import S3_MIN_PART_BYTES, Chunk
+from reelflow.planning import S3_MIN_PART_BYTES, Chunk, is_final_video_key
 from storage.base import PartReceipt, PendingUpload
 
 HASH_BLOCK_BYTES = 4 * 1024 * 1024
@@ -39,6 +45,8 @@ TRANSIENT_CODES = {
     "Throttling",
     "ThrottlingException",
 }
+STATE_TAG = "reelflow-state"  # pending (uploaded, not yet verified and recorded) | stored
+PENDING_TAGGING = f"{STATE_TAG}=pending"
 
 
 def make_s3_client(
@@ -54,15 +62,15 @@ def make_s3_client(
         max_pool_connections=max_pool_connections,
         s3={
             **({"addressing_style": "path"} if endpoint_url else {}),
-            # Every part carries x-amz-checksum-sha256, which is signed and which the server
-            # verifies against the body, so SigV4 need not hash each body a second time (on
+            # Every part carries x-amz-checksum-sha256 or -crc64nvme, which is signed and which
+            # the server verifies against the body, so SigV4 need not hash each body again (on
             # HTTPS botocore already skips it; on plain-HTTP endpoints such as a local MinIO it
             # would not).
             "payload_signing_enabled": False,
         },
         connect_timeout=10,
         read_timeout=120,
-        # Part checksums are given explicitly (SHA-256); don't add a second CRC pass per part.
+        # Part checksums are given explicitly (SHA-256 or CRC64NVME); botocore adds none.
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",
     )
@@ -115,18 +123,31 @@ class S3Store:
 
     # --- multipart ----------------------------------------------------------------------------
     def create_upload(self, key: str, content_type: str) -> str:
+        checksum: dict[str, str] = {"ChecksumAlgorithm": "SHA256"}
+        if is_final_video_key(key):
+            checksum = {
+                "ChecksumAlgorithm": "CRC64NVME",
+                "ChecksumType": "FULL_OBJECT",
+                # The object appears at its final key on completion, before it is verified,
+                # scanned and recorded: a public read must wait for reelflow-state=stored.
+                "Tagging": PENDING_TAGGING,
+            }
         resp = self._on_object(
             "CreateMultipartUpload",
             self.client.create_multipart_upload,
             key,
             ContentType=content_type,
-            ChecksumAlgorithm="SHA256",
+            **checksum,
         )
         return str(resp["UploadId"])
 
     def upload_part(
         self, key: str, upload_id: str, chunk: Chunk, data: bytes | bytearray, sha256_b64: str
     ) -> PartReceipt:
+        # An upload takes the one algorithm it was created with; the caller's SHA-256 of a
+        # full-object part stays in the ledger (resume checks), the wire carries its CRC.
+        crc = part_crc64nvme_b64(data) if is_final_video_key(key) else None
+        checksum = {"ChecksumCRC64NVME": crc} if crc else {"ChecksumSHA256": sha256_b64}
         try:
             resp = self.client.upload_part(
                 Bucket=self.bucket,
@@ -135,12 +156,16 @@ class S3Store:
                 PartNumber=chunk.part_number,
                 Body=data,
                 ContentLength=len(data),
-                ChecksumSHA256=sha256_b64,
+                **checksum,
             )
         except (ClientError, BotoCoreError) as exc:
             raise map_s3_error(exc, "UploadPart", part_number=chunk.part_number) from exc
         return PartReceipt(
-            chunk.part_number, len(data), str(resp["ETag"]), resp.get("ChecksumSHA256", sha256_b64)
+            chunk.part_number,
+            len(data),
+            str(resp["ETag"]),
+            resp.get("ChecksumSHA256", sha256_b64),
+            resp.get("ChecksumCRC64NVME", crc),
         )
 
     def copy_part(
@@ -193,12 +218,28 @@ class S3Store:
             )
             for p in resp.get("Parts", []):
                 n = int(p["PartNumber"])
-                out[n] = PartReceipt(n, int(p["Size"]), str(p["ETag"]), p.get("ChecksumSHA256"))
+                out[n] = PartReceipt(
+                    n,
+                    int(p["Size"]),
+                    str(p["ETag"]),
+                    p.get("ChecksumSHA256"),
+                    p.get("ChecksumCRC64NVME"),
+                )
             if not resp.get("IsTruncated"):
                 return out
             marker = int(resp["NextPartNumberMarker"])
 
-    def complete_upload(self, key: str, upload_id: str, parts: Sequence[PartReceipt]) -> str | None:
+    def complete_upload(
+        self,
+        key: str,
+        upload_id: str,
+        parts: Sequence[PartReceipt],
+        *,
+        crc64nvme_b64: str | None = None,
+    ) -> str | None:
+        if is_final_video_key(key):
+            self._complete_full_object(key, upload_id, parts, crc64nvme_b64)
+            return None
         body = []
         for p in sorted(parts, key=lambda p: p.part_number):
             entry: dict[str, Any] = {"PartNumber": p.part_number, "ETag": p.etag}
@@ -216,6 +257,54 @@ class S3Store:
         # full-object SHA-256 checked after the move to the content key.
         checksum = resp.get("ChecksumSHA256")
         return str(checksum) if checksum else None
+
+    def _complete_full_object(
+        self, key: str, upload_id: str, parts: Sequence[PartReceipt], crc64nvme_b64: str | None
+    ) -> None:
+        """Complete against the client's whole-file CRC64NVME, then make the server say it holds
+        exactly that: real S3 refuses a mismatching Complete itself (BadDigest); a server that
+        accepts it anyway (moto does) is caught by HeadObject, which reports the CRC of the
+        bytes it holds. Anything else deletes the object: unverified bytes are never kept."""
+        if not crc64nvme_b64:
+            raise IntegrityCheckError(f"{key}: no whole-file CRC64NVME to complete against")
+        body = []
+        for p in sorted(parts, key=lambda p: p.part_number):
+            entry: dict[str, Any] = {"PartNumber": p.part_number, "ETag": p.etag}
+            if p.crc64nvme_b64:
+                entry["ChecksumCRC64NVME"] = p.crc64nvme_b64
+            body.append(entry)
+        self._on_object(
+            "CompleteMultipartUpload",
+            self.client.complete_multipart_upload,
+            key,
+            UploadId=upload_id,
+            MultipartUpload={"Parts": body},
+            ChecksumType="FULL_OBJECT",
+            ChecksumCRC64NVME=crc64nvme_b64,
+        )
+        head = self._on_object("HeadObject", self.client.head_object, key, ChecksumMode="ENABLED")
+        kind, stored = head.get("ChecksumType"), head.get("ChecksumCRC64NVME")
+        if kind != "FULL_OBJECT" or stored != crc64nvme_b64:
+            self.delete(key)
+            raise IntegrityCheckError(
+                f"{key}: the store holds {kind} CRC64NVME {stored}, the source read"
+                f" {crc64nvme_b64}; the object was deleted"
+            )
+
+    def mark_stored(self, key: str, sha256_hex: str) -> None:
+        """PutObjectTagging (replaces the ``pending`` tag set): the object is verified and in
+        the catalog, and carries its content SHA-256 where a reader of the bucket sees it."""
+        self._on_object(
+            "PutObjectTagging",
+            self.client.put_object_tagging,
+            key,
+            Tagging={
+                "TagSet": [
+                    {"Key": STATE_TAG, "Value": "stored"},
+                    {"Key": "sha256", "Value": sha256_hex},
+                ]
+            },
+        )
 
     def _stored_checksum(self, key: str) -> str | None:
         """The SHA-256 checksum the server computed over what it stored (composite or full)."""

@@ -2,10 +2,12 @@
 
 The store's own list of parts is checked against the plan (count, sizes, the SHA-256 of each
 chunk as read from the source in this run); only then is the upload completed (S3
-CompleteMultipartUpload; local fsync + atomic rename). The whole file is then verified: the
-store's composite checksum when it reports one, and a read-back SHA-256 of the assembled object
-when ``REELFLOW_VERIFY_READBACK`` asks for it (the default for the local store). A mismatch
-deletes the staged object: nothing is published.
+CompleteMultipartUpload; local fsync + atomic rename). The whole file is then verified: for an
+upload at its final video key on S3, by the store itself against the whole-file CRC64NVME read
+from the source (storage/s3.py: the Complete carries it and HeadObject must report it); for a
+staged upload, the store's composite checksum when it reports one; and a read-back SHA-256 of
+the assembled object when ``REELFLOW_VERIFY_READBACK`` asks for it (the default for the local
+store). A mismatch deletes the object: nothing is published.
 
 Completion is fenced: a run whose lease token is stale (another run took the source over) is
 refused with ``LeaseLostError`` before it completes anything, and its "assembled" write too.
@@ -51,9 +53,14 @@ def _verify_whole(rt: Runtime, key: str, sha256_hex: str, size_bytes: int) -> No
     retry_condition_fn=retry_if_retryable,
 )
 def assemble_upload(
-    state: SessionState, sha256_hex: str, part_digests_b64: dict[int, str], rt: Runtime
+    state: SessionState,
+    sha256_hex: str,
+    part_digests_b64: dict[int, str],
+    rt: Runtime,
+    crc64nvme_b64: str | None = None,
 ) -> str:
-    """Returns the staging key of the verified, assembled object."""
+    """Returns the key of the verified, assembled object (its final key for a session opened
+    at one). ``crc64nvme_b64``: the whole file's, from the same read as ``sha256_hex``."""
     log = get_logger(session_id=state.session_id, upload_id=state.upload_id)
     row = rt.catalog.get_session(state.session_id)
     if row is not None and row.status in ("assembled", "completed"):
@@ -71,7 +78,9 @@ def assemble_upload(
     # The intent, before the store acts: a run killed right after completion finds the object
     # by this SHA-256 and adopts it (chunk_upload._adopt_completed) instead of re-sending it.
     rt.catalog.update_session(state.session_id, sha256=sha256_hex)
-    reported = rt.store.complete_upload(state.staging_key, state.upload_id, parts)
+    reported = rt.store.complete_upload(
+        state.staging_key, state.upload_id, parts, crc64nvme_b64=crc64nvme_b64
+    )
     known = all(c.part_number in part_digests_b64 for c in state.plan.chunks)
     expected = (
         composite_sha256(
@@ -88,5 +97,11 @@ def assemble_upload(
         rt.store.delete(state.staging_key)  # nothing half-verified may stay around
         raise
     rt.catalog.update_session(state.session_id, status="assembled", sha256=sha256_hex)
-    log.info("upload_assembled", sha256=sha256_hex, parts=len(parts), composite=expected)
+    log.info(
+        "upload_assembled",
+        sha256=sha256_hex,
+        parts=len(parts),
+        composite=expected if reported else None,  # None: the store checked a full-object CRC
+        crc64nvme=crc64nvme_b64,
+    )
     return state.staging_key

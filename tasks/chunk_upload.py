@@ -37,7 +37,7 @@ from reelflow.planning import (
     plan_chunks,
     reconcile_parts,
     session_id_for,
-    staging_key,
+    upload_key,
 )
 from reelflow.rules import VideoMeta
 from reelflow.sources import SourceRef
@@ -109,7 +109,7 @@ def open_upload_session(
                 source_uri=source.public_uri,
                 source_fingerprint=source.fingerprint,
                 store_url=rt.store.url,
-                staging_key=staging_key(sid, meta.container),
+                staging_key=upload_key(sid, meta.container),  # the video's final key
                 size_bytes=source.size_bytes,
                 chunk_size=plan.chunk_size,
                 parts_total=plan.count,

@@ -17,7 +17,7 @@ from prefect.cache_policies import NO_CACHE
 from reelflow import media
 from reelflow.errors import retry_if_retryable
 from reelflow.logging import get_logger
-from reelflow.planning import thumbnail_key
+from reelflow.planning import sidecar_key
 from reelflow.rules import VideoMeta
 from storage.runtime import Runtime
 from tasks.validate import open_stored_media
@@ -40,14 +40,14 @@ class Thumbnail:
 def make_thumbnail(
     staged_key: str, final_key: str, sha256_hex: str, meta: VideoMeta, rt: Runtime
 ) -> Thumbnail:
-    """``final_key``: the video's content key (the flow derives it once for this step and the
-    store step)."""
-    key = thumbnail_key(sha256_hex)
+    """``final_key``: where the video is stored (the flow derives it once for this step and the
+    store step); the thumbnail goes beside it, with its stem."""
+    key = sidecar_key(final_key, "jpg")
     at_s = media.thumbnail_time_s(meta.duration_s)
     if rt.store.exists(key):
         return Thumbnail(key, int(at_s * 1000))
-    # A resumed run may find the video already moved to its content key.
-    read_key = final_key if rt.store.exists(final_key) else staged_key
+    # A resumed run of a staged session may find the video already moved to its content key.
+    read_key = staged_key if rt.store.exists(staged_key) else final_key
     with tempfile.TemporaryDirectory(prefix="reelflow-thumb-") as tmp:
         with open_stored_media(rt.store, read_key, meta.container) as inp:
             out = media.grab_thumbnail(inp, Path(tmp) / "thumb.jpg", at_s=at_s)

@@ -25,7 +25,7 @@ from reelflow import media, rules
 from reelflow.errors import InputRejectedError, SourceChangedError, retry_if_retryable
 from reelflow.logging import get_logger
 from reelflow.media import MediaInput
-from reelflow.planning import video_key
+from reelflow.planning import final_video_key
 from reelflow.relay import ByteRelay
 from reelflow.rules import VideoMeta
 from reelflow.sources import SourceRef
@@ -137,8 +137,9 @@ def verify_stored_bytes(key: str, meta: VideoMeta, rt: Runtime) -> VideoMeta:
     retry_condition_fn=retry_if_retryable,
 )
 def verify_assembled(staged_key: str, sha256_hex: str, meta: VideoMeta, rt: Runtime) -> None:
-    # A resumed run may find the video already moved to its content key.
-    final_key = video_key(sha256_hex, meta.container)
-    key = final_key if rt.store.exists(final_key) else staged_key
+    # A resumed run of a session staged under staging/ may find the video already moved to
+    # its content key; an upload made at its final key is never moved.
+    final_key = final_video_key(staged_key, sha256_hex, meta.container)
+    key = staged_key if rt.store.exists(staged_key) else final_key
     verify_stored_bytes(key, meta, rt)
     get_logger(sha256=sha256_hex).info("assembled_object_verified", key=key)

@@ -64,7 +64,7 @@ def test_cleanup_aborts_leftovers_and_drops_finished_cache(
     statuses = {r.status for r in _sessions(catalog)}
     assert statuses == {"completed", "abandoned"}
     # the stored media is untouched
-    assert s3.head_object(Bucket=bucket, Key=f"media/videos/{done['sha256']}.mp4")
+    assert s3.head_object(Bucket=bucket, Key=done["video_uri"].removeprefix(f"s3://{bucket}/"))
 
 
 def _sessions(catalog: Catalog) -> list[Any]:

@@ -240,7 +240,8 @@ def _deployment_with_trigger(api: str, serve: subprocess.Popen[bytes], logs: Pat
 
 def test_video_put_becomes_completed_stored_published_run(stack: Stack, clips: Any) -> None:
     """Sidecar then video under incoming/ → one run named after the file completes, the media
-    is at media/videos/<sha>.mp4 and the sidecar's direct post reached the sandbox."""
+    is under media/videos/, tagged stored with its sha256, and the sidecar's direct post
+    reached the sandbox."""
     clip = clips.valid()
     sidecar = {
         "account": ACCOUNT,
@@ -272,7 +273,16 @@ def test_video_put_becomes_completed_stored_published_run(stack: Stack, clips: A
     assert (params["disable_comment"], params["brand_organic_toggle"]) == (True, True)
     assert params.get("disable_duet") is None
     sha = sha256_file(clip)
-    head = stack.s3.head_object(Bucket=stack.bucket, Key=f"media/videos/{sha}.mp4")
+    listed = stack.s3.list_objects_v2(Bucket=stack.bucket, Prefix="media/videos/")
+    videos = [o["Key"] for o in listed.get("Contents", []) if o["Key"].endswith(".mp4")]
+    tagged = [
+        k
+        for k in videos
+        if {"Key": "sha256", "Value": sha}
+        in stack.s3.get_object_tagging(Bucket=stack.bucket, Key=k)["TagSet"]
+    ]
+    assert len(tagged) == 1, videos
+    head = stack.s3.head_object(Bucket=stack.bucket, Key=tagged[0])
     assert head["ContentLength"] == clip.stat().st_size
     stats = httpx.get(f"{stack.sandbox.base_url}/_sandbox/stats", timeout=10).json()
     assert stats["posts"] == 1, stats

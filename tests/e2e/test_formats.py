@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import stat
 from collections.abc import Iterator
@@ -270,7 +271,9 @@ def assert_stored(rt: Runtime, media: Any, fmt: Format, sha: str, tmp: Path) -> 
         fmt.video_codec,
     ), media
     assert (media["width"], media["height"], media["sha256"]) == (720, 1280, sha), media
-    assert media["video_key"] == f"videos/{sha}.{fmt.container}", media
+    # An ingest is stored where it was uploaded (videos/<session>); a gateway upload is moved
+    # to its content key (videos/<sha256>).
+    assert re.fullmatch(rf"videos/(u_[0-9a-f]{{24}}|{sha})\.{fmt.container}", media["video_key"])
     assert hash_object(rt.store, media["video_key"]) == sha
     width, height = thumbnail_size(rt.store, media["thumbnail_key"], tmp)
     assert width == 640 and height > width, (width, height)  # portrait, as the creator saw it

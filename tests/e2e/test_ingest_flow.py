@@ -36,8 +36,15 @@ def artifacts_for(api_url: str, flow_run_id: Any) -> list[dict[str, Any]]:
     return list(resp.json())
 
 
+def stem_of(uri: str) -> str:
+    """The stored video's key stem: its upload session's id (uploaded at its final key)."""
+    stem = uri.rsplit("/", 1)[-1].rsplit(".", 1)[0]
+    assert stem.startswith("u_"), uri
+    return stem
+
+
 def test_ingest_on_local_store_and_sqlite(home: Path, clips: Any, prefect_api: str) -> None:
-    """A valid clip ends up content-addressed with thumbnail + metadata; staging is cleaned."""
+    """A valid clip ends up at its final key with thumbnail + metadata; staging is cleaned."""
     clip = clips.valid()
     state = ingest_video(source=str(clip), return_state=True)
     summary = state.result()
@@ -48,12 +55,13 @@ def test_ingest_on_local_store_and_sqlite(home: Path, clips: Any, prefect_api: s
     assert summary["has_audio"] is True and summary["content_type"] == "video/mp4"
     assert summary["chunks_uploaded_this_run"] == summary["chunks_total"] >= 1
     assert summary["bytes_uploaded_this_run"] == clip.stat().st_size
-    assert local_files(home) == [f"videos/{sha}.jpg", f"videos/{sha}.json", f"videos/{sha}.mp4"]
-    stored = home / "objects" / "videos" / f"{sha}.mp4"
+    stem = stem_of(summary["video_uri"])
+    assert local_files(home) == [f"videos/{stem}.{e}" for e in ("jpg", "json", "mp4")]
+    stored = home / "objects" / "videos" / f"{stem}.mp4"
     assert sha256_file(stored) == sha
-    thumb = ffmpeg.probe(str(home / "objects" / "videos" / f"{sha}.jpg"))["streams"][0]
+    thumb = ffmpeg.probe(str(home / "objects" / "videos" / f"{stem}.jpg"))["streams"][0]
     assert thumb["width"] == 640
-    meta = json.loads((home / "objects" / "videos" / f"{sha}.json").read_text())
+    meta = json.loads((home / "objects" / "videos" / f"{stem}.json").read_text())
     assert meta["media_id"] == summary["media_id"] and meta["fps"] == 30.0
     kinds = {a["type"]: a for a in artifacts_for(prefect_api, state.state_details.flow_run_id)}
     assert kinds["progress"]["data"] == 100.0
@@ -90,19 +98,20 @@ def test_ingest_to_s3_with_postgres_catalog(
     summary = ingest_video(source=str(clip), chunk_size_bytes=5 * MIB, concurrency=3)
     sha = sha256_file(clip)
     assert summary["chunks_total"] == 3 and summary["chunks_uploaded_this_run"] == 3
-    assert summary["video_uri"] == f"s3://{bucket}/media/videos/{sha}.mp4"
+    stem = stem_of(summary["video_uri"])
+    assert summary["video_uri"] == f"s3://{bucket}/media/videos/{stem}.mp4"
     s3 = s3_server.client()
-    body = s3.get_object(Bucket=bucket, Key=f"media/videos/{sha}.mp4")["Body"].read()
+    body = s3.get_object(Bucket=bucket, Key=f"media/videos/{stem}.mp4")["Body"].read()
     assert hashlib.sha256(body).hexdigest() == sha
     keys = {o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]}
-    assert keys == {f"media/videos/{sha}.{e}" for e in ("mp4", "jpg", "json")}
+    assert keys == {f"media/videos/{stem}.{e}" for e in ("mp4", "jpg", "json")}
     assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
     assert s3_server.stats().get("UploadPart") == 3
 
     from storage.catalog import Catalog, make_engine
 
     media = Catalog(make_engine(pg_url)).get_media(summary["media_id"])
-    assert media is not None and media.video_key == f"videos/{sha}.mp4"
+    assert media is not None and media.video_key == f"videos/{stem}.mp4"
 
 
 def test_s3_and_http_sources_are_read_without_download(
@@ -215,12 +224,13 @@ def test_public_base_url_and_presigned_links(
     s3_env: str, s3_server: Any, bucket: str, clips: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Without REELFLOW_PUBLIC_BASE_URL links are the store URIs (never presigned URLs, whose
-    credentials would be persisted); with it, they are CDN URLs built from the content key."""
+    credentials would be persisted); with it, they are CDN URLs built from the stored key."""
     clip = clips.valid()
     summary = ingest_video(source=str(clip))
     assert summary["video_url"] == summary["video_uri"] and "X-Amz" not in str(summary)
     assert summary["video_uri"].startswith(f"s3://{bucket}/")
     monkeypatch.setenv("REELFLOW_PUBLIC_BASE_URL", "https://cdn.example.com/reels/")
     again = ingest_video(source=str(clip))
-    assert again["video_url"] == f"https://cdn.example.com/reels/videos/{summary['sha256']}.mp4"
-    assert again["thumbnail_url"] == f"https://cdn.example.com/reels/videos/{summary['sha256']}.jpg"
+    stem = stem_of(summary["video_uri"])
+    assert again["video_url"] == f"https://cdn.example.com/reels/videos/{stem}.mp4"
+    assert again["thumbnail_url"] == f"https://cdn.example.com/reels/videos/{stem}.jpg"

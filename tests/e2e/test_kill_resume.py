@@ -78,7 +78,8 @@ def test_sigkill_mid_upload_resumes_without_resending(
     assert summary["chunks_total"] == parts_total
 
     h = hashlib.sha256()
-    body = s3.get_object(Bucket=bucket, Key=f"media/videos/{summary['sha256']}.mp4")["Body"]
+    stored_key = summary["video_uri"].removeprefix(f"s3://{bucket}/")  # its final key
+    body = s3.get_object(Bucket=bucket, Key=stored_key)["Body"]
     for block in body.iter_chunks(4 * MIB):
         h.update(block)
     with clip.open("rb") as fh:

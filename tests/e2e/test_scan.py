@@ -131,7 +131,8 @@ def test_same_video_without_marker_is_stored(
     s3_server = request.getfixturevalue("s3_server") if store == "s3" else None
     bucket = request.getfixturevalue("bucket") if store == "s3" else ""
     stored = stored_objects(store, home, s3_server, bucket)
-    assert any(k.endswith(f"videos/{summary['sha256']}.mp4") for k in stored), stored
+    name = summary["video_uri"].rsplit("/", 1)[-1]  # videos/<session>.mp4, its final key
+    assert any(k.endswith(f"videos/{name}") for k in stored), stored
 
 
 def test_scanning_off_says_so(

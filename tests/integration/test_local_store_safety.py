@@ -134,7 +134,7 @@ def test_ingest_killed_after_the_rename_completes_on_the_next_run(
     summary = ingest_video(source=str(clip), chunk_size_bytes=5 * MIB)
     sha = hashlib.sha256(clip.read_bytes()).hexdigest()
     assert summary["sha256"] == sha and summary["chunks_uploaded_this_run"] == 0
-    stored = home / "objects" / "videos" / f"{sha}.mp4"
+    stored = home / "objects" / "videos" / summary["video_uri"].rsplit("/", 1)[-1]  # final key
     assert hashlib.sha256(stored.read_bytes()).hexdigest() == sha
     assert LocalStore((home / "objects").as_uri()).list_uploads() == []
 

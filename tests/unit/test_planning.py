@@ -65,6 +65,7 @@ class P:
     size: int
     etag: str
     sha256_b64: str | None = None
+    crc64nvme_b64: str | None = None
 
 
 def test_reconcile_trusts_the_store_over_the_ledger() -> None:
