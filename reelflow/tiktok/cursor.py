@@ -60,7 +60,7 @@ class UploadCursor:
         """Block until TikTok's position reaches ``byte``; False once the cursor is closed."""
         with self._cond:
             self._cond.wait_for(lambda: self._closed or self._position >= byte, timeout)
-            return not self._closed
+            return not self._closed and self._position >= byte
 
     def note_unanswered(self, first_byte: int) -> None:
         with self._cond:
