@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextvars
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -213,3 +214,51 @@ def test_progress_moves_per_chunk_inside_a_window(
     boundaries = [i * CHUNK for i in range(1, 6)] + [SIX_CHUNKS]
     assert set(heard) == {0, *boundaries}  # the start, then every acknowledged chunk
     assert heard == sorted(heard)  # never backwards
+
+
+def upload_task_runs(flow_run_id: Any, expected: int) -> list[str]:
+    """Names of the flow run's upload task runs, once the API has recorded ``expected`` of them
+    (task runs reach it as events; bounded wait)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    names: list[str] = []
+    deadline = time.monotonic() + 60
+    with get_client(sync_client=True) as client:
+        while time.monotonic() < deadline:
+            runs = client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+            )
+            names = sorted(r.name for r in runs if r.name.startswith("tiktok-upload-window"))
+            if len(names) >= expected:
+                time.sleep(1.0)  # any straggler would be recorded by now
+                runs = client.read_task_runs(
+                    flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+                )
+                return sorted(r.name for r in runs if r.name.startswith("tiktok-upload-window"))
+            time.sleep(0.25)
+    return names
+
+
+@pytest.mark.parametrize(
+    ("window_bytes", "task_runs"),
+    [pytest.param(ONE_WINDOW, 1, id="default"), pytest.param("1", 6, id="one-chunk-windows")],
+)
+def test_one_task_run_per_window(
+    window_bytes: str,
+    task_runs: int,
+    home: Path,
+    sandbox: RunningSandbox,  # noqa: F811
+    base_clip: Path,  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Six chunks: one upload task run with the default window, six with one-chunk windows."""
+    monkeypatch.setenv("REELFLOW_TIKTOK_WINDOW_BYTES", window_bytes)
+    rt = Runtime.from_settings(Settings())
+    add_account(rt, sandbox)
+    media_id = ingest(sized(base_clip, SIX_CHUNKS, tmp_path / "clip.mp4"))
+    state = publish_media(media_id=media_id, account="creator", return_state=True)
+    summary = state.result()
+    assert summary["status"] == "PUBLISH_COMPLETE" and summary["chunks_sent_this_run"] == 6
+    assert len(upload_task_runs(state.state_details.flow_run_id, task_runs)) == task_runs
