@@ -6,7 +6,9 @@ already started (Prefect's task-run bookkeeping) and has its body open, and once
 N writes the ledger while N+1's PUT is already going out. Measured, that bookkeeping was about
 12 ms per chunk next to a 10 MB PUT of 20-45 ms on loopback; pipelined (and with N yielding the
 GIL to N+1 before its ledger write), PUTs follow each other within 0.1 ms and the whole 26-chunk
-leg spends 10-16 ms outside its PUTs: the first task's start and the last one's finish.
+leg spends 10-16 ms outside its PUTs: the first task's start and the last one's finish. The same
+holds for windows of chunks (:mod:`tasks.tiktok_chunks`): the next window's task starts while
+the current window's last PUT is on the wire, and the ledger writes run on a thread of their own.
 
 * :meth:`UploadCursor.wait_turn` blocks a chunk until TikTok's next expected byte is its first
   byte (go), or the position moved elsewhere or the cursor was closed (skip: send nothing).
