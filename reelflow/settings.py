@@ -143,6 +143,12 @@ class Settings(BaseSettings):
         description="TikTok's per-user rate-limit window (a sliding minute); change it only for "
         "a sandbox started with another window",
     )
+    tiktok_window_bytes: int = Field(
+        default=64 * MIB,
+        ge=1,
+        description="Bytes of consecutive chunks one Prefect task PUTs (at least one chunk; at "
+        "most one chunk = one task per chunk); the ledger is written per chunk either way",
+    )
     secret_key: SecretStr | None = Field(
         default=None, description="Key that encrypts tokens at rest (default: HOME/secret.key)"
     )

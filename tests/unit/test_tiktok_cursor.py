@@ -80,3 +80,26 @@ def test_a_failed_ledger_write_does_not_block_the_next_one() -> None:
     with cursor.in_order(second, timeout=30):
         pass
     assert time.monotonic() - t0 < 10  # released by the failure, not by the 30 s safety timeout
+
+
+def test_a_window_opens_its_first_body_once_the_chunk_before_it_is_sending() -> None:
+    """wait_until: go at the byte (or past it), stop on close; bounded by its timeout."""
+    cursor = UploadCursor(0)
+    with ThreadPoolExecutor(2) as pool:
+        opening = pool.submit(cursor.wait_until, 2 * CHUNK, 5.0)
+        cursor.advance(CHUNK)
+        time.sleep(0.05)
+        assert not opening.done()
+        cursor.advance(2 * CHUNK)
+        assert opening.result(timeout=5) is True
+        closed = pool.submit(cursor.wait_until, 5 * CHUNK, 5.0)
+        cursor.close()
+        assert closed.result(timeout=5) is False
+    assert UploadCursor(0).wait_until(CHUNK, 0.01) is False
+
+
+def test_unanswered_puts_are_remembered_by_first_byte() -> None:
+    cursor = UploadCursor(0)
+    assert not cursor.was_unanswered(CHUNK)
+    cursor.note_unanswered(CHUNK)
+    assert cursor.was_unanswered(CHUNK) and not cursor.was_unanswered(0)
