@@ -52,8 +52,8 @@ INIT_LIMIT_PER_WINDOW = 6  # TikTok's (and the sandbox's) per-token init limit
 # TikTok's window is a sliding minute; the sandbox and reelflow's limiter are both scaled down to
 # this, so the spread the limiter forces costs seconds instead of minutes.
 RATE_WINDOW_S = 15.0
-SCHEDULED = ("publish-due", "reconcile-publishes", "cleanup")
-DEPLOYMENTS = {"ingest-video", "publish-media", *SCHEDULED}
+SCHEDULED = ("publish-due", "reconcile-publishes", "cleanup", "daily-report")
+DEPLOYMENTS = {"ingest-video", "publish-media", "delete-media", *SCHEDULED}
 CLI_TIMEOUT_S = 120
 WORKERS_ONLINE_TIMEOUT_S = 60
 # 7 inits at 6 per sliding window need 1.33 windows or more (Prefect's Retry-After for a rate
