@@ -378,7 +378,9 @@ def _process(
         _commit_to_store(rt, row.id, fence, sha)
         log(stages.STORING)
         t0 = time.perf_counter()
-        final_key = video_key(sha, meta.container)
+        # Stored where it was received: completing the upload was the last write of its bytes
+        # (no server-side copy; only a run of older code left it at its content key).
+        final_key = key
         thumb = make_thumbnail(key, final_key, sha, meta, rt)
         timings["thumbnail"] = time.perf_counter() - t0
         ref = SourceRef(

@@ -315,12 +315,24 @@ class Catalog:
             return s.get(Media, media_id)
 
     def upsert_media(self, media: Media) -> Media:
+        """Insert ``media``, or answer the row of the same content already recorded. When that
+        row names another store (one catalog shared by deployments of different stores), it is
+        pointed at this copy: the row names where the content was stored last, which is where
+        this deployment (the one that just verified it) reads it. Keys are per store since
+        uploads are stored where they were uploaded, so the other store's keys are not this one's.
+        """
         with Session(self.engine, expire_on_commit=False) as s:
             existing = s.get(Media, media.media_id)
-            if existing is not None:
+            if existing is None:
+                s.add(media)
+                return self._commit_fenced(s, media)
+            if existing.store_url == media.store_url:
                 return existing
-            s.add(media)
-            return self._commit_fenced(s, media)
+            for name in ("store_url", "video_key", "thumbnail_key", "metadata_key"):
+                setattr(existing, name, getattr(media, name))
+            existing.thumbnail_time_ms = media.thumbnail_time_ms
+            s.add(existing)
+            return self._commit_fenced(s, existing)
 
     def list_media(self) -> list[Media]:
         with Session(self.engine) as s:

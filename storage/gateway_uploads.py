@@ -47,6 +47,7 @@ KINDS = ("single", "partial", "final")
 # Where an upload's bytes live in the store. ``incoming/`` is ignored by the cleanup deployment's
 # staging sweep and by the S3-event bridge.
 INCOMING_PREFIX = "incoming/"
+TAIL_NAME = "tail-"
 
 
 def staging_key_for(upload_id: str) -> str:
@@ -62,7 +63,12 @@ def upload_prefix(upload_id: str) -> str:
 def new_tail_key(upload_id: str) -> str:
     """A fresh key for the upload's tail shorter than a part (tusd's ``.part``): each write
     gets its own, so a writer that loses the CAS never overwrites the tail the row counts."""
-    return f"{upload_prefix(upload_id)}tail-{secrets.token_hex(8)}"
+    return f"{upload_prefix(upload_id)}{TAIL_NAME}{secrets.token_hex(8)}"
+
+
+def is_tail_key(key: str) -> bool:
+    """A tail object of some upload (not its video, thumbnail or metadata)."""
+    return key.startswith(INCOMING_PREFIX) and key.rsplit("/", 1)[-1].startswith(TAIL_NAME)
 
 
 def session_id_for(upload_id: str) -> str:

@@ -279,9 +279,10 @@ class TusWriter:
             catalog.update_session(row.session_id, status="aborted")
 
     def discard_tails(self, row: GatewayUpload) -> None:
-        """Delete the upload's tail objects (after its last byte, every one is stale)."""
+        """Delete the upload's tail objects (after its last byte, every one is stale). The
+        video is stored where it was received, its thumbnail and metadata beside it: kept."""
         for key, _ in self.store.list_objects(uploads.upload_prefix(row.id)):
-            if key != row.staging_key:
+            if uploads.is_tail_key(key):
                 self.store.delete(key)
 
     # --- helpers ------------------------------------------------------------------------------

@@ -271,9 +271,11 @@ def assert_stored(rt: Runtime, media: Any, fmt: Format, sha: str, tmp: Path) -> 
         fmt.video_codec,
     ), media
     assert (media["width"], media["height"], media["sha256"]) == (720, 1280, sha), media
-    # An ingest is stored where it was uploaded (videos/<session>); a gateway upload is moved
-    # to its content key (videos/<sha256>).
-    assert re.fullmatch(rf"videos/(u_[0-9a-f]{{24}}|{sha})\.{fmt.container}", media["video_key"])
+    # Stored where it was uploaded, never copied: an ingest at videos/<session>.<ext>, a
+    # gateway upload where it was received (incoming/<id>/video).
+    assert re.fullmatch(
+        rf"videos/u_[0-9a-f]{{24}}\.{fmt.container}|incoming/[^/]+/video", media["video_key"]
+    ), media
     assert hash_object(rt.store, media["video_key"]) == sha
     width, height = thumbnail_size(rt.store, media["thumbnail_key"], tmp)
     assert width == 640 and height > width, (width, height)  # portrait, as the creator saw it

@@ -196,7 +196,8 @@ def stored_sha256(setup: GatewaySetup, upload_url: str, gateways: list[GatewayPr
     assert row["state"] == "stored", f"{row}\n{logs(gateways)}"
     media = media_row(setup, row["media_id"])
     assert media is not None, row
-    assert media["video_key"] == f"videos/{media['sha256']}.mp4", media
+    # Stored where it was received (no server-side copy): incoming/<id>/video.
+    assert media["video_key"] == f"incoming/{upload_id}/video", media
     digest = hash_object(store, media["video_key"])
     assert digest == media["sha256"] == row["sha256"], (digest, media, row)
     # Nothing staged is left pending once the video is stored.

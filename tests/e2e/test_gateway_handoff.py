@@ -117,8 +117,13 @@ def ingest(upload: str) -> dict[str, Any]:
 
 
 def leftovers(rt: Runtime, row: GatewayUpload) -> tuple[list[str], list[str]]:
-    """What the upload left in the store: objects under its prefix, pending multipart uploads."""
-    objects = [k for k, _ in rt.store.list_objects(uploads.upload_prefix(row.id))]
+    """What the upload left in the store: objects under its prefix, pending multipart uploads;
+    a stored upload's media (its video is stored where it was received, the thumbnail and
+    metadata beside it) is what it became, not left over."""
+    now = uploads.get(rt.catalog.engine, row.id)
+    media = rt.catalog.get_media(now.media_id) if now is not None and now.media_id else None
+    kept = {media.video_key, media.thumbnail_key, media.metadata_key} if media else set()
+    objects = [k for k, _ in rt.store.list_objects(uploads.upload_prefix(row.id)) if k not in kept]
     pending = [p.key for p in rt.store.list_uploads(uploads.upload_prefix(row.id))]
     return objects, pending
 
