@@ -349,8 +349,9 @@ def upload_window(
     put_slots: threading.Semaphore | None = None,
     concurrency: int = 1,
 ) -> dict[str, Any]:
-    """Send the window's parts the store lacks, up to ``concurrency`` at once, as the reader
-    feeds them; each part's ledger row is written once the store acknowledged it.
+    """Send the window's parts the store lacks, ``concurrency`` PUTs on the wire at most (the
+    run's ``put_slots``), as the reader feeds them; each part's ledger row is written once the
+    store acknowledged it.
 
     A failed PUT stops this attempt from taking more parts; the PUTs on the wire end first,
     then the error is raised (a retry resumes with the parts that have no receipt).
@@ -370,7 +371,9 @@ def upload_window(
                 return
             feed.acknowledged(sent, data)
 
-    workers = max(1, min(concurrency, feed.expected - len(feed.sent)))
+    # One worker more than the PUT slots: a part is hashed and waiting at the semaphore when a
+    # PUT ends (the reader holds concurrency + 1 chunks, so the extra worker costs no memory).
+    workers = max(1, min(concurrency + 1, feed.expected - len(feed.sent)))
     if workers == 1:
         try:
             work()
