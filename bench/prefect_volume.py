@@ -28,6 +28,7 @@ import time
 from typing import Any
 
 import httpx
+import psutil
 
 from bench import _moto as moto
 from bench.ingest import run_one
@@ -71,6 +72,19 @@ def task_run_count(api: str, name_like: str | None = None) -> int:
     return int(resp.json())
 
 
+def server_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) of the Prefect server's process tree so far."""
+    total = 0.0
+    root = psutil.Process(pid)
+    for proc in [root, *root.children(recursive=True)]:
+        try:
+            t = proc.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += t.user + t.system
+    return total
+
+
 def settle(db: str, api: str) -> dict[str, tuple[int, int]]:
     """Table stats once task runs, states and events stop growing (bounded)."""
     deadline = time.monotonic() + SETTLE_MAX_S
@@ -88,21 +102,34 @@ def settle(db: str, api: str) -> dict[str, tuple[int, int]]:
 
 
 def measure_one(
-    db: str, api: str, file: Any, endpoint: str, s3: Any, env0: dict[str, str], args: Any, w: int
+    db: str,
+    api: str,
+    file: Any,
+    endpoint: str,
+    s3: Any,
+    env0: dict[str, str],
+    args: Any,
+    w: int,
+    server_pid: int,
 ) -> dict[str, Any]:
-    """One ingest of ``file`` with window ``w``: what it added to the server's database."""
+    """One ingest of ``file`` with window ``w``: what it added to the server's database, and
+    the server's CPU seconds until it had recorded it all."""
     before = settle(db, api)
+    cpu0 = server_cpu_s(server_pid)
     bucket = f"bench-volume-{w}-{time.time_ns()}"
     s3.create_bucket(Bucket=bucket)
     env = env0 | {"REELFLOW_HOME": tempfile.mkdtemp(prefix="reelflow-bench-")}
     runs0, windows0 = task_run_count(api), task_run_count(api, "upload-window")
     r = run_one("reelflow", file, endpoint, bucket, args.chunk, args.concurrency, env, None, w)
     after = settle(db, api)
+    # Includes the settle polls' own API calls: a few per second, the same for both designs.
+    cpu = server_cpu_s(server_pid) - cpu0
     tables = {
         t: (rows - before.get(t, (0, 0))[0], size - before.get(t, (0, 0))[1])
         for t, (rows, size) in after.items()
     }
     return {
+        "server_cpu_s": cpu,
         "gib": file.stat().st_size / GIB,
         "parts": r["chunks"],
         "upload_s": r["upload_s"],
@@ -154,19 +181,24 @@ def main() -> int:
     try:
         s3 = moto.s3_client(endpoint)
         # One ingest first: the flow's own rows (flow, artifact collections) are written once.
-        measure_one(args.db, api, moto.warmup_clip(), endpoint, s3, env0, args, windows[-1])
+        one = (args.db, api)
+        measure_one(*one, moto.warmup_clip(), endpoint, s3, env0, args, windows[-1], prefect.pid)
         for w in windows:
-            small, big = (measure_one(args.db, api, f, endpoint, s3, env0, args, w) for f in files)
+            small, big = (
+                measure_one(*one, f, endpoint, s3, env0, args, w, prefect.pid) for f in files
+            )
             row: dict[str, Any] = {"window_bytes": w, "parts_big": big["parts"]}
             row["upload_s_big"] = round(big["upload_s"], 2)
             video_gib = 500_000_000 / GIB
-            for key in ("task_runs", "upload_task_runs", "events", "db_bytes"):
+            for key in ("task_runs", "upload_task_runs", "events", "db_bytes", "server_cpu_s"):
                 per_gib, per_video = fit(small, big, key)
                 row[f"{key}_per_gib"] = round(per_gib, 1)
                 row[f"{key}_per_video_fixed"] = round(per_video, 1)
                 row[f"{key}_per_day"] = round(10_000 * (per_video + per_gib * video_gib))
             row["measured"] = {
-                f"{m['gib']:.3f}GiB": {k: m[k] for k in ("task_runs", "events", "db_bytes")}
+                f"{m['gib']:.3f}GiB": {
+                    k: m[k] for k in ("task_runs", "events", "db_bytes", "server_cpu_s")
+                }
                 | {"tables": {t: list(d) for t, d in m["tables"].items()}}
                 for m in (small, big)
             }
@@ -186,10 +218,12 @@ def main() -> int:
         print(
             f"window {row['window_bytes'] // MIB} MiB: per GiB {row['task_runs_per_gib']} task "
             f"runs ({row['upload_task_runs_per_gib']} upload), {row['events_per_gib']} events, "
-            f"{row['db_bytes_per_gib'] / MIB:.2f} MiB of database; per video fixed "
+            f"{row['db_bytes_per_gib'] / MIB:.2f} MiB of database, "
+            f"{row['server_cpu_s_per_gib']} server CPU-s; per video fixed "
             f"{row['task_runs_per_video_fixed']} task runs, {row['events_per_video_fixed']} "
             f"events; a day: {row['task_runs_per_day']} task runs, {row['events_per_day']} "
-            f"events, {row['db_bytes_per_day'] / 2**30:.1f} GiB of database"
+            f"events, {row['db_bytes_per_day'] / 2**30:.1f} GiB of database, "
+            f"{row['server_cpu_s_per_day'] / 3600:.1f} server CPU-hours"
         )
     print(json.dumps(results))
     return 0

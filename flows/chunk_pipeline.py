@@ -82,15 +82,16 @@ class _Held:
 
     def wait_at_most(self, limit: int, check: Callable[[], None]) -> None:
         deadline = time.monotonic() + INFLIGHT_DRAIN_S
-        with self.cond:
-            while self.count > limit:
-                check()
+        while True:
+            check()  # outside the lock: PUT threads give buffers back meanwhile
+            with self.cond:
+                if self.count <= limit:
+                    return
                 if time.monotonic() >= deadline:
                     raise TransientStorageError(
                         f"no part was acknowledged in {INFLIGHT_DRAIN_S:.0f} s"
                     )
                 self.cond.wait(0.2)
-        check()
 
 
 def send_source(
@@ -173,12 +174,14 @@ def send_source(
         running.append(future)
 
     def collect(block: bool = False) -> None:
-        # Re-raises a window's final error (after its retries) in the reader's thread.
+        # Re-raises a window's final error (after its retries) in the reader's thread, also
+        # when a later window failed first. ``result`` of an ended future reads the state it
+        # ended in (no API call, unlike ``state`` before ``wait``).
         while running and (block or running[0].wrapped_future.done()):
             running[0].result()
             running.pop(0)
         for fut in running:
-            if fut.wrapped_future.done() and fut.state.is_failed():
+            if fut.wrapped_future.done():
                 fut.result()
 
     # The whole-file SHA-256 runs on its own thread, in read order, beside the uploads: on the

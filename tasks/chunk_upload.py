@@ -291,10 +291,10 @@ class WindowFeed:
             while True:
                 if stop.is_set():
                     return None
+                if self._abandoned:  # the run is failing: what is left stays for a later run
+                    raise StorageError("the run stopped reading before this window was sent")
                 if self._ready:
                     return self._ready.popleft()
-                if self._abandoned:
-                    raise StorageError("the run stopped reading before this window was sent")
                 if self._fed >= self._expected:
                     return None
                 if time.monotonic() >= deadline:
