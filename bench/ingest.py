@@ -136,18 +136,20 @@ def main() -> int:
             base_runs: list[dict[str, float]] = []
             rf_by_window: dict[int | None, list[dict[str, float]]] = {w: [] for w in windows}
             for i in range(args.repeat):
-                bucket = f"bench-{label.lower()}-{i}-{int(time.time())}"
-                s3.create_bucket(Bucket=bucket)
-                env = os.environ | {
-                    "REELFLOW_HOME": tempfile.mkdtemp(prefix="reelflow-bench-"),
-                    **moto.MOTO_CREDENTIALS,
-                    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-                    **prefect_env,
-                }
                 contenders: list[tuple[str, int | None]] = [("baseline", None)]
                 contenders += [("reelflow", w) for w in windows]
                 order = contenders if i % 2 == 0 else contenders[::-1]
-                for mode, w in order:
+                for j, (mode, w) in enumerate(order):
+                    # A bucket and home per contender: a second reelflow run in the same
+                    # bucket would find the video stored already and upload nothing.
+                    bucket = f"bench-{label.lower()}-{i}-{j}-{int(time.time())}"
+                    s3.create_bucket(Bucket=bucket)
+                    env = os.environ | {
+                        "REELFLOW_HOME": tempfile.mkdtemp(prefix="reelflow-bench-"),
+                        **moto.MOTO_CREDENTIALS,
+                        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                        **prefect_env,
+                    }
                     r = run_one(
                         mode, file, endpoint, bucket, args.chunk, args.concurrency, env, warmup, w
                     )

@@ -167,7 +167,7 @@ def send_source(
             feed,
             rt,
             put_slots,
-            concurrency,
+            put_pool,
         )
         future.wrapped_future.add_done_callback(lambda _: held.wake())
         feeds.append(feed)
@@ -187,6 +187,9 @@ def send_source(
     # The whole-file SHA-256 runs on its own thread, in read order, beside the uploads: on the
     # reading thread it cost as much as the reads themselves (measured) and held back each part.
     hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reelflow-sha256")
+    # The run's PUT threads, shared by its windows: one more than the slots, so a part is
+    # hashed and waiting when a PUT ends; reused threads, whatever the number of windows.
+    put_pool = ThreadPoolExecutor(concurrency + 1, thread_name_prefix="reelflow-put")
     window_of = {c.part_number: w.index for w in windows for c in w.chunks}
     try:
         reader = iter(rt.sources.iter_chunks(source, state.plan.chunks, held.buffers))
@@ -224,6 +227,7 @@ def send_source(
         wait_futures([f.wrapped_future for f in running], timeout=INFLIGHT_DRAIN_S)
         raise
     finally:
+        put_pool.shutdown(wait=True)
         hasher.shutdown(wait=True)
     sha = whole.hexdigest()
     log.info(

@@ -26,7 +26,8 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, Future
+from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -347,45 +348,43 @@ def upload_window(
     feed: WindowFeed,
     rt: Runtime,
     put_slots: threading.Semaphore | None = None,
-    concurrency: int = 1,
+    put_pool: Executor | None = None,
 ) -> dict[str, Any]:
-    """Send the window's parts the store lacks, ``concurrency`` PUTs on the wire at most (the
-    run's ``put_slots``), as the reader feeds them; each part's ledger row is written once the
-    store acknowledged it.
+    """Send the window's parts the store lacks as the reader feeds them; each part's ledger row
+    is written once the store acknowledged it.
 
-    A failed PUT stops this attempt from taking more parts; the PUTs on the wire end first,
-    then the error is raised (a retry resumes with the parts that have no receipt).
+    ``put_pool`` is the run's PUT threads (``concurrency + 1``, shared by every window, so a
+    part is hashed and waiting at ``put_slots`` when a PUT ends, and no window starts threads
+    of its own); without one, parts are sent one by one on this thread. A failed PUT stops this
+    attempt from taking more parts; its PUTs on the wire end first, then the error is raised
+    (a retry resumes with the parts that have no receipt).
     """
     stop = threading.Event()
     errors: list[BaseException] = []
 
-    def work() -> None:
+    def send(chunk: Chunk, data: bytes | bytearray) -> None:
+        try:
+            sent = send_part(rt, session_id, upload_id, key, chunk, data, put_slots)
+        except BaseException as exc:
+            feed.give_back(chunk, data)
+            errors.append(exc)
+            stop.set()
+            return
+        feed.acknowledged(sent, data)
+
+    pending: list[Future[None]] = []
+    try:
         while (item := feed.take(stop)) is not None:
             chunk, data = item
-            try:
-                sent = send_part(rt, session_id, upload_id, key, chunk, data, put_slots)
-            except BaseException as exc:
-                feed.give_back(chunk, data)
-                errors.append(exc)
-                stop.set()
-                return
-            feed.acknowledged(sent, data)
-
-    # One worker more than the PUT slots: a part is hashed and waiting at the semaphore when a
-    # PUT ends (the reader holds concurrency + 1 chunks, so the extra worker costs no memory).
-    workers = max(1, min(concurrency + 1, feed.expected - len(feed.sent)))
-    if workers == 1:
-        try:
-            work()
-        except BaseException as exc:
-            errors.append(exc)
-    else:
-        with ThreadPoolExecutor(workers, thread_name_prefix="reelflow-put") as pool:
-            running = [pool.submit(contextvars.copy_context().run, work) for _ in range(workers)]
-            for fut in running:
-                if (failed := fut.exception()) is not None:
-                    errors.append(failed)
-                    stop.set()
+            if put_pool is None:
+                send(chunk, data)
+                continue
+            pending = [f for f in pending if not f.done()]
+            pending.append(put_pool.submit(contextvars.copy_context().run, send, chunk, data))
+    except BaseException as exc:  # the feed was abandoned or ran dry
+        errors.append(exc)
+    finally:
+        wait_futures(pending)
     if errors:
         raise _first_error(errors)
     return {
