@@ -39,6 +39,8 @@ def baseline(args: argparse.Namespace) -> dict[str, float]:
 def reelflow_run(args: argparse.Namespace) -> dict[str, float]:
     os.environ["REELFLOW_STORE_URL"] = f"s3://{args.bucket}/reelflow"
     os.environ["REELFLOW_S3_ENDPOINT_URL"] = args.endpoint
+    if args.window_bytes is not None:  # the task unit: parts per upload-window task run
+        os.environ["REELFLOW_TASK_WINDOW_BYTES"] = str(args.window_bytes)
     from flows.ingest import ingest_video
     from reelflow.cli_errors import quiet_prefect_console as _quiet_prefect_console
 
@@ -75,6 +77,7 @@ def main() -> int:
     p.add_argument("--chunk", type=int, required=True)
     p.add_argument("--concurrency", type=int, required=True)
     p.add_argument("--warmup", default=None, help="a small clip ingested before measuring")
+    p.add_argument("--window-bytes", type=int, default=None, help="REELFLOW_TASK_WINDOW_BYTES")
     args = p.parse_args()
     out = baseline(args) if args.mode == "baseline" else reelflow_run(args)
     print(json.dumps(out))

@@ -7,6 +7,10 @@ own), alternating order. Prints throughput ratios (reelflow / boto3, higher is b
 
     python -m bench.ingest [--repeat 2] [--chunk 8388608] [--concurrency 4] [--big-mib 1024]
                            [--prefect server|server+services|ephemeral]
+                           [--window-bytes N[,N...]]
+
+``--window-bytes`` runs one reelflow contender per value (REELFLOW_TASK_WINDOW_BYTES; a value
+at or below the chunk size is one part per task run), each paired with the same boto3 rounds.
 
 ``--prefect`` (default ``server``) is where reelflow's Prefect API lives: a dedicated server
 without its background services, as bench.publish explains; ``ephemeral`` is what a bare
@@ -41,6 +45,7 @@ def run_one(
     conc: int,
     env: dict[str, str],
     warmup: Path | None = None,
+    window_bytes: int | None = None,
 ) -> dict[str, float]:
     cmd = [
         sys.executable,
@@ -59,6 +64,8 @@ def run_one(
     ]
     if warmup is not None and mode == "reelflow":
         cmd += ["--warmup", str(warmup)]
+    if window_bytes is not None and mode == "reelflow":
+        cmd += ["--window-bytes", str(window_bytes)]
     out = subprocess.run(
         cmd,
         env=env,
@@ -72,6 +79,32 @@ def run_one(
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def _row(
+    label: str,
+    size_mib: float,
+    window: int | None,
+    b: float,
+    base_runs: list[dict[str, float]],
+    rf_runs: list[dict[str, float]],
+) -> dict[str, object]:
+    f = statistics.median(r["seconds"] for r in rf_runs)
+    return {
+        "input": f"{label} ({size_mib:.0f} MiB)",
+        "window_bytes": "default" if window is None else window,
+        "boto3_mib_s": size_mib / b,
+        "reelflow_mib_s": size_mib / f,
+        "ratio": b / f,
+        "reelflow_peak_rss_mib": max(r["peak_rss_mib"] for r in rf_runs),
+        "reelflow_rss_growth_mib": max(r["peak_rss_mib"] - r["rss_before_mib"] for r in rf_runs),
+        "reelflow_rss_growth_cold_mib": max(r["peak_rss_mib"] - r["rss_cold_mib"] for r in rf_runs),
+        "reelflow_upload_s": statistics.median(r["upload_s"] for r in rf_runs),
+        "reelflow_assemble_s": statistics.median(r["assemble_s"] for r in rf_runs),
+        "boto3_rss_growth_mib": max(r["peak_rss_mib"] - r["rss_before_mib"] for r in base_runs),
+        "validate_s": statistics.median(r["validate_s"] for r in rf_runs),
+        "thumbnail_s": statistics.median(r["thumbnail_s"] for r in rf_runs),
+    }
+
+
 def main() -> int:
     moto.use_moto_credentials()
     p = argparse.ArgumentParser()
@@ -80,7 +113,9 @@ def main() -> int:
     p.add_argument("--concurrency", type=int, default=4)
     p.add_argument("--big-mib", type=int, default=1024)
     p.add_argument("--prefect", choices=PREFECT_MODES, default="server")
+    p.add_argument("--window-bytes", default="", help="comma-separated task window sizes")
     args = p.parse_args()
+    windows: list[int | None] = [int(w) for w in args.window_bytes.split(",") if w] or [None]
     files = {
         "100MiB": moto.cached_clip("bench-100mib.mp4", 100 * MIB),
         f"{args.big_mib}MiB": moto.cached_clip(f"bench-{args.big_mib}mib.mp4", args.big_mib * MIB),
@@ -98,47 +133,31 @@ def main() -> int:
         s3 = moto.s3_client(endpoint)
         rows = []
         for label, file in files.items():
-            base_runs, rf_runs = [], []
+            base_runs: list[dict[str, float]] = []
+            rf_by_window: dict[int | None, list[dict[str, float]]] = {w: [] for w in windows}
             for i in range(args.repeat):
-                bucket = f"bench-{label.lower()}-{i}-{int(time.time())}"
-                s3.create_bucket(Bucket=bucket)
-                env = os.environ | {
-                    "REELFLOW_HOME": tempfile.mkdtemp(prefix="reelflow-bench-"),
-                    **moto.MOTO_CREDENTIALS,
-                    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-                    **prefect_env,
-                }
-                order = ["baseline", "reelflow"] if i % 2 == 0 else ["reelflow", "baseline"]
-                for mode in order:
+                contenders: list[tuple[str, int | None]] = [("baseline", None)]
+                contenders += [("reelflow", w) for w in windows]
+                order = contenders if i % 2 == 0 else contenders[::-1]
+                for j, (mode, w) in enumerate(order):
+                    # A bucket and home per contender: a second reelflow run in the same
+                    # bucket would find the video stored already and upload nothing.
+                    bucket = f"bench-{label.lower()}-{i}-{j}-{int(time.time())}"
+                    s3.create_bucket(Bucket=bucket)
+                    env = os.environ | {
+                        "REELFLOW_HOME": tempfile.mkdtemp(prefix="reelflow-bench-"),
+                        **moto.MOTO_CREDENTIALS,
+                        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                        **prefect_env,
+                    }
                     r = run_one(
-                        mode, file, endpoint, bucket, args.chunk, args.concurrency, env, warmup
+                        mode, file, endpoint, bucket, args.chunk, args.concurrency, env, warmup, w
                     )
-                    (base_runs if mode == "baseline" else rf_runs).append(r)
+                    (base_runs if mode == "baseline" else rf_by_window[w]).append(r)
             size_mib = file.stat().st_size / MIB
             b = statistics.median(r["seconds"] for r in base_runs)
-            f = statistics.median(r["seconds"] for r in rf_runs)
-            rows.append(
-                {
-                    "input": f"{label} ({size_mib:.0f} MiB)",
-                    "boto3_mib_s": size_mib / b,
-                    "reelflow_mib_s": size_mib / f,
-                    "ratio": b / f,
-                    "reelflow_peak_rss_mib": max(r["peak_rss_mib"] for r in rf_runs),
-                    "reelflow_rss_growth_mib": max(
-                        r["peak_rss_mib"] - r["rss_before_mib"] for r in rf_runs
-                    ),
-                    "reelflow_rss_growth_cold_mib": max(
-                        r["peak_rss_mib"] - r["rss_cold_mib"] for r in rf_runs
-                    ),
-                    "reelflow_upload_s": statistics.median(r["upload_s"] for r in rf_runs),
-                    "reelflow_assemble_s": statistics.median(r["assemble_s"] for r in rf_runs),
-                    "boto3_rss_growth_mib": max(
-                        r["peak_rss_mib"] - r["rss_before_mib"] for r in base_runs
-                    ),
-                    "validate_s": statistics.median(r["validate_s"] for r in rf_runs),
-                    "thumbnail_s": statistics.median(r["thumbnail_s"] for r in rf_runs),
-                }
-            )
+            for w, rf_runs in rf_by_window.items():
+                rows.append(_row(label, size_mib, w, b, base_runs, rf_runs))
     finally:
         server.terminate()
         server.wait(timeout=30)

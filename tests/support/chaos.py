@@ -36,7 +36,7 @@ from typing import Any
 STEP_OF_TASK = {
     "validate-video": "validate",
     "open-upload-session": "chunk-upload",
-    "upload-chunk": "chunk-upload",
+    "upload-window": "chunk-upload",
     "assemble-upload": "assemble",
     "make-thumbnail": "thumbnail",
     "scan-video": "scan",
