@@ -21,7 +21,7 @@ import os
 import subprocess
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,6 +56,27 @@ def _marked(pid: int, tag: str) -> bool:
     except OSError:
         return False
     return f"{TAG_VAR}={tag}".encode() in env.split(b"\0")
+
+
+class CpuInCalls:
+    """CPU-seconds of this process tree spent inside the wrapped calls. They run one after
+    another on a flow's thread, so the process-wide counter between entry and exit is theirs,
+    plus what the Prefect and worker threads did for them meanwhile."""
+
+    def __init__(self) -> None:
+        self.cpu_s = 0.0
+        self.calls = 0
+
+    def wrap(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def timed(*a: Any, **k: Any) -> Any:
+            c0 = tree_cpu_s()
+            try:
+                return fn(*a, **k)
+            finally:
+                self.cpu_s += tree_cpu_s() - c0
+                self.calls += 1
+
+        return timed
 
 
 @dataclass

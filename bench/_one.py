@@ -16,12 +16,11 @@ import json
 import os
 import resource
 import sys
-from collections.abc import Callable
 from typing import Any
 
 import psutil
 
-from bench._measure import tree_cpu_s
+from bench._measure import CpuInCalls, tree_cpu_s
 
 
 def rss_mib() -> float:
@@ -47,27 +46,6 @@ def baseline(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-class _UploadCpu:
-    """CPU-seconds spent inside the wrapped calls of one flow run (they run one after another
-    on the flow's thread, so the process-wide counter between entry and exit is theirs, plus
-    the Prefect and upload threads working for them meanwhile)."""
-
-    def __init__(self) -> None:
-        self.cpu_s = 0.0
-        self.calls = 0
-
-    def wrap(self, fn: Callable[..., Any]) -> Callable[..., Any]:
-        def timed(*a: Any, **k: Any) -> Any:
-            c0 = tree_cpu_s()
-            try:
-                return fn(*a, **k)
-            finally:
-                self.cpu_s += tree_cpu_s() - c0
-                self.calls += 1
-
-        return timed
-
-
 def reelflow_run(args: argparse.Namespace) -> dict[str, Any]:
     os.environ["REELFLOW_STORE_URL"] = f"s3://{args.bucket}/reelflow"
     os.environ["REELFLOW_S3_ENDPOINT_URL"] = args.endpoint
@@ -81,7 +59,7 @@ def reelflow_run(args: argparse.Namespace) -> dict[str, Any]:
         # A tiny ingest first: Prefect's engine, clients and thread pools are loaded once per
         # process; what is measured next is the growth that comes with the data.
         ingest_video(source=args.warmup)
-    upload_cpu = _UploadCpu()
+    upload_cpu = CpuInCalls()
     # The upload's two calls, as the flow module names them; if a later design renames them
     # the whole flow's CPU is reported instead (``cpu_scope`` says which).
     wrapped = [n for n in ("send_source", "assemble_upload") if hasattr(ingest_module, n)]
