@@ -278,8 +278,8 @@ def _summarize(
 
 
 def report(rows: list[dict[str, Any]]) -> None:
-    where = f"behind a {netns.link_mbit():g} Mbit/s link" if netns.link_mbit() else "127.0.0.1"
-    print(f"\nend to end: reelflow ingest FILE --json vs boto3 upload_file, moto S3 on {where}")
+    where = f"behind a {netns.link_mbit():g} Mbit/s link" if netns.link_mbit() else "on 127.0.0.1"
+    print(f"\nend to end: reelflow ingest FILE --json vs boto3 upload_file, moto S3 {where}")
     cols = [
         "prefect", "size", "file_mib", "rounds", "first_wall_s", "wall_s", "boto3_wall_s",
         "boto3_call_s", "ratio", "ratio_call", "reelflow_cpu_s_per_gib", "boto3_cpu_s_per_gib",

@@ -117,7 +117,8 @@ def main() -> int:
         s3 = moto.s3_client(endpoint)
         rows = []
         for label, file in files.items():
-            base_runs, rf_runs = [], []
+            base_runs: list[dict[str, Any]] = []
+            rf_runs: list[dict[str, Any]] = []
             for i in range(args.repeat):
                 bucket = f"bench-{label.lower()}-{i}-{int(time.time())}"
                 s3.create_bucket(Bucket=bucket)
