@@ -179,7 +179,12 @@ def run_measured(
     err_f = _spool()
     t0 = time.perf_counter()
     proc = subprocess.Popen(
-        list(cmd), env=env | {TAG_VAR: tag}, cwd=cwd, stdout=out_f, stderr=err_f
+        list(cmd),
+        env=env | {TAG_VAR: tag},
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,  # a contender never reads the driver's input
+        stdout=out_f,
+        stderr=err_f,
     )
     thread = threading.Thread(target=sampler.loop, daemon=True)
     thread.start()
