@@ -146,6 +146,11 @@ def main() -> int:
                     "link_mbit": netns.link_mbit(),
                     "boto3_of_link": netns.rate_of_link(size, b)["of_link"],
                     "reelflow_of_link": netns.rate_of_link(size, f)["of_link"],
+                    # The parts alone: assemble (CompleteMultipartUpload, the SHA-256 check)
+                    # sends no payload over the link.
+                    "reelflow_upload_of_link": netns.rate_of_link(
+                        size, statistics.median(r["upload_s"] for r in rf_runs)
+                    )["of_link"],
                 }
             rows.append(
                 {
