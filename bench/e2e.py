@@ -267,6 +267,9 @@ def _summarize(
         "rounds_wall_s": [
             (round(r["boto3_wall_s"], 3), round(r["reelflow_wall_s"], 3)) for r in rounds
         ],
+        "rounds_cpu_s": [
+            (round(r["boto3_cpu_s"], 2), round(r["reelflow_cpu_s"], 2)) for r in rounds
+        ],
     }
     if netns.link_mbit():
         row["link_mbit"] = netns.link_mbit()

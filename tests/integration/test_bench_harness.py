@@ -64,12 +64,19 @@ def test_cpu_of_a_reaped_child_counts_as_the_contenders(tmp_path: Path) -> None:
     assert m.helpers_cpu_s == 0
 
 
-def test_cpu_of_a_helper_left_running_is_counted_and_the_helper_ended(tmp_path: Path) -> None:
+@pytest.mark.parametrize("work_in", ["helper", "helpers_worker"])
+def test_cpu_of_a_helper_left_running_is_counted_and_the_helper_ended(
+    tmp_path: Path, work_in: str
+) -> None:
     """A helper the contender starts and does not wait for (a warm runner's daemon) is charged
-    to the contender, and stop_marked ends it by pid."""
+    to the contender, also for the work of a worker it forks and reaps itself, and
+    stop_marked ends it by pid."""
     tag = f"t-{uuid.uuid4().hex}"
     ready = tmp_path / "ready"
-    helper = BURN + f"open({str(ready)!r}, 'w').close()\ntime.sleep(120)\n"
+    work = BURN
+    if work_in == "helpers_worker":
+        work = f"import subprocess, sys, time\nsubprocess.run([sys.executable, '-c', {BURN!r}])\n"
+    helper = work + f"open({str(ready)!r}, 'w').close()\ntime.sleep(120)\n"
     code = textwrap.dedent(
         f"""
         import os, subprocess, sys, time
