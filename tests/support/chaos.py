@@ -43,7 +43,7 @@ STEP_OF_TASK = {
     "store-media": "store",
     "query-creator-info": "creator-info",
     "init-tiktok-upload": "init",
-    "put-tiktok-chunk": "chunk-puts",
+    "tiktok-upload-window": "chunk-puts",
     "fetch-tiktok-status": "poll",
     "poll-tiktok-status": "poll",
 }
