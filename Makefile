@@ -87,7 +87,10 @@ chaos: setup
 	REELFLOW_CHAOS_POINTS=$${REELFLOW_CHAOS_POINTS:-50} REELFLOW_FAULT_RUNS=$${REELFLOW_FAULT_RUNS:-20} \
 		$(BIN)/pytest -q -p no:cacheprovider -m "chaos or long" tests/e2e
 
+# The quick set: end to end at 8 MB and 512 MiB (both Prefect modes), then upload only. The
+# rest (1 GiB, --link MBIT, bench.publish, bench.gateway) is in each bench's docstring.
 bench: setup
+	$(BIN)/python -m bench.e2e --sizes 8MB,512MiB
 	$(BIN)/python -m bench.ingest
 
 clean:

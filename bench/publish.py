@@ -6,10 +6,16 @@ is its own, and the order alternates. "reelflow" is the ``publish-media`` flow (
 init, one Prefect task per chunk streamed from the local store, ledger writes, progress
 artifact, status poll); its upload-leg time is the chunk loop alone (``timings_s.upload``).
 "raw" is ``requests.Session().put`` per chunk on bytes read from the file, with an upload URL
-this process initialised. Target: ratio (raw time / reelflow time) >= 0.95.
+this process initialised. Target: ratio (raw time / reelflow time) >= 0.97.
+
+Client CPU-seconds per GiB of each contender during the leg (psutil, user+system of its process
+and children: around the raw loop; around reelflow's ``send_chunks``), and their ratio.
+``--link MBIT`` runs everything (sandbox, Prefect server, contenders) in a network namespace
+whose loopback is limited to MBIT Mbit/s (bench/_netns.py; needs root and ``tc``), and shows each
+contender's rate as a fraction of the link.
 
     python -m bench.publish [--repeat 3] [--mib 256] [--chunk-bytes 10000000]
-                            [--prefect server|server+services|ephemeral]
+                            [--prefect server|server+services|ephemeral] [--link MBIT]
     python -m bench.publish --one raw|reelflow ...      (one contender; used by the driver)
 """
 
@@ -28,6 +34,9 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from bench import _netns as netns
+from bench._measure import CpuInCalls, tree_cpu_s
 
 DEFAULT_PREFERRED_CHUNK_BYTES = 10_000_000  # reelflow.tiktok.plan's default
 DATA = Path(__file__).resolve().parent / ".data"
@@ -58,6 +67,7 @@ def run_raw(args: argparse.Namespace) -> dict[str, float]:
     size = Path(args.file).stat().st_size
     plan = plan_tiktok_upload_with_chunk_size(size, args.chunk)
     before = rss_mib()
+    cpu0 = tree_cpu_s()
     t0 = time.perf_counter()
     with requests.Session() as session, open(args.file, "rb") as fh:
         for chunk in plan.chunks:
@@ -75,10 +85,17 @@ def run_raw(args: argparse.Namespace) -> dict[str, float]:
             if resp.status_code not in (201, 206):
                 raise RuntimeError(f"raw PUT answered {resp.status_code}")
     seconds = time.perf_counter() - t0
-    return {"seconds": seconds, "rss_before_mib": before, "peak_rss_mib": peak_rss_mib()}
+    cpu_s = tree_cpu_s() - cpu0
+    return {
+        "seconds": seconds,
+        "cpu_s": cpu_s,
+        "rss_before_mib": before,
+        "peak_rss_mib": peak_rss_mib(),
+    }
 
 
 def run_reelflow(args: argparse.Namespace) -> dict[str, Any]:
+    import flows.publish as publish_module
     from flows.publish import publish_media
     from reelflow.cli_errors import quiet_prefect_console as _quiet_prefect_console
     from reelflow.tiktok.client import TikTokClient
@@ -96,17 +113,29 @@ def run_reelflow(args: argparse.Namespace) -> dict[str, Any]:
             in_put[0] += time.perf_counter() - t0
 
     TikTokClient.put_chunk = timed_put  # type: ignore[method-assign]
+    # The leg's CPU: inside the flow's chunk loop, as the flow module names it (the whole flow's
+    # when a later design renames it; ``cpu_scope`` says which).
+    leg_cpu = CpuInCalls()
+    scoped = hasattr(publish_module, "send_chunks")
+    if scoped:
+        publish_module.send_chunks = leg_cpu.wrap(publish_module.send_chunks)  # type: ignore[attr-defined]
     before = rss_mib()
+    cpu0 = tree_cpu_s()
     summary = publish_media(
         media_id=args.media_id,
         account=args.account,
         caption=args.caption,
         chunk_size_bytes=args.chunk,
     )
+    flow_cpu = tree_cpu_s() - cpu0
     if summary["status"] != "PUBLISH_COMPLETE":
         raise RuntimeError(f"publish ended {summary['status']}")
+    scoped = scoped and leg_cpu.calls > 0
     return {
         "seconds": summary["timings_s"]["upload"],
+        "cpu_s": leg_cpu.cpu_s if scoped else flow_cpu,
+        "cpu_scope": "send_chunks" if scoped else "whole flow",
+        "flow_cpu_s": flow_cpu,
         "put_s": in_put[0],
         "total_s": sum(summary["timings_s"].values()),
         "chunks": summary["chunks_sent_this_run"],
@@ -305,6 +334,16 @@ def _report(
         r["seconds"] / f["seconds"] for r, f in zip(raw_runs, rf_runs, strict=True)
     )
     best = min(r["seconds"] for r in raw_runs) / min(r["seconds"] for r in rf_runs)
+    gib = size / 2**30
+    raw_cpu = statistics.median(r["cpu_s"] for r in raw_runs) / gib
+    rf_cpu = statistics.median(r["cpu_s"] for r in rf_runs) / gib
+    link: dict[str, Any] = {}
+    if netns.link_mbit():
+        link = {
+            "link_mbit": netns.link_mbit(),
+            "raw_of_link": netns.rate_of_link(size, raw_s)["of_link"],
+            "reelflow_of_link": netns.rate_of_link(size, rf_s)["of_link"],
+        }
     row = {
         "file_mib": round(size_mib, 1),
         "chunk_bytes": plan.chunk_size,
@@ -315,6 +354,11 @@ def _report(
         "ratio": round(paired, 3),
         "ratio_of_medians": round(raw_s / rf_s, 3),
         "ratio_best_of": round(best, 3),
+        **link,
+        "raw_cpu_s_per_gib": round(raw_cpu, 2),
+        "reelflow_cpu_s_per_gib": round(rf_cpu, 2),
+        "cpu_ratio": round(rf_cpu / raw_cpu, 3),
+        "reelflow_cpu_scope": rf_runs[0].get("cpu_scope", "?"),
         "reelflow_put_s": round(statistics.median(r["put_s"] for r in rf_runs), 3),
         "reelflow_leg_s": round(rf_s, 3),
         "raw_leg_s": round(raw_s, 3),
@@ -329,9 +373,10 @@ def _report(
         ),
         "posts": posts,
     }
+    where = f"behind a {netns.link_mbit():g} Mbit/s link" if netns.link_mbit() else "on 127.0.0.1"
     print(
-        f"\nTikTok upload leg, sandbox on 127.0.0.1, {args.repeat} paired rounds, "
-        f"Prefect: {args.prefect}"
+        f"\nTikTok upload leg, sandbox {where}, {args.repeat} paired rounds, "
+        f"Prefect: {args.prefect}, load {os.getloadavg()[0]:.2f}"
     )
     print(" | ".join(row))
     print(" | ".join(str(v) for v in row.values()))
@@ -350,12 +395,15 @@ def main() -> int:
     p.add_argument("--mib", type=int, default=256)
     p.add_argument("--chunk-bytes", type=int, default=DEFAULT_PREFERRED_CHUNK_BYTES)
     p.add_argument("--prefect", choices=PREFECT_MODES, default="server")
+    p.add_argument("--link", type=float, metavar="MBIT", help="rate-limited loopback (root, tc)")
     p.add_argument("--file")
     p.add_argument("--chunk", type=int)
     p.add_argument("--media-id")
     p.add_argument("--account")
     p.add_argument("--caption")
     args = p.parse_args()
+    if args.link and not args.one and not netns.inside():
+        return netns.rerun_inside(args.link, "bench.publish", sys.argv[1:])
     if args.one == "raw":
         print(json.dumps(run_raw(args)))
     elif args.one == "reelflow":

@@ -55,6 +55,12 @@ class Settings(BaseSettings):
     upload_concurrency: int = Field(
         default=4, ge=1, le=64, description="UploadPart requests one run keeps on the wire"
     )
+    task_window_bytes: int = Field(
+        default=128 * MIB,
+        ge=1,
+        description="Bytes of consecutive parts one upload-window task run sends (a value at or "
+        "below the chunk size means one part per task run)",
+    )
     memory_budget_bytes: int = Field(
         default=1024 * MIB,
         ge=16 * MIB,

@@ -2,13 +2,15 @@
 
 * ``open_upload_session`` finds or starts the session for (source fingerprint, store, chunk
   size), then reconciles the ledger with the store's own list of parts (ListParts).
-* ``upload_chunk`` is one Prefect task per part: retried with backoff + jitter on retryable
-  errors, its result kept under (session, upload id, part number) so a re-run of the flow
-  finds finished parts ``Cached``; the ledger row is written after the store acknowledged the part. It gets the
-  chunk as a :class:`ChunkBytes` reference and the run's UploadPart slots from its caller.
+* ``upload_window`` is one Prefect task per window of consecutive parts (``reelflow.windows``):
+  retried with backoff + jitter on retryable errors, a retry sending only the parts with no
+  receipt yet; its result kept under (session, upload id, window, part range) so a re-run of
+  the flow finds finished windows ``Cached``. Each part's ledger row is written after the store
+  acknowledged that part (``send_part``). It gets the chunks through a :class:`WindowFeed` and
+  the run's UploadPart slots from its caller.
 * ``give_up_upload``: keep a failed run's upload for a later run, or abort it.
 
-Must not: submit tasks or wait for them: reading the source and driving ``upload_chunk`` runs is
+Must not: submit tasks or wait for them: reading the source and driving ``upload_window`` runs is
 the flow layer's (``flows/chunk_pipeline.py``). Arguments are checked (:func:`check_upload_args`)
 before a session or an upload exists, so a bad chunk size or concurrency leaves nothing behind.
 The run's catalog carries its lease's fence: a run that lost its lease sends no further part, and
@@ -18,8 +20,14 @@ its ledger writes are refused.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import hashlib
 import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Executor, Future
+from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +35,15 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
-from reelflow.errors import LeaseLostError, ReelflowError, UploadNotFoundError, retry_if_retryable
+from reelflow.errors import (
+    LeaseLostError,
+    ReelflowError,
+    StorageError,
+    TransientStorageError,
+    UploadNotFoundError,
+    is_retryable,
+    retry_if_retryable,
+)
 from reelflow.ingest_options import check_chunk_size, check_concurrency, check_memory_budget
 from reelflow.logging import get_logger
 from reelflow.planning import (
@@ -175,79 +191,208 @@ def _adopt_completed(rt: Runtime, row: UploadSession, plan: ChunkPlan) -> Sessio
 CHUNK_RESULTS_PREFIX = "reelflow-chunks"
 
 
-class ChunkBytes:
-    """A reference to one chunk's bytes, in a buffer of this process, handed to ``upload_chunk``.
+# A window task waits this long for the reader's next chunk (the reader itself waits at most as
+# long for a buffer a PUT gives back); past it the attempt fails retryably.
+FEED_WAIT_S = 900.0
+_POLL_S = 0.2
 
-    A task's parameters are what Prefect may hash into a cache key, resolve, or serialize; the
-    chunk itself must be none of these (hashing it would double its memory, and the buffer is
-    reused for a later chunk once the task ends). This handle is opaque to Prefect's traversal
-    (not a dataclass or a collection) and refuses to be pickled, so its bytes never leave this
-    process or enter a key: the key is what the part *is* (see ``upload_chunk``).
+
+@dataclass(frozen=True)
+class PartSent:
+    """One part the store acknowledged in this run (its ledger row is written)."""
+
+    part_number: int
+    size: int
+    etag: str
+    sha256_b64: str
+
+
+def send_part(
+    rt: Runtime,
+    session_id: str,
+    upload_id: str,
+    key: str,
+    chunk: Chunk,
+    data: bytes | bytearray,
+    put_slots: threading.Semaphore | None = None,
+) -> PartSent:
+    """Send one part and record it in the ledger once the store acknowledged it.
+
+    ``put_slots`` is the run's bound on UploadPart requests on the wire (the chunk pipeline
+    owns it, shared by every window of the run); a call on its own has none.
+    """
+    # Hashed here, in parallel across parts; the whole-file hash has a thread of its own.
+    sha256_b64 = b64(hashlib.sha256(data).digest())
+    rt.catalog.check_fence()
+    with put_slots or contextlib.nullcontext():
+        rt.catalog.check_fence()  # the lease may have gone while this part waited for a slot
+        receipt = rt.store.upload_part(key, upload_id, chunk, data, sha256_b64)
+    rt.catalog.record_part(session_id, upload_id, chunk.offset, receipt)
+    get_logger(session_id=session_id, upload_id=upload_id).debug(
+        "chunk_uploaded", part_number=chunk.part_number, size=chunk.length
+    )
+    return PartSent(chunk.part_number, receipt.size, receipt.etag, sha256_b64)
+
+
+class WindowFeed:
+    """The hand-off of one window's chunks from the run's single reader to its task run.
+
+    The reader ``put``s each chunk it read for a part the store lacks; the ``upload-window`` run
+    ``take``s them, and hands each acknowledged part to ``on_sent`` (which gives the buffer back,
+    keeps the digest and moves the progress). A part whose PUT failed goes back to the front, so
+    the task's next attempt sends exactly the parts that have no receipt yet, from the same
+    buffer (the source is read once). Like a chunk buffer, the feed is opaque to Prefect's
+    parameter traversal (not a dataclass or a collection) and refuses to be pickled: it never
+    enters a cache key or leaves this process; the key is what the window *is*.
     """
 
-    __slots__ = ("data",)
+    __slots__ = ("_abandoned", "_cond", "_expected", "_fed", "_on_sent", "_ready", "sent")
 
-    def __init__(self, data: bytes | bytearray) -> None:
-        self.data = data
+    def __init__(
+        self,
+        expected: int,
+        on_sent: Callable[[PartSent, bytes | bytearray], None] = lambda sent, data: None,
+    ) -> None:
+        self._expected = expected  # parts of the window the store lacks: all the reader feeds
+        self._on_sent = on_sent
+        self._cond = threading.Condition()
+        self._ready: deque[tuple[Chunk, bytes | bytearray]] = deque()
+        self._fed = 0
+        self._abandoned = False
+        self.sent: list[PartSent] = []  # acknowledged in this run, over all attempts
 
-    def __len__(self) -> int:
-        return len(self.data)
+    @property
+    def expected(self) -> int:
+        return self._expected
 
     def __repr__(self) -> str:
-        return f"ChunkBytes({len(self.data)} bytes)"
+        return f"WindowFeed({self._fed}/{self._expected} fed, {len(self.sent)} sent)"
 
     def __reduce__(self) -> Any:
-        raise TypeError("ChunkBytes refers to a buffer of this process; it is never serialized")
+        raise TypeError("WindowFeed refers to buffers of this process; it is never serialized")
+
+    # --- the reader's side
+    def put(self, chunk: Chunk, data: bytes | bytearray) -> None:
+        with self._cond:
+            self._ready.append((chunk, data))
+            self._fed += 1
+            self._cond.notify()
+
+    def abandon(self) -> None:
+        """The run stopped reading: a task still waiting for a chunk stops too."""
+        with self._cond:
+            self._abandoned = True
+            self._cond.notify_all()
+
+    # --- the task's side
+    def take(self, stop: threading.Event) -> tuple[Chunk, bytes | bytearray] | None:
+        """The next part to send; None once every part was handed out (or a sibling failed)."""
+        deadline = time.monotonic() + FEED_WAIT_S
+        with self._cond:
+            while True:
+                if stop.is_set():
+                    return None
+                if self._abandoned:  # the run is failing: what is left stays for a later run
+                    raise StorageError("the run stopped reading before this window was sent")
+                if self._ready:
+                    return self._ready.popleft()
+                if self._fed >= self._expected:
+                    return None
+                if time.monotonic() >= deadline:
+                    raise TransientStorageError(
+                        f"no chunk reached this window in {FEED_WAIT_S:.0f} s"
+                    )
+                self._cond.wait(_POLL_S)
+
+    def give_back(self, chunk: Chunk, data: bytes | bytearray) -> None:
+        """A part whose PUT failed: first in line for the next attempt."""
+        with self._cond:
+            self._ready.appendleft((chunk, data))
+            self._cond.notify()
+
+    def acknowledged(self, sent: PartSent, data: bytes | bytearray) -> None:
+        with self._cond:
+            self.sent.append(sent)
+        self._on_sent(sent, data)
+
+
+def _first_error(errors: list[BaseException]) -> BaseException:
+    # A terminal error among them decides: the task must not retry what cannot succeed.
+    return next((e for e in errors if not is_retryable(e)), errors[0])
 
 
 @task(
-    name="upload-chunk",
-    # The cache key is what the part *is* (session = source version × store × chunk size, the
-    # multipart upload, the part number), never the bytes: hashing a chunk for the key would
-    # double its memory. Keyed by a path rather than by task source, a code fix does not re-send
-    # finished parts, and `cleanup` can delete a finished session's records by prefix.
+    name="upload-window",
+    # The cache key is what the window *is* (session = source version x store x chunk size,
+    # the multipart upload, the window's place and part range in the plan), never the bytes.
+    # Keyed by a path rather than by task source, a code fix does not re-send finished windows,
+    # and `cleanup` can delete a finished session's records by prefix. The pipeline refreshes
+    # the record of any window with a part the store lacks, so a hit only ever skips a window
+    # whose every part is confirmed (ListParts + ledger).
     result_storage_key=CHUNK_RESULTS_PREFIX
-    + "/{parameters[session_id]}/{parameters[upload_id]}-{parameters[part_number]}.json",
+    + "/{parameters[session_id]}/{parameters[upload_id]}-w{parameters[window_index]}"
+    + "-{parameters[first_part]}-{parameters[last_part]}.json",
     persist_result=True,
     retries=4,
     retry_delay_seconds=exponential_backoff(1),
     retry_jitter_factor=0.5,
     retry_condition_fn=retry_if_retryable,
 )
-def upload_chunk(
+def upload_window(
     session_id: str,
     upload_id: str,
     key: str,
-    part_number: int,
-    offset: int,
-    length: int,
-    chunk: ChunkBytes,
+    window_index: int,
+    first_part: int,
+    last_part: int,
+    feed: WindowFeed,
     rt: Runtime,
     put_slots: threading.Semaphore | None = None,
+    put_pool: Executor | None = None,
 ) -> dict[str, Any]:
-    """Send one part and record it in the ledger once the store acknowledged it.
+    """Send the window's parts the store lacks as the reader feeds them; each part's ledger row
+    is written once the store acknowledged it.
 
-    ``put_slots`` is the run's bound on UploadPart requests on the wire (the chunk pipeline
-    owns it); a task run on its own has none.
+    ``put_pool`` is the run's PUT threads (``concurrency + 1``, shared by every window, so a
+    part is hashed and waiting at ``put_slots`` when a PUT ends, and no window starts threads
+    of its own); without one, parts are sent one by one on this thread. A failed PUT stops this
+    attempt from taking more parts; its PUTs on the wire end first, then the error is raised
+    (a retry resumes with the parts that have no receipt).
     """
-    data = chunk.data
-    # Hashed here, in parallel across parts; the whole-file hash has a thread of its own.
-    sha256_b64 = b64(hashlib.sha256(data).digest())
-    rt.catalog.check_fence()
-    with put_slots or contextlib.nullcontext():
-        rt.catalog.check_fence()  # the lease may have gone while this part waited for a slot
-        receipt = rt.store.upload_part(
-            key, upload_id, Chunk(part_number, offset, length), data, sha256_b64
-        )
-    rt.catalog.record_part(session_id, upload_id, offset, receipt)
-    get_logger(session_id=session_id, upload_id=upload_id).debug(
-        "chunk_uploaded", part_number=part_number, size=length
-    )
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def send(chunk: Chunk, data: bytes | bytearray) -> None:
+        try:
+            sent = send_part(rt, session_id, upload_id, key, chunk, data, put_slots)
+        except BaseException as exc:
+            feed.give_back(chunk, data)
+            errors.append(exc)
+            stop.set()
+            return
+        feed.acknowledged(sent, data)
+
+    pending: list[Future[None]] = []
+    try:
+        while (item := feed.take(stop)) is not None:
+            chunk, data = item
+            if put_pool is None:
+                send(chunk, data)
+                continue
+            pending = [f for f in pending if not f.done()]
+            pending.append(put_pool.submit(contextvars.copy_context().run, send, chunk, data))
+    except BaseException as exc:  # the feed was abandoned or ran dry
+        errors.append(exc)
+    finally:
+        wait_futures(pending)
+    if errors:
+        raise _first_error(errors)
     return {
-        "part_number": part_number,
-        "size": receipt.size,
-        "etag": receipt.etag,
-        "sha256_b64": sha256_b64,
+        "window": window_index,
+        "first_part": first_part,
+        "last_part": last_part,
+        "parts_sent": len(feed.sent),
+        "bytes_sent": sum(s.size for s in feed.sent),
     }
 
 

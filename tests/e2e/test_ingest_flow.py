@@ -166,14 +166,14 @@ def test_exhausted_retries_keep_the_upload_for_the_next_run(
     """A part that keeps failing fails the run but keeps the multipart upload; the next run
     sends only the parts ListParts does not show and completes."""
     from reelflow.errors import TransientStorageError
-    from tasks.chunk_upload import upload_chunk
+    from tasks.chunk_upload import upload_window
 
     clip = clips.medium(12 * MIB)
     # One botocore attempt per task attempt, five task attempts: six failures outlast both.
     monkeypatch.setenv("REELFLOW_S3_MAX_ATTEMPTS", "1")
     # What counts here is that the task's retries run out, not how long it waits between them
     # (1 + 2 + 4 + 8 s of backoff, all of this test's time): the same five attempts, no waits.
-    monkeypatch.setattr(upload_chunk, "retry_delay_seconds", 0)
+    monkeypatch.setattr(upload_window, "retry_delay_seconds", 0)
     s3_server.set_faults([{"op": "UploadPart", "part_numbers": [2], "kind": "500", "times": 6}])
     try:
         with pytest.raises(TransientStorageError):

@@ -1,4 +1,4 @@
-"""The chunk pipeline hands each part task a reference to its bytes, never the bytes, and bounds
+"""The chunk pipeline hands each window task a feed of its chunks, never the bytes, and bounds
 the PUTs on the wire with slots owned by the call (no module-global state outlives it)."""
 
 from __future__ import annotations
@@ -16,23 +16,24 @@ from prefect.utilities.collections import visit_collection
 
 import tasks.chunk_upload as chunk_upload
 from flows.chunk_pipeline import send_source
-from reelflow.planning import MIB
+from reelflow.planning import MIB, Chunk
 from reelflow.settings import Settings
 from storage.runtime import Runtime
-from tasks.chunk_upload import ChunkBytes, open_upload_session
+from tasks.chunk_upload import WindowFeed, open_upload_session
 from tasks.validate import validate_video
 
 
-def test_chunk_bytes_is_opaque_to_prefect_and_never_serialized() -> None:
+def test_window_feed_is_opaque_to_prefect_and_never_serialized() -> None:
     """Prefect's parameter traversal does not descend into it; pickling (a hash or a process
-    hop) is refused; its repr names a length, not the content."""
-    ref = ChunkBytes(bytearray(b"secret-bytes" * 10))
+    hop) is refused; its repr names counts, not the content."""
+    feed = WindowFeed(1)
+    feed.put(Chunk(1, 0, 120), bytearray(b"secret-bytes" * 10))
     seen: list[Any] = []
-    visit_collection({"chunk": ref}, visit_fn=lambda x: seen.append(x) or x, return_data=False)
+    visit_collection({"feed": feed}, visit_fn=lambda x: seen.append(x) or x, return_data=False)
     assert all(not isinstance(x, (bytes, bytearray)) for x in seen)
     with pytest.raises(TypeError, match="never serialized"):
-        pickle.dumps(ref)
-    assert repr(ref) == "ChunkBytes(120 bytes)" and len(ref) == 120
+        pickle.dumps(feed)
+    assert repr(feed) == "WindowFeed(1/1 fed, 0 sent)" and "secret" not in repr(feed)
 
 
 class PeakStore:

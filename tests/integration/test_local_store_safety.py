@@ -190,7 +190,7 @@ def test_an_unexpected_error_aborts_an_empty_session_and_keeps_one_with_parts(
     """A non-reelflow error (a bug) decides too: nothing stored → aborted; parts stored → kept."""
     from reelflow.settings import Settings
     from storage.runtime import Runtime
-    from tasks.chunk_upload import ChunkBytes, give_up_upload, open_upload_session, upload_chunk
+    from tasks.chunk_upload import give_up_upload, open_upload_session, send_part
     from tasks.validate import validate_video
 
     rt = Runtime.from_settings(Settings())
@@ -199,16 +199,7 @@ def test_an_unexpected_error_aborts_an_empty_session_and_keeps_one_with_parts(
     if parts_sent:
         chunk = state.plan.chunks[0]
         data = Path(checked.source.uri.removeprefix("file://")).read_bytes()[: chunk.length]
-        upload_chunk(
-            state.session_id,
-            state.upload_id,
-            state.staging_key,
-            1,
-            0,
-            chunk.length,
-            ChunkBytes(data),
-            rt,
-        )
+        send_part(rt, state.session_id, state.upload_id, state.staging_key, chunk, data)
     give_up_upload(state, ValueError("a bug"), rt)
     row = rt.catalog.get_session(state.session_id)
     assert row is not None

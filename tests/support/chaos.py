@@ -36,14 +36,14 @@ from typing import Any
 STEP_OF_TASK = {
     "validate-video": "validate",
     "open-upload-session": "chunk-upload",
-    "upload-chunk": "chunk-upload",
+    "upload-window": "chunk-upload",
     "assemble-upload": "assemble",
     "make-thumbnail": "thumbnail",
     "scan-video": "scan",
     "store-media": "store",
     "query-creator-info": "creator-info",
     "init-tiktok-upload": "init",
-    "put-tiktok-chunk": "chunk-puts",
+    "tiktok-upload-window": "chunk-puts",
     "fetch-tiktok-status": "poll",
     "poll-tiktok-status": "poll",
 }

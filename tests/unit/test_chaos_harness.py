@@ -20,8 +20,8 @@ TIMELINE = StepTimeline.from_events(
     [
         ev(0, "Running", "a", "validate-video-1a2"),
         ev(1, "Completed", "a", "validate-video-1a2"),
-        ev(2, "Running", "b", "upload-chunk-0ff"),
-        ev(2, "Running", "c", "upload-chunk-abc"),
+        ev(2, "Running", "b", "upload-window-0ff"),
+        ev(2, "Running", "c", "upload-window-abc"),
         ev(3, "Running", "d", "scan-video-77e"),
         ev(4, "Running", "e", "brand-new-step-123"),
     ]
