@@ -314,6 +314,13 @@ class Catalog:
         with Session(self.engine) as s:
             return s.get(Media, media_id)
 
+    def media_stored_at(self, store_url: str, video_key: str) -> Media | None:
+        """The media whose video is ``video_key`` in that store (an upload stored where it was
+        received is one), or None."""
+        with Session(self.engine) as s:
+            stmt = select(Media).where(Media.store_url == store_url, Media.video_key == video_key)
+            return s.exec(stmt).first()
+
     def upsert_media(self, media: Media) -> Media:
         """Insert ``media``, or answer the row of the same content already recorded. When that
         row names another store (one catalog shared by deployments of different stores), it is

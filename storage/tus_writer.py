@@ -52,7 +52,7 @@ from reelflow.errors import (
 from reelflow.planning import S3_MAX_PART_BYTES, S3_MAX_PARTS, S3_MIN_PART_BYTES, Chunk
 from storage import gateway_uploads as uploads
 from storage.base import ObjectStore
-from storage.catalog import Catalog, UploadSession
+from storage.catalog import Catalog, UploadSession, media_keys
 from storage.gateway_uploads import GatewayUpload
 from storage.leases import Fence
 from storage.tus_buffer import DEFAULT_CONTENT_TYPE, PartBuffer, past_length, put_part, upload_log
@@ -271,8 +271,13 @@ class TusWriter:
         catalog = self.fenced_catalog(fence)
         if row.upload_id:
             self.store.abort_upload(row.staging_key, row.upload_id)
+        # An upload is stored where it was received: once it is media, its video, thumbnail and
+        # metadata are the media's (removed only by `reelflow media delete`), never purged.
+        media = self.catalog.media_stored_at(self.store.url, row.staging_key)
+        kept = set(media_keys(media)) if media is not None else set()
         for key, _ in self.store.list_objects(uploads.upload_prefix(row.id)):
-            self.store.delete(key)
+            if key not in kept:
+                self.store.delete(key)
         if row.upload_id:
             catalog.forget_parts(row.upload_id)
         if row.session_id and catalog.get_session(row.session_id) is not None:

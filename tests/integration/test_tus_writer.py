@@ -36,7 +36,7 @@ from reelflow.planning import MIB, Chunk
 from reelflow.rules import MAGIC_BYTES_NEEDED, sniff_container
 from storage import gateway_uploads as uploads
 from storage.base import ObjectStore, PartReceipt
-from storage.catalog import Catalog
+from storage.catalog import Catalog, Media
 from storage.clock import utcnow
 from storage.gateway_uploads import GatewayUpload
 from storage.leases import Leases
@@ -364,6 +364,43 @@ def test_terminate_leaves_nothing(writer: TusWriter, source: bytes) -> None:
     writer.terminate(done)
     with pytest.raises(UploadConflictError):
         writer.append(done, [b"x"])
+
+
+def test_purge_keeps_an_upload_that_became_media(writer: TusWriter, source: bytes) -> None:
+    """A gateway upload is stored where it was received: once a media row names its video,
+    purge (a failure path after the store step, a repeated sweep) removes its tails and ledger
+    but never the media's video, thumbnail or metadata."""
+    row = writer.append(new_row(writer, FILE_BYTES), [source]).row
+    assemble(writer, row)
+    thumb, meta = f"{row.staging_key}.jpg", f"{row.staging_key}.json"
+    writer.store.put_bytes(thumb, b"jpeg", "image/jpeg")
+    writer.store.put_bytes(meta, b"{}", "application/json")
+    stale_tail = uploads.new_tail_key(row.id)
+    writer.store.put_bytes(stale_tail, b"tail", "application/octet-stream")
+    sha = hashlib.sha256(source).hexdigest()
+    writer.catalog.upsert_media(
+        Media(
+            media_id=f"m_{sha[:20]}",
+            sha256=sha,
+            size_bytes=len(source),
+            content_type="video/mp4",
+            container="mp4",
+            duration_s=1.0,
+            width=720,
+            height=1280,
+            fps=30.0,
+            video_codec="h264",
+            has_audio=False,
+            store_url=writer.store.url,
+            video_key=row.staging_key,
+            thumbnail_key=thumb,
+            metadata_key=meta,
+            source_uri=f"tus:{row.id}",
+        )
+    )
+    writer.purge(head(writer, row))
+    assert objects(writer.store, row) == sorted([row.staging_key, thumb, meta])
+    assert writer.store.sha256_hex(row.staging_key) == sha
 
 
 # --- concurrency -----------------------------------------------------------------------------
