@@ -240,21 +240,16 @@ class S3Store:
         if is_final_video_key(key):
             self._complete_full_object(key, upload_id, parts, crc64nvme_b64)
             return None
-        body = []
-        for p in sorted(parts, key=lambda p: p.part_number):
-            entry: dict[str, Any] = {"PartNumber": p.part_number, "ETag": p.etag}
-            if p.sha256_b64:
-                entry["ChecksumSHA256"] = p.sha256_b64
-            body.append(entry)
         resp = self._on_object(
             "CompleteMultipartUpload",
             self.client.complete_multipart_upload,
             key,
             UploadId=upload_id,
-            MultipartUpload={"Parts": body},
+            MultipartUpload={"Parts": _parts_body(parts, "ChecksumSHA256", "sha256_b64")},
         )
         # Real S3 answers with the composite here; servers that don't are covered by the
-        # full-object SHA-256 checked after the move to the content key.
+        # whole-file SHA-256 read back later (assemble-received, or the move of an older
+        # staged session to its content key).
         checksum = resp.get("ChecksumSHA256")
         return str(checksum) if checksum else None
 
@@ -267,12 +262,7 @@ class S3Store:
         bytes it holds. Anything else deletes the object: unverified bytes are never kept."""
         if not crc64nvme_b64:
             raise IntegrityCheckError(f"{key}: no whole-file CRC64NVME to complete against")
-        body = []
-        for p in sorted(parts, key=lambda p: p.part_number):
-            entry: dict[str, Any] = {"PartNumber": p.part_number, "ETag": p.etag}
-            if p.crc64nvme_b64:
-                entry["ChecksumCRC64NVME"] = p.crc64nvme_b64
-            body.append(entry)
+        body = _parts_body(parts, "ChecksumCRC64NVME", "crc64nvme_b64")
         self._on_object(
             "CompleteMultipartUpload",
             self.client.complete_multipart_upload,
@@ -429,3 +419,15 @@ class S3Store:
         for block in resp["Body"].iter_chunks(HASH_BLOCK_BYTES):
             h.update(block)
         return h.hexdigest()
+
+
+def _parts_body(parts: Sequence[PartReceipt], field: str, attr: str) -> list[dict[str, Any]]:
+    """CompleteMultipartUpload's part list, in order, each with the checksum ``field`` its
+    receipt holds as ``attr`` (left out where the receipt has none)."""
+    body = []
+    for p in sorted(parts, key=lambda p: p.part_number):
+        entry: dict[str, Any] = {"PartNumber": p.part_number, "ETag": p.etag}
+        if checksum := getattr(p, attr):
+            entry[field] = checksum
+        body.append(entry)
+    return body
